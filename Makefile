@@ -1,0 +1,35 @@
+# mllm-study: set-up and the two commands of the README.
+#   make study   install everything, then run the main job (quick profile)
+#   make test    install what the tests need, then run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install study test style clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch is pinned first in requirements.txt (CPU wheel here); the package itself installs editable, without
+# re-resolving dependencies, so nothing pulls another torch build.
+$(STAMP): requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip install --quiet "pytest>=8" pytest-timeout
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mllm-study)" >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+study: install
+	$(BIN)/mllm-study pretrain --profile quick
+	$(BIN)/mllm-study run --profile quick --method none --dataset iconqa_txt
+	$(BIN)/mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned
+
+test: install
+	$(BIN)/python -m pytest -q --timeout 900
+
+clean:
+	rm -rf .cache runs reports/*/ .pytest_cache

@@ -1,0 +1,150 @@
+"""The ``mllm-study`` command: world, pretrain, run, data convert.
+
+Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+# Options of `run` that map onto run.* params keys (flag -> key); values are parsed as YAML scalars.
+RUN_OPTIONS = {
+    "model": str, "dataset": str, "method": str, "placement": str, "connector": str, "lr": float,
+    "connector_lr": float, "epochs": float, "batch_size": int, "grad_accum": int, "train_size": int,
+    "test_size": int, "seed": int,
+}
+
+
+def _add_params_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", metavar="FILE", help="params YAML file (diff on top of defaults and its profile)")
+    p.add_argument("--profile", help="profile in params/: smoke, quick, full, ...")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one params key, e.g. --set run.lr=1e-4 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mllm-study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("world", help="generate the synthetic world (LLaVA JSON + PNG per family and split)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("pretrain", help="build and pre-train the tiny base model (cached by recipe)")
+    _add_params_options(p)
+
+    p = sub.add_parser("run", help="train one PEFT run and evaluate it; prints its run directory")
+    _add_params_options(p)
+    for name, typ in RUN_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    p.add_argument("--method-params", metavar="YAML", help="method parameters, e.g. '{r: 8, alpha: 16}'")
+    p.add_argument("--force", action="store_true", help="re-run even if a finished run with this id exists")
+
+    p = sub.add_parser("data", help="real datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("convert", help="convert a public dataset release into the project's LLaVA JSON")
+    c.add_argument("name", help="dataset: scienceqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, vqav2, "
+                                "ocrvqa, pope")
+    c.add_argument("--src", required=True, help="folder of the public release")
+    c.add_argument("--out", required=True, help="output dataset folder")
+    c.add_argument("--train-size", type=int)
+    c.add_argument("--test-size", type=int)
+    c.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from .config import load_params, parse_override
+
+    overrides = dict(parse_override(o) for o in args.overrides)
+    overrides.update(extra or {})
+    return load_params(args.params, args.profile, overrides)
+
+
+def _cmd_world(args) -> int:
+    from .world import generate_world
+
+    manifest = generate_world(Path(args.out), profile=args.profile, seed=args.seed, progress=not args.quiet)
+    print(json.dumps({k: manifest[k] for k in manifest if k in ("profile", "seed", "families", "fingerprint")},
+                     indent=1))
+    print(f"world written to {args.out}")
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from .models import ensure_world, pretrain_tiny_llava
+
+    params = _params(args)
+    world = ensure_world(params, not args.quiet)
+    path = pretrain_tiny_llava(params, world, not args.quiet)
+    record = json.loads((path / "pretrain_record.json").read_text())
+    for stage, info in record["stages"].items():
+        print(f"{stage}: {info['steps']} steps in {info['seconds']} s, final loss {info['final_loss']:.4f}")
+    print("image-use check (seen families, test split):")
+    for family, res in record["image_use_check"].items():
+        print(f"  {family:8s} {res['metric']:10s} image {res['image']:.3f}   blank image {res['blank']:.3f}")
+    print(f"base model: {path}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import yaml
+
+    from .runs import execute_run
+
+    extra = {f"run.{k}": getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    if args.method_params:
+        mp = yaml.safe_load(args.method_params)
+        if not isinstance(mp, dict):
+            raise ValueError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
+        extra["run.method_params"] = mp
+    params = _params(args, extra)
+    run_dir = execute_run(params, progress=not args.quiet, force=args.force)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    print(f"{metrics['dataset']} ({metrics['metric']}): {metrics['value']:.4f} on {metrics['n']} test items; "
+          f"trained {metrics['train']['trainable_params']:,} parameters for {metrics['train']['steps']} steps")
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from .converters import convert
+
+    info = convert(args.name, args.src, args.out, train_size=args.train_size, test_size=args.test_size,
+                   seed=args.seed)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mllm-study`` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data import DataError
+
+    handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "data": _cmd_data}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        print(f"mllm-study {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mllm-study {args.command}: interrupted; finished runs are kept, the current one will re-run",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Typed configuration: params YAML (defaults + profile + file + overrides) into validated dataclasses.
+
+Usage: ``cfg = load_params(profile="quick", overrides={"run.method": "lora"})``
+
+A params file has four sections, each a dataclass below: ``world`` (the synthetic world), ``pretrain`` (the
+tiny base model's recipe), ``run`` (one fine-tuning run) and ``paths``. Files are merged section by section in the
+order ``params/defaults.yaml`` <- ``params/<profile>.yaml`` <- the user's file <- ``--set key=value`` overrides.
+Unknown keys and values of the wrong type are errors that name the key and the file they came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
+    "PARAMS_DIR", "load_params", "parse_override", "list_profiles",
+]
+
+PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+
+
+class ConfigError(ValueError):
+    """A params file, key or value is invalid; the message names the key and where it came from."""
+
+
+@dataclass
+class WorldConfig:
+    """The embedded synthetic world (see STUDY.md)."""
+
+    profile: str = "quick"  # world size: smoke | quick | full
+    seed: int = 0  # world seed; the same seed gives byte-identical files
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("smoke", "quick", "full"):
+            raise ConfigError(f"world.profile must be one of smoke, quick, full (got {self.profile!r})")
+
+
+@dataclass
+class PretrainConfig:
+    """Recipe of the tiny base model; its hash is the cache key of the pre-trained checkpoint."""
+
+    hidden_size: int = 128  # language model width
+    num_layers: int = 2  # language model depth
+    vision_hidden_size: int = 64
+    vision_layers: int = 2
+    image_size: int = 32
+    patch_size: int = 8
+    stage1_steps: int = 1500  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
+    stage2_steps: int = 2000  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    seed: int = 0
+    eval_size: int = 200  # items per seen family for the image-use check
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "vision_hidden_size", "vision_layers", "image_size", "patch_size",
+                     "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"pretrain.{name} must be positive (got {getattr(self, name)})")
+        if self.image_size % self.patch_size:
+            raise ConfigError("pretrain.image_size must be a multiple of pretrain.patch_size")
+        if self.lr <= 0:
+            raise ConfigError(f"pretrain.lr must be positive (got {self.lr})")
+
+
+@dataclass
+class RunConfig:
+    """One fine-tuning run: base model x method x dataset x training settings. Its hash is the run id."""
+
+    model: str = "tiny-llava"  # "tiny-llava", a local checkpoint folder or a hub id of an image-text-to-text model
+    dataset: str = "iconqa_txt"  # a synthetic world family, or a dataset folder (docs/data_format.md)
+    method: str = "lora"  # PEFT method; "none" evaluates the base model without training
+    method_params: dict = field(default_factory=dict)  # e.g. {r: 8, alpha: 16, dropout: 0.05}
+    placement: str = "both"  # attention | mlp | both
+    connector: str = "frozen"  # frozen | tuned
+    connector_lr: float = 2e-5
+    lr: float = 2e-4
+    epochs: float = 3.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    train_size: int | None = None  # subsample the train split (seeded); None = all
+    test_size: int | None = None  # subsample the test split (fixed seed 0, same items for every run)
+    eval_batch_size: int = 64
+    max_new_tokens: int | None = None  # None = the dataset's own limit
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.connector not in ("frozen", "tuned"):
+            raise ConfigError(f"run.connector must be 'frozen' or 'tuned' (got {self.connector!r})")
+        if self.placement not in ("attention", "mlp", "both"):
+            raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
+        for name in ("lr", "connector_lr", "epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"run.{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("batch_size", "grad_accum", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"run.{name} must be positive (got {getattr(self, name)})")
+        for name in ("train_size", "test_size", "max_new_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"run.{name} must be positive or null (got {value})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"run.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+
+
+@dataclass
+class PathsConfig:
+    """Where generated things go (all git-ignored)."""
+
+    cache: str = ".cache"  # worlds and pre-trained base models, keyed by content
+    runs: str = "runs"  # one directory per run
+    reports: str = "reports"
+
+
+SECTIONS: dict[str, type] = {"world": WorldConfig, "pretrain": PretrainConfig, "run": RunConfig, "paths": PathsConfig}
+
+
+@dataclass
+class Params:
+    """All sections of a resolved params set, plus where each came from."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation; ints are accepted for floats. Returns the (coerced) value."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    expected = origin or annotation
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {getattr(expected, '__name__', expected)}, "
+                          f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge_section(base: dict, update: dict, section: str, source: str) -> None:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    if not isinstance(update, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping, got {type(update).__name__}")
+    for key, value in update.items():
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown key '{section}.{key}'.{_suggest(key, hints)} "
+                              f"Known keys of '{section}': {', '.join(hints)}")
+        base[key] = _check_type(value, hints[key], f"{source}: '{section}.{key}'")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    return data
+
+
+def list_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:
+    """Profiles are the params files that are not research-question diffs or defaults."""
+    return sorted(p.stem for p in params_dir.glob("*.yaml") if p.stem != "defaults" and not p.stem.startswith("rq"))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value`` (value in YAML syntax) from the command line."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. run.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
+    return key.strip(), value
+
+
+def load_params(path: str | Path | None = None, profile: str | None = None,
+                overrides: dict[str, Any] | None = None, params_dir: Path = PARAMS_DIR) -> Params:
+    """Load and validate a params set.
+
+    Args:
+        path: a params YAML file (optional); may itself name ``profile: NAME`` at top level.
+        profile: a profile in ``params/`` (smoke, quick, full, ...); applied before ``path``.
+        overrides: ``{"section.key": value}`` applied last (from ``--set`` or CLI options).
+        params_dir: folder of defaults.yaml and the profiles.
+
+    Returns:
+        The resolved :class:`Params`.
+
+    Raises:
+        ConfigError: naming the key and the file for unknown keys, wrong types and bad values.
+    """
+    layers: list[tuple[str, dict]] = []
+    defaults = params_dir / "defaults.yaml"
+    if defaults.exists():
+        layers.append((str(defaults), _read_yaml(defaults)))
+    user: dict = {}
+    if path is not None:
+        user = _read_yaml(Path(path))
+        profile = user.pop("profile", None) or profile
+    if profile is not None:
+        prof_path = params_dir / f"{profile}.yaml"
+        if not prof_path.exists():
+            raise ConfigError(f"unknown profile {profile!r}.{_suggest(profile, list_profiles(params_dir))} "
+                              f"Known profiles: {', '.join(list_profiles(params_dir))}")
+        layers.append((str(prof_path), _read_yaml(prof_path)))
+    if path is not None:
+        layers.append((str(path), user))
+    if overrides:
+        nested: dict[str, dict] = {}
+        for key, value in overrides.items():
+            section, _, sub = key.partition(".")
+            nested.setdefault(section, {})[sub] = value
+        layers.append(("command line", nested))
+
+    merged: dict[str, dict] = {name: {} for name in SECTIONS}
+    for source, data in layers:
+        for section, values in data.items():
+            if section.startswith("_"):  # free-form documentation blocks (e.g. _design) are allowed
+                continue
+            if section not in SECTIONS:
+                raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, SECTIONS)} "
+                                  f"Known sections: {', '.join(SECTIONS)}")
+            _merge_section(merged[section], values or {}, section, source)
+    try:
+        built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{' <- '.join(s for s, _ in layers)}: {exc}") from None
+    return Params(**built, sources=[s for s, _ in layers])

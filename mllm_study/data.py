@@ -1,0 +1,265 @@
+"""LLaVA conversation JSON + image folder: loading, validation, subsampling, chat formatting and collation.
+
+Usage: ``records = load_split("data/world/vqav2", "train", size=1000, seed=42)``
+
+One loader serves the synthetic world and real datasets alike (format: docs/data_format.md). Records come back
+with ``image_path`` resolved to an absolute path (or None for text-only records). The :class:`Collator` turns
+records into model inputs with the processor's own chat template, left padding, and labels on answer tokens only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+__all__ = [
+    "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
+    "prompt_messages", "Collator", "IGNORE_INDEX",
+]
+
+IGNORE_INDEX = -100
+IMAGE_PLACEHOLDER = "<image>"
+_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+class DataError(ValueError):
+    """A dataset file or record is malformed; the message names the file and the record."""
+
+
+def load_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
+    """Read ``dataset.json`` of a dataset folder (docs/data_format.md), resolving ``image_folder``."""
+    dataset_dir = Path(dataset_dir)
+    meta_path = dataset_dir / "dataset.json"
+    if not meta_path.exists():
+        raise DataError(f"{dataset_dir} is not a dataset folder: {meta_path.name} is missing "
+                        "(see docs/data_format.md, or `mllm-study data convert` for real datasets)")
+    try:
+        info = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc})") from None
+    for key in ("name", "metric"):
+        if key not in info:
+            raise DataError(f"{meta_path}: missing key '{key}'")
+    folder = Path(info.get("image_folder", "images"))
+    info["image_folder"] = str(folder if folder.is_absolute() else (dataset_dir / folder).resolve())
+    info["dir"] = str(dataset_dir.resolve())
+    return info
+
+
+def validate_record(record: Any, where: str) -> None:
+    """Raise :class:`DataError` unless ``record`` is a valid LLaVA conversation record."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be an object, got {type(record).__name__}")
+    if "id" not in record:
+        raise DataError(f"{where}: record has no 'id'")
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where} (id {record['id']}): 'conversations' must be a non-empty list")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(f"{where} (id {record['id']}): turn {i} needs 'from' and 'value'")
+        expected = "human" if i % 2 == 0 else "gpt"
+        if turn["from"] != expected:
+            raise DataError(f"{where} (id {record['id']}): turn {i} is from {turn['from']!r}, expected "
+                            f"{expected!r} (turns alternate human/gpt, starting with human)")
+        if not isinstance(turn["value"], str):
+            raise DataError(f"{where} (id {record['id']}): turn {i} value must be a string")
+    refs = record.get("references")
+    if refs is not None and (not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs)):
+        raise DataError(f"{where} (id {record['id']}): 'references' must be a non-empty list of strings")
+
+
+def subsample(records: list[dict], size: int | None, seed: int) -> list[dict]:
+    """A seeded random subset of ``size`` records (in original order); all records when size is None."""
+    if size is None:
+        return list(records)
+    if size > len(records):
+        raise DataError(f"asked for {size} records but the split has only {len(records)}")
+    keep = sorted(random.Random(seed).sample(range(len(records)), size))
+    return [records[i] for i in keep]
+
+
+def load_split(dataset_dir: str | Path, split: str, size: int | None = None, seed: int = 0,
+               check_images: bool = True) -> list[dict]:
+    """Load, validate and (optionally) subsample one split of a dataset folder.
+
+    Args:
+        dataset_dir: a dataset folder (``dataset.json`` + ``<split>.json``).
+        split: split name, e.g. ``train`` or ``test``.
+        size: number of records to keep (seeded subsample); None keeps all.
+        seed: subsampling seed.
+        check_images: check that every kept record's image file exists.
+
+    Returns:
+        Records with ``image_path`` (absolute str or None) and ``dataset`` (the dataset name) added.
+    """
+    info = load_dataset_info(dataset_dir)
+    path = Path(dataset_dir) / f"{split}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(dataset_dir).glob("*.json") if p.stem != "dataset")
+        raise DataError(f"{dataset_dir}: no split {split!r} ({path.name} missing); splits: {', '.join(known)}")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: LLaVA conversation JSON must be a list of records, got {type(records).__name__}")
+    if not records:
+        raise DataError(f"{path}: the split is empty")
+    seen: set = set()
+    for i, rec in enumerate(records):
+        validate_record(rec, f"{path} record {i}")
+        if rec["id"] in seen:
+            raise DataError(f"{path}: duplicate id {rec['id']!r}")
+        seen.add(rec["id"])
+    try:
+        records = subsample(records, size, seed)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    folder = Path(info["image_folder"])
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        image = rec.get("image")
+        rec["image_path"] = str(folder / image) if image else None
+        if check_images and image and not Path(rec["image_path"]).is_file():
+            raise DataError(f"{path} (id {rec['id']}): image file not found: {rec['image_path']}")
+        rec["dataset"] = info["name"]
+        out.append(rec)
+    return out
+
+
+def _content(text: str, with_image: bool) -> list[dict]:
+    """Chat content items for one user turn: the image where ``<image>`` was, then the text."""
+    if with_image and IMAGE_PLACEHOLDER in text:
+        before, _, after = text.partition(IMAGE_PLACEHOLDER)
+        items = []
+        if before.strip():
+            items.append({"type": "text", "text": before.strip()})
+        items.append({"type": "image"})
+        items.append({"type": "text", "text": after.strip()})
+        return items
+    text = text.replace(IMAGE_PLACEHOLDER, "").strip()
+    return ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+
+
+def to_messages(record: dict) -> list[dict]:
+    """The record's conversation as chat messages (``role``/``content``) for ``apply_chat_template``."""
+    has_image = record.get("image_path") is not None or record.get("image") is not None
+    messages = []
+    for i, turn in enumerate(record["conversations"]):
+        role = _ROLES[turn["from"]]
+        if role == "user":
+            messages.append({"role": role, "content": _content(turn["value"], has_image and i == 0)})
+        else:
+            messages.append({"role": role, "content": [{"type": "text", "text": turn["value"].strip()}]})
+    return messages
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    """Messages up to and including the last user turn (what the model sees at evaluation)."""
+    messages = to_messages(record)
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return messages[: last_user + 1]
+
+
+def _load_image(record: dict, blank: bool) -> Image.Image:
+    try:
+        with Image.open(record["image_path"]) as img:
+            image = img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"record {record['id']}: cannot read image {record['image_path']}: {exc}") from None
+    if blank:  # the image-use check: same size, no content (mid grey = 0 after the tiny model's normalisation)
+        image = Image.new("RGB", image.size, (128, 128, 128))
+    return image
+
+
+class Collator:
+    """Records -> padded model inputs.
+
+    ``mode="train"``: the whole conversation, labels = token ids on assistant turns (answer and end-of-turn),
+    IGNORE_INDEX elsewhere. ``mode="generate"``: the prompt up to the last user turn plus the generation prompt.
+    Left padding in both modes; ``position_ids`` are derived from the attention mask by :func:`forward_inputs`.
+    """
+
+    def __init__(self, processor: Any, mode: str = "train", blank_images: bool = False, cache: bool = True):
+        if mode not in ("train", "generate"):
+            raise ValueError(f"mode must be 'train' or 'generate', got {mode!r}")
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.mode = mode
+        self.blank_images = blank_images
+        # Encodings are pure functions of (record, processor, mode): cache them so each record is processed once
+        # per collator, not once per epoch (keyed by dataset, id and the record's content).
+        self._cache: dict[tuple, dict[str, torch.Tensor]] | None = {} if cache else None
+        self.image_token_id = getattr(processor, "image_token_id", None)
+        if self.image_token_id is None:
+            self.image_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+
+    def _template(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+
+    def _n_tokens(self, text: str, tokens_per_image: int) -> int:
+        """Token count of ``text`` once each image placeholder is expanded like the processor does."""
+        n = len(self.tokenizer(text)["input_ids"])
+        image_token = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
+        return n + text.count(image_token) * (tokens_per_image - 1)
+
+    def encode(self, record: dict) -> dict[str, torch.Tensor]:
+        """Encode one record (unpadded, batch dimension 1)."""
+        image = [_load_image(record, self.blank_images)] if record.get("image_path") else None
+        messages = to_messages(record)
+        if self.mode == "generate":
+            text = self._template(prompt_messages(record), True)
+        else:
+            text = self._template(messages, False)
+        enc = self.processor(images=image, text=text, return_tensors="pt")
+        enc = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
+        if self.mode == "train":
+            ids = enc["input_ids"][0]
+            n_images = text.count(getattr(self.processor, "image_token", IMAGE_PLACEHOLDER))
+            per_image = int((ids == self.image_token_id).sum()) // n_images if n_images else 1
+            labels = torch.full_like(ids, IGNORE_INDEX)
+            for i, msg in enumerate(messages):
+                if msg["role"] != "assistant":
+                    continue
+                start = self._n_tokens(self._template(messages[:i], True), per_image)
+                end = self._n_tokens(self._template(messages[: i + 1], False), per_image)
+                labels[start:min(end, len(ids))] = ids[start:min(end, len(ids))]
+            if (labels != IGNORE_INDEX).sum() == 0:
+                raise DataError(f"record {record['id']}: no answer tokens to train on (empty answer?)")
+            enc["labels"] = labels[None]
+        return enc
+
+    def _encode_cached(self, record: dict) -> dict[str, torch.Tensor]:
+        if self._cache is None:
+            return self.encode(record)
+        key = (record.get("dataset"), record["id"], record.get("image_path"),
+               tuple(t["value"] for t in record["conversations"]))
+        if key not in self._cache:
+            self._cache[key] = self.encode(record)
+        return self._cache[key]
+
+    def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
+        encoded = [self._encode_cached(r) for r in records]
+        length = max(e["input_ids"].shape[1] for e in encoded)
+        batch: dict[str, list] = {}
+        for e in encoded:
+            pad = length - e["input_ids"].shape[1]
+            for key in ("input_ids", "attention_mask", "labels"):
+                if key not in e:
+                    continue
+                fill = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}[key]
+                padded = torch.cat([torch.full((1, pad), fill, dtype=e[key].dtype), e[key]], dim=1)
+                batch.setdefault(key, []).append(padded)
+            for key, value in e.items():
+                if key not in ("input_ids", "attention_mask", "labels"):
+                    batch.setdefault(key, []).append(value)
+        return {k: torch.cat(v, dim=0) for k, v in batch.items()}

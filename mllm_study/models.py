@@ -1,0 +1,226 @@
+"""Model registry: the embedded ``tiny-llava`` (built, pre-trained and cached locally) and any hub/local checkpoint.
+
+Usage: ``model, processor = load_model("tiny-llava", params)`` or ``load_model("llava-hf/llava-1.5-7b-hf")``
+
+``tiny-llava`` is a LlavaForConditionalGeneration built from transformers configs (CLIP vision tower, MLP
+connector, Llama language model) with a word-level tokenizer trained on the synthetic world's text. It is
+pre-trained in two stages like LLaVA (alignment on scene descriptions, then instruction tuning on the three seen
+families) and cached under ``<cache>/models/tiny-llava-<key>`` where the key hashes the full recipe and the world.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Params, PretrainConfig
+
+__all__ = [
+    "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
+    "tiny_llava_dir", "load_model", "load_checkpoint", "image_use_check", "world_corpus",
+]
+
+TINY_MODEL = "tiny-llava"
+RECIPE_VERSION = "1"  # bump when the pre-training code changes what it produces
+SEEN_FAMILIES = ("okvqa", "ocrvqa", "vqav2")
+# A plain template the tiny tokenizer can represent: "user : <image> question assistant : answer </s>".
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}user : "
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}{% endfor %}"
+    "{% else %}assistant : {% for c in m['content'] %}{{ c['text'] }}{% endfor %} </s> {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def world_corpus(world_dir: str | Path) -> list[str]:
+    """Every piece of text in a generated world (turns, references, choices) plus the chat template's words."""
+    texts = ["user : assistant :"]
+    for path in sorted(Path(world_dir).glob("*/*.json")):
+        if path.name == "dataset.json":
+            continue
+        for rec in json.loads(path.read_text()):
+            texts.extend(t["value"] for t in rec["conversations"])
+            texts.extend(rec.get("references") or [])
+            texts.extend(rec.get("choices") or [])
+    return texts
+
+
+def build_tokenizer(texts: list[str]):
+    """A lowercase word-level tokenizer over ``texts`` (deterministic: sorted by frequency, then alphabetically)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                   padding_side="left")
+
+
+def build_tiny_llava(tokenizer, cfg: PretrainConfig, seed: int | None = None):
+    """A randomly initialised tiny LLaVA and its processor, from transformers configs only (no download)."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
+                                         crop_size={"height": cfg.image_size, "width": cfg.image_size},
+                                         image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    # "default" drops the CLS token: (image_size / patch_size)^2 image tokens; num_additional_image_tokens=1 counts it.
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.patch_size,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=TINY_CHAT_TEMPLATE)
+    vision = CLIPVisionConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_hidden_size,
+                              intermediate_size=2 * cfg.vision_hidden_size, num_hidden_layers=cfg.vision_layers,
+                              num_attention_heads=4)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
+                       num_hidden_layers=cfg.num_layers, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                         vision_feature_select_strategy="default")
+    torch.manual_seed(cfg.seed if seed is None else seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def ensure_world(params: Params, progress: bool = True) -> Path:
+    """Generate (or reuse) the synthetic world of ``params.world`` under the cache; returns its folder."""
+    from .world import generate_world
+
+    out = Path(params.paths.cache) / "world" / f"{params.world.profile}-s{params.world.seed}"
+    generate_world(out, profile=params.world.profile, seed=params.world.seed, progress=progress)
+    return out
+
+
+def _recipe_key(cfg: PretrainConfig, world_dir: Path) -> str:
+    manifest = json.loads((world_dir / "manifest.json").read_text())
+    recipe = {"pretrain": dataclasses.asdict(cfg), "world": manifest.get("fingerprint", manifest),
+              "recipe_version": RECIPE_VERSION}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tiny_llava_dir(params: Params, world_dir: Path) -> Path:
+    """Cache folder of the pre-trained tiny model for this recipe and world."""
+    return Path(params.paths.cache) / "models" / f"{TINY_MODEL}-{_recipe_key(params.pretrain, world_dir)}"
+
+
+def image_use_check(model, processor, world_dir: Path, size: int, progress: bool = True) -> dict[str, dict]:
+    """Score on each seen family's test split with the real images and with blank images."""
+    from .data import load_dataset_info, load_split
+    from .evaluate import evaluate_records
+
+    out = {}
+    for family in SEEN_FAMILIES:
+        info = load_dataset_info(world_dir / family)
+        records = load_split(world_dir / family, "test")
+        records = records[:size]
+        scores = {}
+        for blank in (False, True):
+            res = evaluate_records(model, processor, records, info["metric"], info.get("max_new_tokens", 8),
+                                   blank_images=blank, progress=progress, desc=f"check {family}")
+            scores["blank" if blank else "image"] = res.value
+        out[family] = {"metric": info["metric"], **scores}
+    return out
+
+
+def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) -> Path:
+    """Build and pre-train the tiny model in two stages (or reuse the cached one). Returns its folder.
+
+    Stage 1 (alignment): scene descriptions (``align``); the whole model trains, since here nothing is
+    pre-trained (in LLaVA only the connector trains because CLIP and the LLM already are).
+    Stage 2 (instruction tuning): the seen families' ``pretrain`` splits; vision tower frozen, like LLaVA.
+    The folder holds the checkpoint, processor and ``pretrain_record.json`` (recipe, losses, timings, image-use check).
+    """
+    from .data import Collator, load_split
+    from .train import TrainSettings, train_model
+
+    cfg = params.pretrain
+    out = tiny_llava_dir(params, world_dir)
+    if (out / "pretrain_record.json").exists():
+        return out
+    tokenizer = build_tokenizer(world_corpus(world_dir))
+    model, processor = build_tiny_llava(tokenizer, cfg)
+    collator = Collator(processor, mode="train")
+    record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}
+    stages = [("stage1_align", ["align"], cfg.stage1_steps, False),
+              ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, True)]
+    for name, families, steps, freeze_vision in stages:
+        if steps <= 0:
+            continue
+        records = [r for fam in families for r in load_split(world_dir / fam, "pretrain")]
+        for p_name, p in model.named_parameters():
+            p.requires_grad = not (freeze_vision and ".vision_tower." in f".{p_name}")
+        group = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+        settings = TrainSettings(max_steps=steps, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps,
+                                 seed=cfg.seed, desc=f"pretrain {name}", progress=progress, log_every=50)
+        result = train_model(model, collator, records, group, settings)
+        record["stages"][name] = {"families": families, "steps": result.steps, "seconds": round(result.seconds, 2),
+                                  "samples": result.samples, "final_loss": result.final_loss, "log": result.log}
+    for p in model.parameters():
+        p.requires_grad = False
+    record["image_use_check"] = image_use_check(model, processor, world_dir, cfg.eval_size, progress)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    (tmp / "pretrain_record.json").write_text(json.dumps(record, indent=1))
+    if out.exists():  # a concurrent process finished first: keep its copy
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None):
+    """Load any image-text-to-text checkpoint (local folder or hub id) with the transformers Auto classes."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = {}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(str(path_or_id), **kwargs)
+        processor = AutoProcessor.from_pretrained(str(path_or_id))
+    except OSError as exc:
+        raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
+                         f"checkpoint folder and not reachable on the hub ({exc})") from None
+    if getattr(processor, "tokenizer", None) is not None and processor.tokenizer.padding_side != "left":
+        processor.tokenizer.padding_side = "left"  # batched generation needs left padding
+    model.eval()
+    return model, processor
+
+
+def load_model(name: str, params: Params | None = None, progress: bool = True):
+    """The base model and processor for ``name``: ``tiny-llava`` (pre-trained and cached on demand) or any
+    local checkpoint folder / hub id, all through :func:`load_checkpoint`.
+    """
+    if name == TINY_MODEL:
+        if params is None:
+            raise ValueError("tiny-llava needs the params (world and pre-training recipe)")
+        world_dir = ensure_world(params, progress)
+        start = time.perf_counter()
+        path = pretrain_tiny_llava(params, world_dir, progress)
+        if progress and time.perf_counter() - start > 1:
+            print(f"pre-trained {TINY_MODEL} -> {path}")
+        return load_checkpoint(path)
+    return load_checkpoint(name)

@@ -1,0 +1,77 @@
+"""Params loading: merge order, typed validation and the error messages users see."""
+
+from __future__ import annotations
+
+import pytest
+
+from mllm_study.config import ConfigError, load_params, parse_override
+
+
+def test_profile_merges_over_defaults():
+    p = load_params(profile="smoke")
+    assert p.world.profile == "smoke"  # from smoke.yaml
+    assert p.pretrain.stage1_steps == 30  # smoke.yaml overrides defaults.yaml (1500)
+    assert p.run.method == "lora"  # defaults.yaml
+    assert p.run.epochs == 1.0 and isinstance(p.run.epochs, float)  # int in YAML, float field
+
+
+def test_user_file_and_overrides_win(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("profile: smoke\nrun:\n  lr: 1.0e-4\n  dataset: vqav2\n")
+    p = load_params(f, overrides={"run.lr": 5e-5})
+    assert p.world.profile == "smoke"
+    assert p.run.dataset == "vqav2"
+    assert p.run.lr == 5e-5
+    assert p.sources[-1] == "command line"
+
+
+def test_unknown_key_names_key_file_and_suggestion(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("run:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'run.learning_rate'.*Known keys"):
+        load_params(f)
+    f.write_text("run:\n  metod: lora\n")
+    with pytest.raises(ConfigError, match=r"Did you mean 'method'"):
+        load_params(f)
+
+
+def test_unknown_section(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trainer:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'trainer'"):
+        load_params(f)
+
+
+def test_wrong_type_names_key_and_types(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("run:\n  batch_size: sixteen\n")
+    with pytest.raises(ConfigError, match=r"'run.batch_size': expected int, got str 'sixteen'"):
+        load_params(f)
+    f.write_text("run:\n  batch_size: true\n")
+    with pytest.raises(ConfigError, match=r"expected int, got bool"):
+        load_params(f)
+
+
+def test_bad_value_and_malformed_yaml(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("run:\n  connector: half\n")
+    with pytest.raises(ConfigError, match=r"run.connector must be 'frozen' or 'tuned'"):
+        load_params(f)
+    f.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: malformed YAML"):
+        load_params(f)
+
+
+def test_unknown_profile_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown profile 'quik'.*Did you mean 'quick'"):
+        load_params(profile="quik")
+    with pytest.raises(ConfigError, match=r"params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_parse_override():
+    assert parse_override("run.lr=1e-4") == ("run.lr", "1e-4")  # YAML 1.1 string; coerced by the float field
+    assert load_params(profile="smoke", overrides=dict([parse_override("run.lr=1e-4")])).run.lr == 1e-4
+    assert parse_override("run.method_params={r: 8}") == ("run.method_params", {"r": 8})
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("lr=3")
