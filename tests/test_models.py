@@ -1,0 +1,74 @@
+"""tiny-llava: built from configs, saved and loaded through the Auto classes like any hub checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mllm_study.config import PretrainConfig
+from mllm_study.models import build_tiny_llava, build_tokenizer, load_checkpoint, load_model
+
+TEXTS = ["what color is the circle ?", "red", "blue", "user : assistant :"]
+
+
+def _inputs(processor):
+    from PIL import Image
+
+    img = Image.new("RGB", (32, 32), (10, 200, 10))
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]}],
+        add_generation_prompt=True, tokenize=False)
+    return processor(images=[img], text=text, return_tensors="pt")
+
+
+def test_tiny_llava_layout_and_size():
+    model, processor = build_tiny_llava(build_tokenizer(TEXTS), PretrainConfig())
+    names = {n for n, _ in model.named_modules()}
+    # transformers 5.x layout (CONTRIBUTING.md): model.model.{vision_tower, multi_modal_projector, language_model}
+    for part in ("model.vision_tower", "model.multi_modal_projector", "model.language_model", "lm_head"):
+        assert part in names
+    assert processor.tokenizer.padding_side == "left"
+    enc = _inputs(processor)
+    assert int((enc["input_ids"] == model.config.image_token_index).sum()) == 16
+
+
+def test_save_and_load_through_auto_classes_is_exact(tmp_path):
+    model, processor = build_tiny_llava(build_tokenizer(TEXTS), PretrainConfig(), seed=3)
+    model.save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    # the same function a user's local checkpoint folder or hub id goes through
+    loaded, proc2 = load_model(str(tmp_path / "ckpt"))
+    assert type(loaded).__name__ == "LlavaForConditionalGeneration"
+    enc, enc2 = _inputs(processor), _inputs(proc2)
+    assert torch.equal(enc["input_ids"], enc2["input_ids"])
+    with torch.no_grad():
+        a = model.eval()(**enc).logits
+        b = loaded(**enc2).logits
+    assert torch.equal(a, b)
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot load model .*not a local checkpoint folder"):
+        load_checkpoint(tmp_path / "does-not-exist")
+
+
+def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_model_dir):
+    from mllm_study.models import pretrain_tiny_llava, tiny_llava_dir
+
+    record = json.loads((smoke_model_dir / "pretrain_record.json").read_text())
+    assert record["stages"]["stage1_align"]["steps"] == smoke_params.pretrain.stage1_steps
+    assert record["stages"]["stage2_instruct"]["families"] == ["okvqa", "ocrvqa", "vqav2"]
+    assert set(record["image_use_check"]) == {"okvqa", "ocrvqa", "vqav2"}
+    for res in record["image_use_check"].values():
+        assert 0.0 <= res["image"] <= 1.0 and 0.0 <= res["blank"] <= 1.0
+    # second call: same folder, nothing retrained
+    mtime = (smoke_model_dir / "model.safetensors").stat().st_mtime_ns
+    assert pretrain_tiny_llava(smoke_params, smoke_world, progress=False) == smoke_model_dir
+    assert (smoke_model_dir / "model.safetensors").stat().st_mtime_ns == mtime
+    # the cache key follows the recipe
+    from dataclasses import replace
+
+    other = replace(smoke_params, pretrain=replace(smoke_params.pretrain, lr=5e-4))
+    assert tiny_llava_dir(other, smoke_world) != smoke_model_dir
