@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import Collator, prompt_messages
 
-__all__ = ["EvalResult", "generate_predictions", "evaluate_records", "references_of"]
+__all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "references_of"]
 
 
 @dataclass
@@ -88,14 +88,74 @@ def generate_predictions(model: torch.nn.Module, processor: Any, records: list[d
     return predictions
 
 
+def _candidates(record: dict, metric: str) -> list[str]:
+    choices = record.get("choices") or []
+    if not choices:
+        raise ValueError(f"record {record['id']}: likelihood scoring needs 'choices'")
+    # SQA-style items are answered with the option letter; IconQA-style ones with the option text.
+    return [chr(ord("A") + i) for i in range(len(choices))] if metric == "mc_accuracy" else list(choices)
+
+
+@torch.no_grad()
+def choose_by_likelihood(model: torch.nn.Module, processor: Any, records: list[dict], metric: str,
+                         batch_size: int = 64, blank_images: bool = False, progress: bool = True,
+                         desc: str = "evaluate") -> list[str]:
+    """For multiple-choice records: the candidate answer with the highest total log-likelihood.
+
+    Each candidate replaces the final answer turn and is scored on its answer tokens (end-of-turn included), the
+    way lm-evaluation-harness scores multiple choice. Faster than generation and needs no answer parsing.
+    """
+    from .data import IGNORE_INDEX
+    from .train import forward_inputs
+
+    collator = Collator(processor, mode="train", blank_images=blank_images)
+    expanded, owner = [], []
+    for i, rec in enumerate(records):
+        for cand in _candidates(rec, metric):
+            turns = [dict(t) for t in rec["conversations"]]
+            if turns[-1]["from"] == "gpt":
+                turns[-1]["value"] = cand
+            else:
+                turns.append({"from": "gpt", "value": cand})
+            expanded.append({**rec, "id": f"{rec['id']}::{cand}", "conversations": turns})
+            owner.append((i, cand))
+    scores: list[float] = []
+    model.eval()
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(expanded), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = collator(expanded[start:start + batch_size])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
+        scores.extend((logp * (target != IGNORE_INDEX)).sum(-1).tolist())
+    best: dict[int, tuple[float, str]] = {}
+    for (i, cand), score in zip(owner, scores):
+        if i not in best or score > best[i][0]:
+            best[i] = (score, cand)
+    return [best[i][1] for i in range(len(records))]
+
+
 def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict], metric: str,
                      max_new_tokens: int, batch_size: int = 64, blank_images: bool = False,
-                     progress: bool = True, desc: str = "evaluate") -> EvalResult:
-    """Generate answers for ``records`` and score them with ``metric`` (a :mod:`mllm_study.metrics` name)."""
+                     progress: bool = True, desc: str = "evaluate", scoring: str = "generate") -> EvalResult:
+    """Answer ``records`` and score them with ``metric`` (a :mod:`mllm_study.metrics` name).
+
+    Args:
+        scoring: ``generate`` (greedy generation, the paper's protocol and the default) or ``likelihood``
+            (multiple-choice records only: pick the most likely option, see :func:`choose_by_likelihood`).
+    """
     from .metrics import compute_metric
 
     start = time.perf_counter()
-    preds = generate_predictions(model, processor, records, max_new_tokens, batch_size, blank_images, progress, desc)
+    if scoring == "generate":
+        preds = generate_predictions(model, processor, records, max_new_tokens, batch_size, blank_images,
+                                     progress, desc)
+    elif scoring == "likelihood":
+        preds = choose_by_likelihood(model, processor, records, metric, batch_size, blank_images, progress, desc)
+    else:
+        raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
     refs = [references_of(r) for r in records]
     kwargs: dict[str, Any] = {}
     if metric == "mc_accuracy":
