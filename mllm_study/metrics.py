@@ -1,0 +1,561 @@
+"""Evaluation metrics for multimodal LLM outputs behind one small registry.
+
+Usage: ``compute_metric("vqa_score", ["Two."], [["2"] * 10]).value  # -> 1.0``
+
+Every metric takes ``predictions`` (one string per item; ``None``/``""`` is scored as wrong) and ``references``
+(one non-empty list of str per item) plus metric-specific keyword arguments, and returns a :class:`MetricResult`
+whose ``per_item`` scores feed bootstrap CIs and paired tests. Registered: ``vqa_score``, ``accuracy``,
+``mc_accuracy``, ``cider``, ``pope``, ``chair``; each :class:`Metric` states in ``reference`` what it reproduces.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from statistics import fmean
+from typing import Callable
+
+__all__ = ["Metric", "MetricResult", "register_metric", "get_metric", "list_metrics", "compute_metric",
+           "vqa_process_answer", "normalize_answer", "extract_choice", "parse_yes_no", "ptb_tokenize",
+           "tokenize_captions", "cider_d", "find_objects"]
+
+
+@dataclass
+class MetricResult:
+    """Scores of one metric: ``value`` (mean of ``per_item``, except corpus metrics such as POPE's F1),
+    ``per_item`` (one score per prediction, input order) and ``extra`` (named statistics)."""
+
+    value: float
+    per_item: list[float]
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``reference`` cites what it follows, ``version`` changes whenever scores may change,
+    ``fn(predictions, references, **kwargs) -> MetricResult`` validates its inputs."""
+
+    name: str
+    higher_is_better: bool
+    reference: str
+    version: str
+    fn: Callable[..., MetricResult]
+
+
+_REGISTRY: dict[str, Metric] = {}
+
+
+def _validate(predictions, references) -> tuple[list[str], list[list[str]]]:
+    for arg, value in (("predictions", predictions), ("references", references)):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{arg} must be a list, got {type(value).__name__}")
+    if len(predictions) != len(references):
+        raise ValueError(f"predictions and references must have the same length, got {len(predictions)} "
+                         f"predictions and {len(references)} references")
+    if not predictions:
+        raise ValueError("nothing to score: predictions and references are empty")
+    for i, pred in enumerate(predictions):
+        if pred is not None and not isinstance(pred, str):
+            raise TypeError(f"predictions[{i}] must be a str or None, got {type(pred).__name__}")
+    for i, refs in enumerate(references):
+        if not isinstance(refs, (list, tuple)) or not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"references[{i}] must be a list of str (e.g. ['red']), got {refs!r}")
+        if not refs:
+            raise ValueError(f"references[{i}] is an empty list; every item needs at least one reference")
+    return [p or "" for p in predictions], [list(refs) for refs in references]
+
+
+def _per_item_kwarg(value, name: str, n: int) -> list:
+    if value is None:
+        raise ValueError(f"this metric needs the keyword argument {name}= (one entry per prediction)")
+    if not isinstance(value, (list, tuple)) or len(value) != n:
+        got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ValueError(f"{name} must be a list with one entry per prediction: expected {n}, got {got}")
+    return list(value)
+
+
+def register_metric(name: str, higher_is_better: bool, reference: str, version: str):
+    """Decorator registering ``fn(predictions, references, **kwargs) -> MetricResult`` as ``name`` (ValueError if
+    taken); the stored :attr:`Metric.fn` first validates the inputs like :func:`compute_metric`, None -> ""."""
+    def decorator(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"metric {name!r} is already registered")
+
+        @functools.wraps(fn)
+        def checked(predictions, references, **kwargs) -> MetricResult:
+            return fn(*_validate(predictions, references), **kwargs)
+
+        _REGISTRY[name] = Metric(name, higher_is_better, reference, version, checked)
+        return fn
+    return decorator
+
+
+def get_metric(name: str) -> Metric:
+    """Return metric ``name``; unknown names raise ValueError listing the known ones and the closest match."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}{hint}")
+    return _REGISTRY[name]
+
+
+def list_metrics() -> list[str]:
+    """Return the registered metric names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def compute_metric(name: str, predictions: list[str], references: list[list[str]], **kwargs) -> MetricResult:
+    """Score ``predictions`` (str per item; None/"" is wrong) against ``references`` (non-empty list of str per
+    item) with metric ``name``; ``kwargs`` are the metric's options, e.g. ``choices=`` for ``mc_accuracy``.
+
+    Raises:
+        ValueError: Unknown metric, different lengths, no items, an empty reference list, bad metric options.
+        TypeError: A prediction that is not str/None, a reference that is not a list of str.
+    """
+    return get_metric(name).fn(predictions, references, **kwargs)
+
+
+# ---- VQA score: GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py, re-implemented ----------------
+_VQA_CONTRACTIONS = {k: v for pair in (
+    "aint ain't|arent aren't|cant can't|couldve could've|couldnt couldn't|couldn'tve couldn't've|couldnt've "
+    "couldn't've|didnt didn't|doesnt doesn't|dont don't|hadnt hadn't|hadnt've hadn't've|hadn'tve hadn't've|hasnt "
+    "hasn't|havent haven't|hed he'd|hed've he'd've|he'dve he'd've|hes he's|howd how'd|howll how'll|hows how's|Id've "
+    "I'd've|I'dve I'd've|Im I'm|Ive I've|isnt isn't|itd it'd|itd've it'd've|it'dve it'd've|itll it'll|let's let's|maam "
+    "ma'am|mightnt mightn't|mightnt've mightn't've|mightn'tve mightn't've|mightve might've|mustnt mustn't|mustve "
+    "must've|neednt needn't|notve not've|oclock o'clock|oughtnt oughtn't|ow's'at 'ow's'at|'ows'at 'ow's'at|'ow'sat "
+    "'ow's'at|shant shan't|shed've she'd've|she'dve she'd've|she's she's|shouldve should've|shouldnt shouldn't|"
+    "shouldnt've shouldn't've|shouldn'tve shouldn't've|somebody'd somebodyd|somebodyd've somebody'd've|somebody'dve "
+    "somebody'd've|somebodyll somebody'll|somebodys somebody's|someoned someone'd|someoned've someone'd've|"
+    "someone'dve someone'd've|someonell someone'll|someones someone's|somethingd something'd|somethingd've "
+    "something'd've|something'dve something'd've|somethingll something'll|thats that's|thered there'd|thered've "
+    "there'd've|there'dve there'd've|therere there're|theres there's|theyd they'd|theyd've they'd've|they'dve "
+    "they'd've|theyll they'll|theyre they're|theyve they've|twas 'twas|wasnt wasn't|wed've we'd've|we'dve we'd've|weve "
+    "we've|werent weren't|whatll what'll|whatre what're|whats what's|whatve what've|whens when's|whered where'd|wheres "
+    "where's|whereve where've|whod who'd|whod've who'd've|who'dve who'd've|wholl who'll|whos who's|whove who've|whyll "
+    "why'll|whyre why're|whys why's|wont won't|wouldve would've|wouldnt wouldn't|wouldnt've wouldn't've|wouldn'tve "
+    "wouldn't've|yall y'all|yall'll y'all'll|y'allll y'all'll|yall'd've y'all'd've|y'alld've y'all'd've|y'all'dve "
+    "y'all'd've|youd you'd|youd've you'd've|you'dve you'd've|youll you'll|youre you're|youve you've").split("|")
+    for k, v in [pair.split(" ")]}
+_VQA_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: "(?!<=" is a lookahead, as in the official code
+_VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+_VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+
+
+def _vqa_punctuation(text: str) -> str:
+    out, digit_comma = text, _VQA_COMMA_STRIP.search(text) is not None
+    for p in _VQA_PUNCT:  # deleted if it touches a space anywhere (or the text has "1,000"), else -> a space
+        out = out.replace(p, "" if (p + " " in text or " " + p in text or digit_comma) else " ")
+    return _VQA_PERIOD_STRIP.sub("", out, 32)  # the official code passes re.UNICODE (== 32) as `count`; kept
+
+
+def vqa_process_answer(answer: str) -> str:
+    """Official VQA processing of a predicted answer.
+
+    Newlines/tabs -> spaces, strip; ``processPunctuation``: each char of the punct list is deleted if it touches a
+    space anywhere in the text or the text has a digit-comma-digit ("1,000" -> "1000"), else replaced by a space
+    ("black/white" -> "black white"); periods not followed by a digit are deleted ("yes." -> "yes", "2.5" kept);
+    ``processDigitArticle``: lowercase, none/zero..ten -> digits, drop a/an/the, contractions map ("dont" ->
+    "don't"; "it's" is kept).
+    """
+    words = _vqa_punctuation(answer.replace("\n", " ").replace("\t", " ").strip()).lower().split()
+    words = [_VQA_NUMBERS.get(w, w) for w in words]
+    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in ("a", "an", "the"))
+
+
+@register_metric("vqa_score", True, "Official VQA accuracy, GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/"
+                 "vqaEval.py (https://github.com/GT-Vision-Lab/VQA); Antol et al., ICCV 2015", "1")
+def vqa_score(predictions: list[str], references: list[list[str]], normalize_references: bool = False):
+    """VQA accuracy as the official ``vqaEval.py``.
+
+    The prediction goes through :func:`vqa_process_answer`. The references, as in the official code, only go
+    through ``processPunctuation`` -- no digit/article processing, lowercasing or stripping -- and only if they are
+    not all identical; identical references are compared verbatim. Official annotations are pre-normalised, so a
+    reference "two" or "Red" never matches; ``normalize_references=True`` applies :func:`vqa_process_answer` to
+    every reference instead (not official; for hand-written references).
+
+    Per item, over the n references: leave each one out, take min(1, exact matches among the other n - 1 / 3) and
+    average the n values (n = 10 in VQA). Any n >= 2 uses this formula (so for n < 4 even a unanimous match scores
+    below 1, e.g. 2/3 for n = 3); a single reference scores 1.0 on an exact match (the formula would give 0).
+    An empty prediction scores 0.
+    """
+    per_item = []
+    for pred, refs in zip(predictions, references):
+        answer = vqa_process_answer(pred)
+        if normalize_references:
+            refs = [vqa_process_answer(r) for r in refs]
+        elif len(set(refs)) > 1:
+            refs = [_vqa_punctuation(r) for r in refs]
+        matches = sum(r == answer for r in refs)
+        if not answer or len(refs) == 1:
+            per_item.append(float(bool(answer) and matches == 1))
+        else:
+            per_item.append(fmean([min(1.0, (matches - (r == answer)) / 3.0) for r in refs]))
+    return MetricResult(fmean(per_item), per_item, {})
+
+
+_NUMBER_WORDS = {k: v for k, v in _VQA_NUMBERS.items() if k != "none"}
+
+
+def normalize_answer(text: str) -> str:
+    """Normalisation for ``accuracy``: lowercase, strip, drop trailing periods, collapse whitespace, and map the
+    words zero..ten to digits one word at a time (VQA's map without "none"): " Two Dogs. " -> "2 dogs"."""
+    return " ".join(_NUMBER_WORDS.get(w, w) for w in text.lower().strip().rstrip(".").split())
+
+
+@register_metric("accuracy", True, "Exact match after normalize_answer (this project); number words as "
+                 "vqaEval.py of https://github.com/GT-Vision-Lab/VQA", "1")
+def accuracy(predictions: list[str], references: list[list[str]]):
+    """1.0 if the normalised prediction equals any normalised reference (:func:`normalize_answer`), else 0.0."""
+    per_item = [float(bool(a := normalize_answer(p)) and a in {normalize_answer(r) for r in refs})
+                for p, refs in zip(predictions, references)]
+    return MetricResult(fmean(per_item), per_item, {})
+
+
+# ---- multiple choice ---------------------------------------------------------------------------------------------
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_MC_BARE = re.compile(r"[(\[]?([A-Za-z])[)\]]?[.:]?")
+_MC_PREFIX = re.compile(r"(?:([A-Z])[.):]|[(\[]([A-Za-z])[)\]])\s")
+_MC_PHRASE = re.compile(r"\b(?i:answer|option|choice)(?:\s+(?i:is))?\s*[:\-]?\s*[(\[]?(?:([A-Z])|([a-z])(?=[)\]]|"
+                        r"\s*[.,:;!]|\s*$))[)\]]?(?![A-Za-z0-9'])")
+_MC_LETTER = re.compile(r"(?<![A-Za-z0-9'])([(\[])?([A-Z])[)\]]?(?![A-Za-z0-9'])(?=(.{0,5}))")
+
+
+def _mc_norm(text: str) -> str:
+    text = re.sub(r"^\s*(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is|:)\s*", "", text.lower())
+    return " ".join(re.findall(r"[a-z0-9]+(?:['.][a-z0-9]+)*", text))
+
+
+def extract_choice(prediction: str, choices: list[str]) -> int | None:
+    """Return the 0-based option a free-form answer picks, or None (nothing found, or ambiguous).
+
+    Stages, in order; the first that finds something decides, and finding two different options is ambiguous:
+    1. the whole answer is a letter: "B", "b", "B.", "(B)", "B)", "[b]", "B:";
+    2. it starts with "B. ", "B) ", "B: " or "(b) " -- "B. blue" is B (the letter wins over the text);
+    3. "answer/option/choice [is] [:] B" anywhere: "The answer is B", "Answer: (B)."; a lower-case letter
+       counts only before punctuation or the end ("the answer is a dog" is not A);
+    4. the answer, lowercased, without a leading "the answer is" and punctuation, equals one option text;
+    5. option texts found in it on word boundaries, dropping those inside a longer found one ("dark red" > "red");
+    6. standalone capital letters ("I think (B)"); "A"/"I" followed by a lower-case word other than or/and/is
+       are not letters ("A dog").
+    Letters beyond the number of choices are ignored.
+    """
+    text, letters = " ".join(prediction.split()), _LETTERS[:len(choices)]
+
+    def pick(found: set[int]) -> int | None | bool:  # False: this stage found nothing
+        return found.pop() if len(found) == 1 else (None if found else False)
+
+    def idx(found) -> set[int]:
+        return {letters.index(c.upper()) for c in found if c and c.upper() in letters}
+
+    if (m := _MC_BARE.fullmatch(text)) and (r := pick(idx([m[1]]))) is not False:
+        return r
+    if (m := _MC_PREFIX.match(text)) and (r := pick(idx([m[1] or m[2]]))) is not False:
+        return r
+    if (r := pick(idx([m[1] or m[2] for m in _MC_PHRASE.finditer(text)]))) is not False:
+        return r
+    norm, options = _mc_norm(text), [_mc_norm(c) for c in choices]
+    if (r := pick({i for i, o in enumerate(options) if o and o == norm})) is not False:
+        return r
+    found = {i for i, o in enumerate(options) if o and re.search(rf"(?<![a-z0-9]){re.escape(o)}(?![a-z0-9])", norm)}
+    found = {i for i in found if not any(options[i] != options[j] and options[i] in options[j] for j in found)}
+    if (r := pick(found)) is not False:
+        return r
+    standalone = [m[2] for m in _MC_LETTER.finditer(text)  # skip "A dog", "I think"
+                  if m[1] or m[2] not in "AI" or not re.match(r"\s+(?!or\b|and\b|is\b)[a-z]", m[3])]
+    return None if (r := pick(idx(standalone))) is False else r
+
+
+@register_metric("mc_accuracy", True, "Multiple-choice accuracy with documented answer extraction (this project; cf. "
+                 "LLaVA llava/eval/eval_science_qa.py, https://github.com/haotian-liu/LLaVA)", "1")
+def mc_accuracy(predictions: list[str], references: list[list[str]], choices: list[list[str]] | None = None):
+    """Multiple-choice accuracy.
+
+    Args:
+        choices: Option texts per item, in order; option k has letter ``"ABC..."[k]``.
+
+    A reference is the gold letter ("B", "(b)", "B.") or else the gold option text (case/punctuation-insensitive);
+    anything else raises ValueError. The prediction is mapped with :func:`extract_choice`; no or an ambiguous
+    extraction scores 0 and is counted in ``extra["unparsed"]``.
+    """
+    choices, per_item, unparsed = _per_item_kwarg(choices, "choices", len(predictions)), [], 0
+    for i, (pred, refs, opts) in enumerate(zip(predictions, references, choices)):
+        if not isinstance(opts, (list, tuple)) or not 0 < len(opts) <= 26 or not all(isinstance(c, str) for c in opts):
+            raise ValueError(f"choices[{i}] must be a list of 1 to 26 str, got {opts!r}")
+        gold = set()
+        for ref in refs:
+            m = _MC_BARE.fullmatch(ref.strip())
+            if m and m[1].upper() in _LETTERS[:len(opts)]:
+                gold.add(_LETTERS.index(m[1].upper()))
+                continue
+            if not (hits := {j for j, c in enumerate(opts) if _mc_norm(c) == _mc_norm(ref)}):
+                raise ValueError(f"references[{i}]: gold {ref!r} is neither a letter A..{_LETTERS[len(opts) - 1]} "
+                                 f"nor one of the choices {list(opts)!r}")
+            gold |= hits
+        picked = extract_choice(pred, list(opts))
+        unparsed += picked is None
+        per_item.append(float(picked in gold))
+    return MetricResult(fmean(per_item), per_item, {"unparsed": float(unparsed)})
+
+
+# ---- CIDEr-D as pycocoevalcap 1.2 (cider/cider_scorer.py) with its PTBTokenizer preprocessing -------------------
+_PTB_REMOVED = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...",
+                ";"}  # pycocoevalcap's PUNCTUATIONS; "-lrb-" etc. survive since the tokenizer lowercases them
+_PTB_MAP = {'"': "''", "(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-",
+            "cannot": "can not", "gonna": "gon na", "gotta": "got ta", "wanna": "wan na", "lemme": "lem me",
+            "gimme": "gim me", "y'all": "y' all", "'tis": "'t is", "'twas": "'t was"}
+_PTB_TOKEN = re.compile(r"""
+    (?P<abbr>(?<![^\s"'`(\[{])(?:[a-z](?:\.[a-z])*\.|no\.(?=\s+\d)|(?:mr|mrs|ms|dr|st|mt|jr|sr|prof|ave|gen|capt|sgt
+             |lt|col|jan|feb|corp|bros|ft|dept|rd|blvd|inc|co|ltd|vs|etc|est)\.)(?!\w))   # a.  u.s.  mr.  no. 5
+  | (?P<url>\w+(?:[.-]\w+)*@\w+(?:[.-]\w+)+ | [a-z]+://[^\s"'()\[\]{}]*[^\s"'()\[\]{}.,;:!?] | [\#@]\w+)
+  | (?P<word>\w+(?:(?:[-/.]|(?<=[^\W\d_])'(?=[^\W\d_])|(?<=\d)[,:](?=\d))\w+)*)
+  | (?P<clitic>''|``|(?:'(?:n'|s|m|d|re|ve|ll|em|n|cause|tis|twas)|(?<!\w)'\d\d(?:s|(?=\s|$)))(?!\w))
+  | (?P<ellipsis>\.\.\.+) | (?P<dash>--+) | (?P<other>[?!]+|\S)
+""", re.VERBOSE)
+_LINE_BREAKS = dict.fromkeys(map(ord, "\r\n\x0b\x0c\x85\u2028\u2029"), " ")
+_PTB_CHARS = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": " -- ",
+                            "\u2014": " -- ", "\u2026": "...", **_LINE_BREAKS})
+
+
+def _ptb_word(tok: str) -> list[str]:
+    if "-" in tok and re.search(r"\.(?!\d)", tok):  # hot-dog.then -> hot-dog . then
+        return [t for part in re.split(r"(\.(?!\d))", tok) if part for t in _ptb_word(part)]
+    if "'n'" in tok and not tok.startswith("'n'") and not tok.endswith("'n'"):  # rock'n'roll -> rock 'n' roll
+        head, tail = tok.split("'n'", 1)
+        return _ptb_word(head) + ["'n'"] + _ptb_word(tail)
+    if m := re.fullmatch(r"(\d+(?:[.,:]\d+)+)([^\W\d_]\w*)", tok):  # 1.5m -> 1.5 m, 12:00pm -> 12:00 pm
+        return [m[1], m[2]]
+    if m := re.fullmatch(r"(.+?)(n't|'(?:s|m|d|re|ve|ll|n))", tok):  # don't -> do n't, it's -> it 's
+        return [m[1], m[2]]
+    return _PTB_MAP.get(tok, tok).split()
+
+
+def ptb_tokenize(text: str) -> str:
+    """Pure-Python stand-in for pycocoevalcap's ``PTBTokenizer`` (CoreNLP 3.4.1, ``-lowerCase -preserveLines``)
+    followed by its removal of PUNCTUATIONS tokens; returns the tokens joined by single spaces.
+
+    Lowercases; splits off . , ; : quotes $ % & * + = etc. and ?/! runs ("?!" stays a token); brackets become
+    -lrb- -rrb- -lsb- -rsb- -lcb- -rcb- (kept: pycocoevalcap's filter list is upper-case); clitics as PTB ("it's"
+    -> it 's, "don't" -> do n't, "can't" -> ca n't, "dogs'" -> dogs), cannot/gonna/gotta/wanna/lemme/gimme/'tis;
+    keeps hyphenated words, "a/b", 1,000 / 5.50 / 5:30, '90s, e-mails, #tags, acronyms ("u.s."), initials ("a.")
+    and common abbreviations ("mr.", "st.", "etc."); "..." and dashes go. Equal to the jar on 15,000 random
+    punctuated captions; emoticons and rarer lexer rules (e.g. "it's-a", "bird!a") are not reproduced.
+    """
+    out = []
+    for m in _PTB_TOKEN.finditer(text.translate(_PTB_CHARS).lower()):
+        kind, tok = m.lastgroup, m.group()
+        toks = _ptb_word(tok) if kind == "word" else ["..."] if kind == "ellipsis" else ["--"] if kind == "dash" \
+            else _PTB_MAP.get(tok, tok).split()
+        out.extend(t for t in toks if t not in _PTB_REMOVED)
+    return " ".join(out)
+
+
+def tokenize_captions(captions: list[str], tokenizer: str = "auto") -> list[str]:
+    """Tokenise captions for CIDEr.
+
+    Args:
+        captions: Raw strings.
+        tokenizer: ``"ptb"``: pycocoevalcap's java PTBTokenizer (one call for all; any line break becomes a space,
+            blank captions stay ""); ``"python"``: :func:`ptb_tokenize`; ``"auto"``: ``ptb`` if ``java`` is on
+            PATH, else ``python``; ``"none"``: already tokenised, whitespace is only normalised.
+    """
+    if tokenizer == "auto":
+        tokenizer = "ptb" if shutil.which("java") else "python"
+    if tokenizer == "python":
+        return [ptb_tokenize(c) for c in captions]
+    if tokenizer == "none":
+        return [" ".join(c.split()) for c in captions]
+    if tokenizer != "ptb":
+        raise ValueError(f"tokenizer must be 'auto', 'ptb', 'python' or 'none', got {tokenizer!r}")
+    if not shutil.which("java"):
+        raise RuntimeError("tokenizer='ptb' needs java on PATH; use tokenizer='python' or 'auto'")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    todo = {i: [{"caption": c.translate(_LINE_BREAKS)}] for i, c in enumerate(captions) if c.strip()}
+    done = PTBTokenizer().tokenize(todo) if todo else {}
+    return [done[i][0] if i in done else "" for i in range(len(captions))]
+
+
+def cider_d(candidates: list[str], references: list[list[str]], n: int = 4, sigma: float = 6.0) -> list[float]:
+    """Per-caption CIDEr-D of tokenised captions as pycocoevalcap's ``CiderScorer`` (its score is their mean).
+
+    Document frequencies come from this set's references: idf = log(#items) - log(max(1, df)). Per n-gram order,
+    the clipped cosine sum(min(h, r) * r) / (|h| |r|) is multiplied by exp(-(len_h - len_r)^2 / (2 sigma^2)), then
+    averaged over orders 1..n and over references and times 10. As in pycocoevalcap, "length" counts bigram
+    occurrences (its ``n == 1`` is the 0-based order). A set of one item scores 0 (every idf is 0).
+    """
+    def ngrams(sentence: str) -> Counter:
+        w = sentence.split()
+        return Counter(tuple(w[i:i + k]) for k in range(1, n + 1) for i in range(len(w) - k + 1))
+
+    crefs = [[ngrams(r) for r in refs] for refs in references]
+    df = Counter(g for refs in crefs for g in {g for r in refs for g in r})
+    log_items = math.log(float(len(crefs)))
+
+    def vec(counts: Counter):
+        v, norm, length = [{} for _ in range(n)], [0.0] * n, 0
+        for g, tf in counts.items():
+            v[len(g) - 1][g] = w = float(tf) * (log_items - math.log(max(1.0, df[g])))
+            norm[len(g) - 1] += w * w
+            length += tf if len(g) == 2 else 0
+        return v, [math.sqrt(x) for x in norm], length
+
+    scores = []
+    for cand, refs in zip(candidates, crefs):
+        vh, nh, lh = vec(ngrams(cand))
+        total = 0.0
+        for ref in refs:
+            vr, nr, lr = vec(ref)
+            for k in range(n):
+                val = sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())
+                val /= nh[k] * nr[k] if nh[k] != 0 and nr[k] != 0 else 1.0
+                total += val * math.e ** (-(float(lh - lr) ** 2) / (2 * sigma ** 2))
+        scores.append(total / n / len(refs) * 10.0)
+    return scores
+
+
+@register_metric("cider", True, "CIDEr-D as pycocoevalcap 1.2 Cider/CiderScorer after its PTBTokenizer "
+                 "(https://github.com/salaniz/pycocoevalcap); Vedantam et al., CVPR 2015", "1")
+def cider(predictions: list[str], references: list[list[str]], tokenizer: str = "auto"):
+    """CIDEr-D of the set (see :func:`cider_d`) after :func:`tokenize_captions` with ``tokenizer``.
+
+    ``per_item`` are the per-caption scores, ``value`` their mean (= pycocoevalcap's corpus score); an empty
+    caption scores 0. ``extra["ptb_java"]`` is 1.0 if the java tokenizer was used.
+    """
+    used = tokenizer if tokenizer != "auto" else ("ptb" if shutil.which("java") else "python")
+    flat = tokenize_captions(predictions + [r for refs in references for r in refs], used)
+    refs, pos = [], len(predictions)
+    for r in references:
+        refs.append(flat[pos:pos + len(r)])
+        pos += len(r)
+    per_item = cider_d(flat[:len(predictions)], refs)
+    return MetricResult(fmean(per_item), per_item, {"ptb_java": float(used == "ptb")})
+
+
+# ---- POPE --------------------------------------------------------------------------------------------------------
+def parse_yes_no(text: str) -> str | None:
+    """Parse a POPE answer into "yes", "no" or None (unparsed).
+
+    As the POPE/LLaVA ``eval_pope.py`` scripts: keep the text before the first "." and drop commas; it is "no" if
+    it has the word "no" or "not". Unlike them, words are ``[a-z]+`` runs of the lowercased text (so "No!" and
+    "NOT" count), and the rest is "yes" only if it has the word "yes", else None. "isn't" is no negation (as POPE).
+    """
+    words = re.findall(r"[a-z]+", text.split(".", 1)[0].replace(",", "").lower())
+    return "no" if ("no" in words or "not" in words) else "yes" if "yes" in words else None
+
+
+@register_metric("pope", True, "POPE (Li et al., EMNLP 2023), https://github.com/RUCAIBox/POPE evaluate.py, as "
+                 "LLaVA llava/eval/eval_pope.py", "1")
+def pope(predictions: list[str], references: list[list[str]], unparsed_as: str = "yes"):
+    """POPE object probing; ``value`` is the F1 of the "yes" class.
+
+    Args:
+        unparsed_as: What an answer :func:`parse_yes_no` cannot parse counts as: ``"yes"`` (default; what the POPE
+            and LLaVA scripts do -- every answer without "no"/"not" is a yes there), ``"no"``, or ``"wrong"`` (the
+            opposite of the label). Empty/None predictions always count as wrong.
+
+    ``references[i][0]`` is the label, "yes" or "no". ``per_item`` is correctness 0/1. ``extra``: accuracy,
+    precision, recall, f1, yes_ratio (share of answers counted "yes"), tp/fp/tn/fn and unparsed (count, empty
+    predictions included); precision/recall/F1 are 0 when their denominator is 0.
+    """
+    if unparsed_as not in ("yes", "no", "wrong"):
+        raise ValueError(f"unparsed_as must be 'yes', 'no' or 'wrong', got {unparsed_as!r}")
+    counts, per_item = Counter(), []
+    for i, (pred, refs) in enumerate(zip(predictions, references)):
+        label = refs[0].strip().lower()
+        if label not in ("yes", "no"):
+            raise ValueError(f"references[{i}] must be ['yes'] or ['no'] for pope, got {refs!r}")
+        answer = parse_yes_no(pred) if pred.strip() else None
+        if answer is None:
+            counts["unparsed"] += 1
+            wrong = unparsed_as == "wrong" or not pred.strip()
+            answer = ("no" if label == "yes" else "yes") if wrong else unparsed_as
+        counts[("tp" if label == "yes" else "fp") if answer == "yes" else ("tn" if label == "no" else "fn")] += 1
+        per_item.append(float(answer == label))
+    tp, fp, tn, fn = (counts[k] for k in ("tp", "fp", "tn", "fn"))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    extra = {"accuracy": (tp + tn) / len(per_item), "precision": precision, "recall": recall, "f1": f1,
+             "yes_ratio": (tp + fp) / len(per_item)}
+    extra.update({k: float(counts[k]) for k in ("tp", "fp", "tn", "fn", "unparsed")})
+    return MetricResult(f1, per_item, extra)
+
+
+# ---- CHAIR -------------------------------------------------------------------------------------------------------
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def _lexicon(synonyms: dict[str, list[str]]) -> dict[tuple[str, ...], str]:
+    if not isinstance(synonyms, dict) or not synonyms:
+        raise ValueError("synonyms must be a non-empty dict {canonical object: [words naming it], ...}")
+    explicit: dict[tuple[str, ...], str] = {}
+    for canon, phrases in synonyms.items():
+        for phrase in [canon, *phrases]:
+            if (key := _words(phrase)) and explicit.setdefault(key, canon) != canon:
+                raise ValueError(f"synonym {phrase!r} is listed for both {explicit[key]!r} and {canon!r}")
+    lexicon = dict(explicit)
+    for key, canon in explicit.items():  # plural (or singular) of the last word, unless it is listed itself
+        last = key[-1]
+        for form in (last + "s", last + "es", last[-1] == "y" and last[:-1] + "ies", last[-1] == "s" and last[:-1]):
+            if form:
+                lexicon.setdefault(key[:-1] + (form,), canon)
+    return lexicon
+
+
+def _mentions(text: str, lexicon: dict[tuple[str, ...], str]) -> list[str]:
+    longest, words, found, i = max(map(len, lexicon)), _words(text), [], 0
+    while i < len(words):
+        size = next((s for s in range(min(longest, len(words) - i), 0, -1) if words[i:i + s] in lexicon), 0)
+        if size:
+            found.append(lexicon[words[i:i + size]])
+        i += max(size, 1)
+    return found
+
+
+def find_objects(text: str, synonyms: dict[str, list[str]]) -> list[str]:
+    """Return the canonical objects ``text`` mentions, in order, once per mention.
+
+    Text and synonyms are lowercased and split into ``[a-z0-9]+`` words, so matches fall on word boundaries
+    ("cat" is not found in "catalog"; "teddy-bear" matches "teddy bear"). At each position the longest phrase
+    wins ("hot dog" before "dog") and matches do not overlap. Each canonical name is its own synonym. A phrase's
+    last word also matches with "s"/"es" added (y -> "ies"), or without a final "s" ("glasses" -> "glasse" too);
+    explicitly listed phrases take precedence; list irregular plurals ("people") explicitly.
+    """
+    return _mentions(text, _lexicon(synonyms))
+
+
+@register_metric("chair", False, "CHAIR (Rohrbach et al., EMNLP 2018, Object Hallucination in Image Captioning, "
+                 "https://github.com/LisaAnne/Hallucination) with user-supplied synonyms", "1")
+def chair(predictions: list[str], references: list[list[str]], objects: list[list[str]] | None = None,
+          synonyms: dict[str, list[str]] | None = None):
+    """CHAIR object hallucination of captions; ``references`` are unused (pass ``[[""]] * n``).
+
+    Args:
+        objects: Ground-truth object names per image, mapped to canonical objects by :func:`find_objects`
+            ("red circle" -> circle); names matching no synonym are ignored.
+        synonyms: Canonical object -> words/phrases naming it (see :func:`find_objects`).
+
+    A mention is hallucinated if its object is not among the image's ground-truth objects. ``per_item`` is 1.0 if
+    the caption hallucinates; ``value`` = ``extra["chair_s"]`` = their mean; ``extra["chair_i"]`` = hallucinated
+    mentions / all object mentions of the set (repeats count; 0 without mentions); also mentions, hallucinated
+    (counts) and recall (share of ground-truth objects mentioned). An empty caption hallucinates nothing.
+    """
+    objects, lexicon = _per_item_kwarg(objects, "objects", len(predictions)), _lexicon(synonyms)
+    per_item, said_total, bad_total, gt_total, gt_said = [], 0, 0, 0, 0
+    for pred, names in zip(predictions, objects):
+        truth = {canon for name in names for canon in _mentions(name, lexicon)}
+        said = _mentions(pred, lexicon)
+        bad = sum(canon not in truth for canon in said)
+        said_total, bad_total, gt_total = said_total + len(said), bad_total + bad, gt_total + len(truth)
+        gt_said += len(truth & set(said))
+        per_item.append(float(bad > 0))
+    chair_s = fmean(per_item)
+    return MetricResult(chair_s, per_item, {
+        "chair_s": chair_s, "chair_i": bad_total / said_total if said_total else 0.0, "mentions": float(said_total),
+        "hallucinated": float(bad_total), "recall": gt_said / gt_total if gt_total else 0.0})
