@@ -53,7 +53,7 @@ class PretrainConfig:
     vision_layers: int = 2
     image_size: int = 32
     patch_size: int = 8
-    stage1_steps: int = 1500  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
+    stage1_steps: int = 1000  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
     stage2_steps: int = 2000  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
     batch_size: int = 16
     lr: float = 1e-3
@@ -79,7 +79,10 @@ class RunConfig:
     model: str = "tiny-llava"  # "tiny-llava", a local checkpoint folder or a hub id of an image-text-to-text model
     dataset: str = "iconqa_txt"  # a synthetic world family, or a dataset folder (docs/data_format.md)
     method: str = "lora"  # PEFT method; "none" evaluates the base model without training
-    method_params: dict = field(default_factory=dict)  # e.g. {r: 8, alpha: 16, dropout: 0.05}
+    method_params: dict = field(default_factory=dict)  # for the chosen method, e.g. {r: 8, alpha: 16}
+    # Per-method parameter presets of a profile ({lora: {r: 16}, ...}): the chosen method's entry is merged under
+    # method_params. Only the resolved method_params enter a run's spec and id.
+    method_presets: dict = field(default_factory=dict)
     placement: str = "both"  # attention | mlp | both
     connector: str = "frozen"  # frozen | tuned
     connector_lr: float = 2e-5
@@ -111,6 +114,9 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"run.{name} must be positive or null (got {value})")
+        for name, preset in self.method_presets.items():
+            if not isinstance(preset, dict):
+                raise ConfigError(f"run.method_presets.{name} must be a mapping of parameters, got {preset!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"run.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
 
@@ -136,6 +142,10 @@ class Params:
     run: RunConfig = field(default_factory=RunConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     sources: list[str] = field(default_factory=list)
+
+    def resolved_method_params(self) -> dict[str, Any]:
+        """The chosen method's parameters: its profile preset overlaid by ``run.method_params``."""
+        return {**self.run.method_presets.get(self.run.method, {}), **self.run.method_params}
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

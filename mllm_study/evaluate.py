@@ -8,8 +8,10 @@ can bootstrap over items and pair runs item by item.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .data import Collator, prompt_messages
 
-__all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "references_of"]
+__all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
+           "evaluate_world", "score_predictions", "PredictionFileError", "references_of"]
 
 
 @dataclass
@@ -170,3 +173,116 @@ def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict]
                       "score": float(score)})
     return EvalResult(metric=metric, value=float(result.value), extra={k: float(v) for k, v in result.extra.items()},
                       items=items, seconds=time.perf_counter() - start)
+
+
+def _chair_synonyms(info: dict) -> dict[str, list[str]] | None:
+    """Object synonyms for CHAIR: the dataset's own (``chair_synonyms`` in dataset.json) or the synthetic world's."""
+    if info.get("chair_synonyms"):
+        return info["chair_synonyms"]
+    if str(info.get("source", "")).startswith("synthetic"):
+        from .world import OBJECT_SYNONYMS
+
+        return OBJECT_SYNONYMS
+    return None
+
+
+def evaluate_dataset(model: torch.nn.Module, processor: Any, dataset_dir: str | Path, split: str = "test",
+                     size: int | None = None, batch_size: int = 64, max_new_tokens: int | None = None,
+                     progress: bool = True, scoring: str = "generate") -> dict[str, EvalResult]:
+    """Evaluate one split of a dataset folder with its paper metric (``dataset.json``'s ``metric``).
+
+    Captioning datasets whose records list ground-truth ``objects`` are also scored with CHAIR (on the same
+    generated captions). Returns ``{metric_name: EvalResult}``.
+    """
+    from .data import load_dataset_info, load_split
+    from .metrics import compute_metric
+
+    info = load_dataset_info(dataset_dir)
+    records = load_split(dataset_dir, split, size, seed=0)
+    limit = max_new_tokens or info.get("max_new_tokens", 16)
+    main = evaluate_records(model, processor, records, info["metric"], limit, batch_size, progress=progress,
+                            desc=f"{info['name']}/{split}", scoring=scoring)
+    results = {info["metric"]: main}
+    synonyms = _chair_synonyms(info)
+    if info["metric"] == "cider" and synonyms and all(r.get("objects") is not None for r in records):
+        preds = [item["prediction"] for item in main.items]
+        chair = compute_metric("chair", preds, [[""]] * len(preds), objects=[r["objects"] for r in records],
+                               synonyms=synonyms)
+        items = [{**item, "score": float(s)} for item, s in zip(main.items, chair.per_item)]
+        results["chair"] = EvalResult("chair", float(chair.value), {k: float(v) for k, v in chair.extra.items()},
+                                      items, 0.0)
+    return results
+
+
+def evaluate_world(model: torch.nn.Module, processor: Any, world_dir: str | Path, size: int | None = None,
+                   batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, EvalResult]]:
+    """Every family of a synthetic world (test splits) and the three POPE splits, each with its paper metric.
+
+    Returns ``{"<family>" or "pope/<strategy>": {metric: EvalResult}}``.
+    """
+    from .world import FAMILIES, POPE_STRATEGIES
+
+    world_dir = Path(world_dir)
+    out = {}
+    for family in FAMILIES:
+        out[family] = evaluate_dataset(model, processor, world_dir / family, "test", size, batch_size,
+                                       progress=progress)
+    for strategy in POPE_STRATEGIES:
+        out[f"pope/{strategy}"] = evaluate_dataset(model, processor, world_dir / "pope", strategy, size, batch_size,
+                                                   progress=progress)
+    return out
+
+
+class PredictionFileError(ValueError):
+    """A predictions file is malformed; the message names the file and line."""
+
+
+def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, split: str = "test",
+                      metric: str | None = None) -> EvalResult:
+    """Score a JSON-lines predictions file (``{"id": ..., "prediction": ...}`` per line) against a dataset split.
+
+    A null or empty prediction counts as wrong. Every record of the split must have exactly one prediction.
+
+    Raises:
+        PredictionFileError: unreadable lines, missing keys, unknown, duplicate or missing ids.
+    """
+    from .data import load_dataset_info, load_split
+    from .metrics import compute_metric
+
+    path = Path(predictions_path)
+    if not path.exists():
+        raise PredictionFileError(f"predictions file not found: {path}")
+    info = load_dataset_info(dataset_dir)
+    records = load_split(dataset_dir, split, check_images=False)
+    by_id = {r["id"]: r for r in records}
+    preds: dict[Any, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PredictionFileError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
+            raise PredictionFileError(f"{path}:{n}: each line needs 'id' and 'prediction'")
+        if row["id"] not in by_id:
+            raise PredictionFileError(f"{path}:{n}: id {row['id']!r} is not in {dataset_dir}/{split}.json")
+        if row["id"] in preds:
+            raise PredictionFileError(f"{path}:{n}: duplicate prediction for id {row['id']!r}")
+        pred = row["prediction"]
+        if pred is not None and not isinstance(pred, str):
+            raise PredictionFileError(f"{path}:{n}: prediction must be a string or null, got {type(pred).__name__}")
+        preds[row["id"]] = pred or ""
+    missing = [i for i in by_id if i not in preds]
+    if missing:
+        raise PredictionFileError(f"{path}: {len(missing)} of {len(by_id)} records have no prediction "
+                                  f"(first: {missing[0]!r})")
+    name = metric or info["metric"]
+    refs = [references_of(r) for r in records]
+    kwargs: dict[str, Any] = {}
+    if name == "mc_accuracy":
+        kwargs["choices"] = [r.get("choices") or [] for r in records]
+    result = compute_metric(name, [preds[r["id"]] for r in records], refs, **kwargs)
+    items = [{"id": r["id"], "prediction": preds[r["id"]], "references": ref, "score": float(s)}
+             for r, ref, s in zip(records, refs, result.per_item)]
+    return EvalResult(name, float(result.value), {k: float(v) for k, v in result.extra.items()}, items)

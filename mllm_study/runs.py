@@ -72,7 +72,8 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
 
     run = dataclasses.asdict(params.run)
     method = get_method(params.run.method)
-    run["method_params"] = {**method.defaults, **params.run.method_params}
+    run.pop("method_presets")
+    run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
     spec: dict[str, Any] = {"run": run, "code_version": __version__,
                             "data": {split: _file_digest(dataset_dir / f"{split}.json")
@@ -125,7 +126,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     test = load_split(dataset_dir, "test", run.test_size, seed=0)
     train = load_split(dataset_dir, "train", run.train_size, seed=run.seed) if run.method != "none" else []
     model, processor = load_model(run.model, params, progress)
-    model = apply_method(model, run.method, run.method_params, run.placement, run.connector)
+    model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector)
 
     tmp = root / f".{rid}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,8 @@
 """The base model as it is: no training (zero-shot baseline for every comparison).
 
 Usage: ``mllm-study run --method none --dataset iconqa_txt``
+
+Placement and connector are accepted and ignored (nothing trains); saving writes only ``mllm_method.json``.
 """
 
 from __future__ import annotations
@@ -8,6 +10,15 @@ from __future__ import annotations
 from .registry import register_method
 
 
-@register_method("none", defaults={}, description="no fine-tuning: evaluate the base model")
-def apply_none(model, params, placement, connector):
+def _save_none(model, path):
+    """Nothing to save but the record (written by save_method)."""
+
+
+def _load_none(base, path, record):
+    return base
+
+
+@register_method("none", defaults={}, lr=0.0, default_placement=None, placements=("attention", "mlp", "both"),
+                 save=_save_none, load=_load_none, description="no fine-tuning: evaluate the base model")
+def apply_none(model, params, placement, connector, layers=None):
     return model

@@ -1,78 +1,231 @@
-"""The registry of PEFT methods and the module patterns they target.
+"""The registry of PEFT methods: one file per method, each registered with :func:`register_method`.
 
-Usage: ``get_method("lora").apply(model, {"r": 8}, placement="mlp", connector="frozen")``
+Usage: ``model = apply_method(model, "lora", {"r": 8}, placement="mlp", connector="tuned")``;
+``save_method(model, "out/adapter")``; ``model = load_method(fresh_base, "out/adapter")``
+
+A method turns a frozen base model into a trainable one. Its ``defaults`` are the paper's configuration (Zhou et al.
+2024, STUDY.md) and its ``lr`` the paper's learning rate. Targets come from the per-architecture module maps of
+:mod:`.placement`, never from bare names. Every applied model records what was applied (``model.mllm_method``),
+which :func:`save_method` writes beside the weights (``mllm_method.json``) so :func:`load_method` can rebuild it on
+a fresh base model. Folder layout = peft's: ``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md
+for peft methods), for the peft methods, the bottleneck adapter and full fine-tuning alike.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods", "apply_method",
-           "lm_target_regex", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS"]
+from .placement import (MODULE_MAPS, PLACEMENTS, connector_param_names, connector_save_names, get_module_map,
+                        is_connector_param, is_vision_param, placement_roles, resolve_targets, target_regex,
+                        unwrap_model)
 
-CONNECTOR_MODULE = "multi_modal_projector"
+__all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods", "apply_method", "save_method",
+           "load_method", "lm_target_regex", "lm_targets", "peft_modules_to_save", "connector_param_names",
+           "is_connector_param", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS", "RECORD_FILE"]
+
+CONNECTOR_MODULE = "multi_modal_projector"  # LLaVA's connector; other architectures: placement.connector_modules
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+RECORD_FILE = "mllm_method.json"  # what apply_method applied, written by save_method beside the weights
 
 
 @dataclass
 class Method:
-    """A PEFT method: its defaults and how it turns a base model into a trainable one."""
+    """A PEFT method: its paper defaults, learning rate, placements and how to apply, save and load it."""
 
     name: str
-    apply: Callable[..., torch.nn.Module]  # (model, params, placement, connector) -> model
-    defaults: dict[str, Any] = field(default_factory=dict)
+    apply: Callable[..., torch.nn.Module]  # (model, params, placement, connector, layers) -> model
+    defaults: dict[str, Any] = field(default_factory=dict)  # the paper's configuration (the only accepted keys)
     description: str = ""
+    lr: float = 2e-4  # the paper's learning rate for this method (the connector's is separate: 2e-5)
+    default_placement: str | None = "both"  # used when placement is None; None = the method has no placement
+    placements: tuple[str, ...] = PLACEMENTS  # accepted placements
+    supports_layers: bool = True  # whether a ``layers`` subset applies
+    free_params: bool = False  # True: params go to a peft config class that validates them (passthrough)
+    save: Callable[[torch.nn.Module, Path], None] | None = None  # None = peft ``save_pretrained``
+    load: Callable[[torch.nn.Module, Path, dict], torch.nn.Module] | None = None  # None = ``PeftModel.from_pretrained``
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, defaults: dict[str, Any] | None = None, description: str = ""):
-    """Decorator registering ``fn(model, params, placement, connector) -> model`` as method ``name``."""
+def register_method(name: str, defaults: dict[str, Any] | None = None, description: str = "", lr: float = 2e-4,
+                    default_placement: str | None = "both", placements: Sequence[str] = PLACEMENTS,
+                    supports_layers: bool = True, save: Callable | None = None, load: Callable | None = None):
+    """Decorator registering ``fn(model, params, placement, connector, layers) -> model`` as method ``name``."""
 
     def wrap(fn):
-        METHODS[name] = Method(name=name, apply=fn, defaults=dict(defaults or {}), description=description)
+        METHODS[name] = Method(name=name, apply=fn, defaults=dict(defaults or {}), description=description, lr=lr,
+                               default_placement=default_placement, placements=tuple(placements),
+                               supports_layers=supports_layers, save=save, load=load)
         return fn
 
     return wrap
 
 
 def get_method(name: str) -> Method:
-    """The registered method ``name``; unknown names list the known ones."""
+    """The registered method ``name``, or ``peft:<tuner>`` for any other peft tuner; unknown names list the known."""
+    if name.startswith("peft:"):
+        from .passthrough import passthrough_method
+
+        return passthrough_method(name)
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}")
+        raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}, "
+                         f"or peft:<tuner> for any other peft tuner (e.g. peft:loha, peft:vera)")
     return METHODS[name]
 
 
 def list_methods() -> list[str]:
+    """The registered method names (``peft:<tuner>`` names are resolved on demand, see passthrough.list_tuners)."""
     return sorted(METHODS)
 
 
 def lm_target_regex(placement: str) -> str:
-    """A full-match regex for the language model's linears of ``placement`` (never the vision tower/connector).
+    """peft ``target_modules`` regex of LLaVA's (llava-hf, transformers 5.x) LM linears for ``placement``.
 
-    transformers 5.x names: ``model.language_model.layers.N.self_attn.q_proj`` etc.
+    Prefer :func:`lm_targets`, which picks the module map of the model at hand.
     """
-    names = {"attention": ATTENTION_LINEARS, "mlp": MLP_LINEARS, "both": ATTENTION_LINEARS + MLP_LINEARS}[placement]
-    return rf".*language_model.*\.({'|'.join(names)})$"
+    module_map = MODULE_MAPS["llava-hf"]
+    return target_regex(module_map, module_map.role_names(placement_roles(placement)))
+
+
+def lm_targets(model: torch.nn.Module, placement: str | None = "both", layers: Sequence[int] | None = None,
+               roles: Sequence[str] | None = None) -> str:
+    """A peft ``target_modules`` regex for ``model``'s placement/roles, checked to match (ValueError if not)."""
+    resolve_targets(model, placement, layers, roles)  # raises naming the patterns that found nothing
+    module_map = get_module_map(model)
+    roles = tuple(roles) if roles is not None else placement_roles(placement or "both")
+    return target_regex(module_map, module_map.role_names(roles), layers)
+
+
+def peft_modules_to_save(model: torch.nn.Module, connector: str) -> list[str] | None:
+    """peft ``modules_to_save`` for the connector when tuned (saved with the adapter, restored on load)."""
+    return connector_save_names(model) if connector == "tuned" else None
+
+
+def _check_placement(method: Method, placement: str | None) -> str | None:
+    if placement is None:
+        return method.default_placement
+    if placement not in method.placements:
+        if method.default_placement is None:
+            raise ValueError(f"method {method.name!r} has no placement (it acts on every layer); "
+                             f"got placement {placement!r}, accepted: None or {', '.join(method.placements)}")
+        raise ValueError(f"placement {placement!r} not available for {method.name!r}; "
+                         f"choose one of {', '.join(method.placements)}")
+    return placement
 
 
 def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | None = None,
-                 placement: str = "both", connector: str = "frozen") -> torch.nn.Module:
-    """Freeze the base model and apply method ``name``; unknown method parameters are an error."""
+                 placement: str | None = None, connector: str = "frozen",
+                 layers: Sequence[int] | None = None) -> torch.nn.Module:
+    """Freeze the base model and apply method ``name`` (the vision encoder always stays frozen).
+
+    Args:
+        model: a transformers image-text-to-text model (any architecture with a module map).
+        name: a registered method or ``peft:<tuner>``.
+        params: method parameters; unset ones take the paper's defaults; unknown ones are an error.
+        placement: attention | mlp | both, or None for the method's default (adapter: mlp, LoRA: both).
+        connector: ``frozen`` or ``tuned`` (fully trained, saved with the method's weights).
+        layers: decoder-block indices to adapt (None = all).
+
+    Returns:
+        The trainable model (a peft ``PeftModel`` for peft methods, the same model otherwise) carrying
+        ``mllm_method`` (what was applied).
+    """
     method = get_method(name)
-    unknown = set(params or {}) - set(method.defaults)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)} for method {name!r}; "
-                         f"known: {', '.join(sorted(method.defaults)) or 'none'}")
+    if connector not in ("frozen", "tuned"):
+        raise ValueError(f"connector must be 'frozen' or 'tuned' (got {connector!r})")
+    if not method.free_params:
+        unknown = set(params or {}) - set(method.defaults)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for method {name!r}; "
+                             f"known: {', '.join(sorted(method.defaults)) or 'none'}")
+    if layers is not None and not method.supports_layers:
+        raise ValueError(f"method {name!r} does not take a layers subset")
+    layers = sorted({int(i) for i in layers}) if layers is not None else None
+    placement = _check_placement(method, placement)
     merged = {**method.defaults, **(params or {})}
     for p in model.parameters():
         p.requires_grad = False
-    return method.apply(model, merged, placement, connector)
+    out = method.apply(model, merged, placement, connector, layers)
+    if name != "none":
+        _check_trainable(out, name, connector)
+    try:
+        map_name = get_module_map(out).name
+    except ValueError:  # only "none" gets here on an architecture without a map
+        map_name = None
+    record = {"method": name, "params": merged, "placement": placement, "connector": connector, "layers": layers,
+              "module_map": map_name}
+    object.__setattr__(out, "mllm_method", record)
+    return out
+
+
+def _check_trainable(model: torch.nn.Module, name: str, connector: str) -> None:
+    """Guard the study's invariants: the vision encoder frozen, the connector trained exactly when tuned."""
+    vision = [n for n, p in model.named_parameters() if p.requires_grad and is_vision_param(n, model)]
+    if vision:
+        raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {vision[:3]}")
+    tuned = connector_param_names(model, trainable_only=True)
+    if (connector == "tuned") != bool(tuned):
+        raise RuntimeError(f"method {name!r}: connector {connector!r} but {len(tuned)} connector parameters train")
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def _peft_save(model: torch.nn.Module, path: Path) -> None:
+    model.save_pretrained(str(path))
+
+
+def _peft_load(base: torch.nn.Module, path: Path, record: dict) -> torch.nn.Module:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(path), is_trainable=False)
+
+
+def save_method(model: torch.nn.Module, path: str | Path) -> Path:
+    """Save what :func:`apply_method` applied (and trained) to folder ``path``; returns the folder.
+
+    peft methods: peft's ``save_pretrained``; adapter and full: the same file names, written by the project.
+    ``mllm_method.json`` records method, parameters, placement, connector and layers for :func:`load_method`.
+    """
+    record = getattr(model, "mllm_method", None)
+    if record is None:
+        raise ValueError("model was not prepared by apply_method (no mllm_method record): nothing to save")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    method = get_method(record["method"])
+    (method.save or _peft_save)(model, path)
+    (path / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+    return path
+
+
+def load_method(base_model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Restore a saved method onto a fresh base model (same architecture and weights as at training time).
+
+    Returns the model in eval mode with nothing trainable; connector weights are restored when they were tuned.
+    """
+    path = Path(path)
+    if not (path / RECORD_FILE).exists():
+        raise ValueError(f"{path} has no {RECORD_FILE}: not saved by save_method")
+    record = json.loads((path / RECORD_FILE).read_text())
+    method = get_method(record["method"])
+    model = (method.load or _peft_load)(base_model, path, record)
+    for p in model.parameters():
+        p.requires_grad = False
+    object.__setattr__(model, "mllm_method", record)
+    model.eval()
+    return model
+
+
+def base_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (alias of placement.unwrap_model)."""
+    return unwrap_model(model)

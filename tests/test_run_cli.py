@@ -1,0 +1,96 @@
+"""`mllm-study run` end to end on the smoke profile, and the command line's error messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mllm_study.cli import main
+
+
+def _smoke_args(smoke_params):
+    return ["--profile", "smoke", "--quiet", "--set", f"paths.cache={smoke_params.paths.cache}",
+            "--set", f"paths.runs={smoke_params.paths.runs}"]
+
+
+def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir, capsys):
+    args = ["run", *_smoke_args(smoke_params), "--method", "lora", "--dataset", "iconqa_txt", "--connector", "tuned",
+            "--method-params", "{r: 4, alpha: 8}", "--test-size", "16"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    run_dir = out.strip().splitlines()[-1].split("run directory: ")[1]
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    for name in ("spec.json", "status.json", "metrics.json", "predictions.jsonl", "train_log.jsonl",
+                 "adapter/adapter_config.json"):
+        assert (run_dir / name).exists(), name
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["run"]["method_params"] == {"r": 4, "alpha": 8, "dropout": 0.05}  # defaults merged in
+    assert spec["run"]["connector"] == "tuned" and spec["base_model"].startswith("tiny-llava-")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and metrics["n"] == 16 and 0.0 <= metrics["value"] <= 1.0
+    assert metrics["train"]["steps"] > 0 and metrics["train"]["trainable_params"] > 0
+    items = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(items) == 16 and {"id", "prompt", "prediction", "references", "score"} <= set(items[0])
+    assert sum(i["score"] for i in items) / 16 == pytest.approx(metrics["value"])
+    adapter = json.loads((run_dir / "adapter/adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["multi_modal_projector"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+    # the id is a hash of the resolved spec: the same command reuses the directory, another seed does not
+    mtime = (run_dir / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().endswith(str(run_dir))
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == mtime
+    assert main(args + ["--seed", "7"]) == 0
+    assert not capsys.readouterr().out.strip().endswith(str(run_dir))
+
+
+def test_none_method_evaluates_without_training(smoke_params, smoke_model_dir, capsys):
+    assert main(["run", *_smoke_args(smoke_params), "--method", "none", "--dataset", "vqav2", "--test-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "vqav2 (vqa_score)" in out and "for 0 steps" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "vqa2"], r"unknown dataset 'vqa2'.*Did you mean 'vqav2'"),
+    (["--method", "lorra"], r"unknown method 'lorra'.*Did you mean 'lora'"),
+    (["--set", "run.learning_rate=1"], r"unknown key 'run.learning_rate'"),
+    (["--set", "run.batch_size=big"], r"'run.batch_size': expected int, got str 'big'"),
+    (["--connector", "half"], r"run.connector must be 'frozen' or 'tuned'"),
+    (["--method-params", "{rank: 8}"], r"unknown parameter\(s\) \['rank'\] for method 'lora'"),
+    (["--method-params", "[1, 2]"], r"--method-params must be a YAML mapping"),
+    (["--train-size", "100000"], r"asked for 100000 records but the split has only"),
+])
+def test_run_errors_are_clear(smoke_params, smoke_model_dir, capsys, args, message):
+    assert main(["run", *_smoke_args(smoke_params), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mllm-study run: error: ")
+    import re
+
+    assert re.search(message, err), err
+
+
+def test_params_file_errors_name_the_file(tmp_path, capsys):
+    bad = tmp_path / "study.yaml"
+    bad.write_text("run:\n  metod: lora\n")
+    assert main(["run", "--params", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "study.yaml: unknown key 'run.metod'" in err and "Did you mean 'method'" in err
+
+
+def test_argparse_rejects_unknown_option_and_type(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--epoch", "x"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["run", "--lr", "fast"])
+    assert "invalid float value: 'fast'" in capsys.readouterr().err
+
+
+def test_world_command_is_deterministic(tmp_path, capsys):
+    assert main(["world", "--out", str(tmp_path / "w"), "--profile", "smoke", "--quiet"]) == 0
+    assert "world written to" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["profile"] == "smoke" and manifest["seed"] == 0
