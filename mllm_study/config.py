@@ -83,7 +83,7 @@ class RunConfig:
     # Per-method parameter presets of a profile ({lora: {r: 16}, ...}): the chosen method's entry is merged under
     # method_params. Only the resolved method_params enter a run's spec and id.
     method_presets: dict = field(default_factory=dict)
-    placement: str = "both"  # attention | mlp | both
+    placement: str | None = None  # attention | mlp | both; null = the method's default (LoRA both, adapter mlp)
     connector: str = "frozen"  # frozen | tuned
     connector_lr: float = 2e-5
     lr: float = 2e-4
@@ -96,13 +96,15 @@ class RunConfig:
     train_size: int | None = None  # subsample the train split (seeded); None = all
     test_size: int | None = None  # subsample the test split (fixed seed 0, same items for every run)
     eval_batch_size: int = 64
+    eval_datasets: list = field(default_factory=list)  # also evaluate on these (families/folders; "pope" = 3 splits)
+    eval_every_epoch: bool = False  # evaluate (and measure held-out loss) after every epoch, not only at the end
     max_new_tokens: int | None = None  # None = the dataset's own limit
     seed: int = 42
 
     def __post_init__(self) -> None:
         if self.connector not in ("frozen", "tuned"):
             raise ConfigError(f"run.connector must be 'frozen' or 'tuned' (got {self.connector!r})")
-        if self.placement not in ("attention", "mlp", "both"):
+        if self.placement not in (None, "attention", "mlp", "both"):
             raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
         for name in ("lr", "connector_lr", "epochs"):
             if getattr(self, name) < 0:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
-           "evaluate_world", "score_predictions", "PredictionFileError", "references_of"]
+           "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of"]
 
 
 @dataclass
@@ -286,3 +286,24 @@ def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, spl
     items = [{"id": r["id"], "prediction": preds[r["id"]], "references": ref, "score": float(s)}
              for r, ref, s in zip(records, refs, result.per_item)]
     return EvalResult(name, float(result.value), {k: float(v) for k, v in result.extra.items()}, items)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, processor: Any, records: list[dict], batch_size: int = 64) -> float:
+    """Mean answer-token cross-entropy on ``records`` (held-out loss), token-weighted over the whole set."""
+    from .data import IGNORE_INDEX
+    from .train import forward_inputs
+
+    collator = Collator(processor, mode="train")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(records), batch_size):
+        batch = {k: v.to(device) for k, v in collator(records[start:start + batch_size]).items()}
+        labels = batch.pop("labels")
+        logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        total += float(loss)
+        count += int((target != IGNORE_INDEX).sum())
+    return total / max(count, 1)

@@ -24,7 +24,8 @@ from typing import Any
 from . import __version__
 from .config import Params
 
-__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "read_json", "write_json_atomic"]
+__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "base_model", "eval_targets",
+           "read_json", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -93,39 +94,117 @@ def run_id(spec: dict[str, Any]) -> str:
 
 
 def _param_groups(model, params: Params) -> list[dict]:
+    from .methods.placement import is_connector_param
+
     connector, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (connector if "multi_modal_projector" in name else rest).append(p)
+            (connector if is_connector_param(name, model) else rest).append(p)
     return [{"params": rest, "lr": params.run.lr}, {"params": connector, "lr": params.run.connector_lr}]
+
+
+_BASE_CACHE: dict[str, tuple[Any, Any]] = {}
+_KEEP_PRISTINE_BELOW = 2_000_000_000  # parameters; larger models are re-loaded instead of copied in memory
+
+
+def base_model(params: Params, progress: bool = True):
+    """A fresh copy of the run's base model and its processor; loaded once per process and copied per run."""
+    import copy
+
+    from .models import load_model
+
+    key = params.run.model if params.run.model != "tiny-llava" else str(_tiny_dir(params, progress))
+    if key not in _BASE_CACHE:
+        model, processor = load_model(params.run.model, params, progress)
+        if sum(p.numel() for p in model.parameters()) > _KEEP_PRISTINE_BELOW:
+            return model, processor
+        _BASE_CACHE.clear()  # keep one base model at a time
+        _BASE_CACHE[key] = (model, processor)
+    model, processor = _BASE_CACHE[key]
+    return copy.deepcopy(model), processor
+
+
+def _tiny_dir(params: Params, progress: bool) -> Path:
+    from .models import ensure_world, pretrain_tiny_llava
+
+    return pretrain_tiny_llava(params, ensure_world(params, progress), progress)
+
+
+def eval_targets(params: Params, progress: bool = True) -> list[tuple[Path, str, int | None]]:
+    """(dataset folder, split, size) pairs a run is evaluated on: its own test split, then ``eval_datasets``."""
+    from .data import load_dataset_info
+
+    own = resolve_dataset(params.run.dataset, params, progress)
+    targets = [(own, "test", params.run.test_size)]
+    for name in params.run.eval_datasets:
+        folder = resolve_dataset(name, params, progress)
+        splits = [k for k in load_dataset_info(folder).get("splits", {"test": 0}) if k not in ("train", "pretrain")]
+        for split in splits or ["test"]:
+            if (folder, split, params.run.test_size) not in targets:
+                targets.append((folder, split, params.run.test_size))
+    return targets
+
+
+def _rows(results: dict, info: dict, split: str, epoch: int | None) -> list[dict]:
+    """Tidy rows (one per metric, extras as ``metric.extra``) for one dataset split."""
+    rows = []
+    for name, res in results.items():
+        base = {"dataset": info["name"], "family": info.get("family"), "group": info.get("group"), "split": split,
+                "epoch": epoch, "n": len(res.items)}
+        rows.append({**base, "metric": name, "value": res.value})
+        rows.extend({**base, "metric": f"{name}.{k}", "value": v} for k, v in sorted(res.extra.items())
+                    if name != "chair" or k != "chair_s")
+    return rows
+
+
+def _evaluate_all(model, processor, params: Params, targets, epoch: int | None, progress: bool,
+                  write_items: Path | None) -> list[dict]:
+    from .data import load_dataset_info
+    from .evaluate import evaluate_dataset
+
+    rows = []
+    for folder, split, size in targets:
+        info = load_dataset_info(folder)
+        results = evaluate_dataset(model, processor, folder, split, size, params.run.eval_batch_size,
+                                   params.run.max_new_tokens, progress)
+        rows.extend(_rows(results, info, split, epoch))
+        if write_items is not None:
+            with open(write_items, "a") as f:
+                for name, res in results.items():
+                    for item in res.items:
+                        f.write(json.dumps({"dataset": info["name"], "split": split, "epoch": epoch,
+                                            "metric": name, **item}) + "\n")
+    return rows
 
 
 def execute_run(params: Params, progress: bool = True, force: bool = False) -> Path:
     """Train (unless the method is ``none``) and evaluate one run; returns its finished directory.
+
+    ``metrics.json`` holds tidy ``results`` rows (dataset, split, epoch, metric, value), the ``train`` summary and,
+    with ``eval_every_epoch``, per-epoch held-out losses; ``predictions.jsonl`` one line per item and metric.
 
     Raises:
         ValueError: bad dataset, method or parameters (nothing is written).
         TrainingDiverged and others: recorded in ``status.json`` as failed, then re-raised.
     """
     from .data import load_dataset_info, load_split
-    from .evaluate import evaluate_records
-    from .methods import apply_method
-    from .models import load_model
+    from .evaluate import evaluate_loss
+    from .methods.registry import apply_method, save_method
     from .train import TrainSettings, train_model, trainable_summary
 
     spec = resolve_spec(params, progress)
     rid = run_id(spec)
     root = Path(params.paths.runs)
     final = root / rid
-    if not force and final.exists() and (final / "status.json").exists() \
-            and read_json(final / "status.json").get("status") == "done":
+    if not force and is_done(final):
         return final
     run = params.run
     dataset_dir = resolve_dataset(run.dataset, params, progress)
     info = load_dataset_info(dataset_dir)
-    test = load_split(dataset_dir, "test", run.test_size, seed=0)
+    targets = eval_targets(params, progress)
     train = load_split(dataset_dir, "train", run.train_size, seed=run.seed) if run.method != "none" else []
-    model, processor = load_model(run.model, params, progress)
+    held_out = load_split(dataset_dir, "test", run.test_size, seed=0) if run.eval_every_epoch else []
+    model, processor = base_model(params, progress)
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector)
 
     tmp = root / f".{rid}.tmp-{os.getpid()}"
@@ -133,7 +212,9 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     tmp.mkdir(parents=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(tmp / "spec.json", spec)
-    write_json_atomic(tmp / "status.json", {"status": "running", "started": started, "pid": os.getpid()})
+    write_json_atomic(tmp / "status.json", {"status": "running", "started": started, "pid": os.getpid(),
+                                            "host": platform.node()})
+    rows: list[dict] = []
     try:
         train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
         if run.method != "none":
@@ -141,20 +222,26 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                                      warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,
                                      max_grad_norm=run.max_grad_norm, seed=run.seed, progress=progress,
                                      desc=f"train {run.method} on {info['name']}")
+
+            def on_epoch_end(epoch: int, m) -> dict:
+                rows.extend(_evaluate_all(m, processor, params, targets, epoch, progress, tmp / "predictions.jsonl"))
+                return {"held_out_loss": evaluate_loss(m, processor, held_out, run.eval_batch_size)}
+
             result = train_model(model, _collator(processor), train, _param_groups(model, params), settings,
-                                 log_path=tmp / "train_log.jsonl")
+                                 log_path=tmp / "train_log.jsonl",
+                                 on_epoch_end=on_epoch_end if run.eval_every_epoch else None)
             train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
                               samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss)
-            if hasattr(model, "save_pretrained") and hasattr(model, "peft_config"):
-                model.save_pretrained(tmp / "adapter")
-        max_new = run.max_new_tokens or info.get("max_new_tokens", 16)
-        ev = evaluate_records(model, processor, test, info["metric"], max_new, run.eval_batch_size, progress=progress,
-                              desc=f"evaluate on {info['name']}")
-        with open(tmp / "predictions.jsonl", "w") as f:
-            for item in ev.items:
-                f.write(json.dumps(item) + "\n")
-        metrics = {"dataset": info["name"], "family": info.get("family"), "group": info.get("group"),
-                   "split": "test", **ev.summary(), "train": train_info}
+            if run.eval_every_epoch:
+                train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
+            save_method(model, tmp / "adapter")
+        if not run.eval_every_epoch or run.method == "none":
+            rows = _evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
+        own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == "test"
+                    and r["metric"] == info["metric"]]
+        own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
+        metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
+                   "results": rows, "train": train_info}
         write_json_atomic(tmp / "metrics.json", metrics)
         write_json_atomic(tmp / "status.json", {
             "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,6 +254,14 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
         raise
     _replace_dir(tmp, final)
     return final
+
+
+def is_done(run_dir: Path) -> bool:
+    """A run directory is complete when its status says ``done`` and its metrics exist."""
+    try:
+        return read_json(run_dir / "status.json").get("status") == "done" and (run_dir / "metrics.json").exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _collator(processor):

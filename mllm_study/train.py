@@ -104,7 +104,8 @@ def forward_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
 
 
 def train_model(model: torch.nn.Module, collator: Callable, records: list[dict], param_groups: list[dict],
-                settings: TrainSettings, log_path: str | Path | None = None) -> TrainResult:
+                settings: TrainSettings, log_path: str | Path | None = None,
+                on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None) -> TrainResult:
     """Train ``model`` in place on ``records``.
 
     Args:
@@ -114,6 +115,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
         param_groups: AdamW parameter groups, each with its own ``lr`` (e.g. PEFT weights and the connector).
         settings: schedule, batch size, accumulation, logging.
         log_path: optional JSON-lines loss log, appended as training goes.
+        on_epoch_end: called as ``fn(epoch, model)`` after each full epoch and at the end (in eval mode); a dict it
+            returns is added to the log with the epoch.
 
     Returns:
         A :class:`TrainResult`.
@@ -178,6 +181,17 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                     if log_file:
                         log_file.write(json.dumps(entry) + "\n")
                         log_file.flush()
+                if on_epoch_end is not None and (step % per_epoch == 0 or step == total):
+                    epoch = math.ceil(step / per_epoch)
+                    if not log or log[-1].get("epoch_end") != epoch:
+                        model.eval()
+                        extra = on_epoch_end(epoch, acc.unwrap_model(model)) or {}
+                        model.train()
+                        entry = {"step": step, "epoch_end": epoch, **extra}
+                        log.append(entry)
+                        if log_file:
+                            log_file.write(json.dumps(entry) + "\n")
+                            log_file.flush()
                 if step >= total:
                     break
     finally:
@@ -189,7 +203,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model.eval()
     seconds = time.perf_counter() - start
     return TrainResult(steps=step, samples=samples, seconds=seconds,
-                       final_loss=log[-1]["loss"] if log else float("nan"), log=log)
+                       final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log)
 
 
 def trainable_summary(model: torch.nn.Module) -> dict[str, Any]:

@@ -24,13 +24,14 @@ def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir,
 
     run_dir = Path(run_dir)
     for name in ("spec.json", "status.json", "metrics.json", "predictions.jsonl", "train_log.jsonl",
-                 "adapter/adapter_config.json"):
+                 "adapter/adapter_config.json", "adapter/mllm_method.json"):
         assert (run_dir / name).exists(), name
     spec = json.loads((run_dir / "spec.json").read_text())
     assert spec["run"]["method_params"] == {"r": 4, "alpha": 8, "dropout": 0.05}  # defaults merged in
     assert spec["run"]["connector"] == "tuned" and spec["base_model"].startswith("tiny-llava-")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric"] == "accuracy" and metrics["n"] == 16 and 0.0 <= metrics["value"] <= 1.0
+    assert [r["metric"] for r in metrics["results"]] == ["accuracy"] and metrics["results"][0]["split"] == "test"
     assert metrics["train"]["steps"] > 0 and metrics["train"]["trainable_params"] > 0
     items = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(items) == 16 and {"id", "prompt", "prediction", "references", "score"} <= set(items[0])
