@@ -1,4 +1,4 @@
-"""The ``mllm-study`` command: world, pretrain, run, data convert.
+"""The ``mllm-study`` command: world, pretrain, run, sweep, results, data convert.
 
 Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned``
 """
@@ -49,6 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
     p.add_argument("--method-params", metavar="YAML", help="method parameters, e.g. '{r: 8, alpha: 16}'")
     p.add_argument("--force", action="store_true", help="re-run even if a finished run with this id exists")
+
+    p = sub.add_parser("sweep", help="run every run a params file declares (skips finished ones, retries failed)")
+    p.add_argument("sweep_params", metavar="PARAMS", help="params YAML with a sweep: section")
+    p.add_argument("--profile", help="profile applied under the params file (default: the file's own)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--shard", help="i/n: run only this worker's share (e.g. 0/4 on the first of four machines)")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: a 2-core laptop)")
+    p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing run")
+    p.add_argument("--status", action="store_true", help="only print the sweep's state, run nothing")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
+    p.add_argument("--runs", default="runs", help="runs folder")
+    p.add_argument("--out", help="write CSV (or .parquet) here instead of printing")
 
     p = sub.add_parser("data", help="real datasets")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -117,6 +131,85 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .config import load_params, parse_override
+    from .sweep import parse_shard, plan_sweep, run_sweep, sweep_status
+
+    params = load_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    shard = parse_shard(args.shard)
+    plan = plan_sweep(params, shard, progress=not args.quiet)
+    ids = [rid for rid, _ in plan]
+    state = sweep_status(params.paths.runs, ids)
+    print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()) + f" (of {len(ids)}, shard {shard[0]}/{shard[1]})")
+    if args.status:
+        return 0
+    if args.workers > 1:
+        summary = _pool_sweep(args, shard)
+    else:
+        summary = run_sweep(params, shard, progress=not args.quiet, retries=args.retries)
+        print(summary.line())
+    _print_sweep_table(params.paths.runs, ids)
+    state = sweep_status(params.paths.runs, ids)
+    print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()))
+    return 0 if not state["failed"] else 1
+
+
+def _pool_worker(argv: list[str]) -> int:
+    return main(argv)
+
+
+def _pool_sweep(args, shard):
+    """Split this shard over local worker processes (each a sub-shard); claims keep them apart."""
+    import multiprocessing as mp
+
+    i, n = shard
+    w = args.workers
+    argvs = []
+    for k in range(w):
+        argv = ["sweep", args.sweep_params, "--shard", f"{i * w + k}/{n * w}", "--quiet", "--retries", str(args.retries)]
+        if args.profile:
+            argv += ["--profile", args.profile]
+        for o in args.overrides:
+            argv += ["--set", o]
+        argvs.append(argv)
+    with mp.get_context("spawn").Pool(w) as pool:
+        codes = pool.map(_pool_worker, argvs)
+    print(f"{w} workers finished with exit codes {codes}")
+    return None
+
+
+def _print_sweep_table(runs_dir, ids) -> None:
+    from .results import collect_results
+
+    table, report = collect_results(runs_dir, ids)
+    print(report)
+    if table.empty:
+        return
+    main_rows = table[(table["split"] == "test") & (table["dataset"] == table["train_dataset"])
+                      & ~table["metric"].str.contains(r"\.", regex=True)]
+    if main_rows.empty:
+        return
+    last = main_rows.sort_values("epoch").groupby("run_id").tail(1)
+    cols = ["run_id", "method", "connector", "placement", "train_dataset", "seed", "metric", "value"]
+    print(last[cols].sort_values(["train_dataset", "method", "connector", "seed"]).to_string(index=False))
+
+
+def _cmd_results(args) -> int:
+    from .results import collect_results
+
+    table, report = collect_results(args.runs)
+    print(report, file=sys.stderr)
+    if args.out:
+        if str(args.out).endswith(".parquet"):
+            table.to_parquet(args.out)
+        else:
+            table.to_csv(args.out, index=False)
+        print(f"{len(table)} rows -> {args.out}", file=sys.stderr)
+    else:
+        print(table.to_csv(index=False), end="")
+    return 0
+
+
 def _cmd_data(args) -> int:
     from .converters import convert
 
@@ -134,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
 
-    handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "data": _cmd_data}
+    handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
+                "results": _cmd_results, "data": _cmd_data}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:

@@ -143,6 +143,7 @@ class Params:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: dict = field(default_factory=dict)  # the design: {grid: {key: [values]}} or {grids: [...]} (sweep.py)
     sources: list[str] = field(default_factory=list)
 
     def resolved_method_params(self) -> dict[str, Any]:
@@ -262,16 +263,22 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
         layers.append(("command line", nested))
 
     merged: dict[str, dict] = {name: {} for name in SECTIONS}
+    sweep: dict = {}
     for source, data in layers:
         for section, values in data.items():
             if section.startswith("_"):  # free-form documentation blocks (e.g. _design) are allowed
                 continue
+            if section == "sweep":  # a later file's design replaces an earlier one as a whole
+                if values is not None and not isinstance(values, dict):
+                    raise ConfigError(f"{source}: section 'sweep' must be a mapping (grid: or grids:)")
+                sweep = dict(values or {})
+                continue
             if section not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, SECTIONS)} "
-                                  f"Known sections: {', '.join(SECTIONS)}")
+                raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, [*SECTIONS, 'sweep'])} "
+                                  f"Known sections: {', '.join(SECTIONS)}, sweep")
             _merge_section(merged[section], values or {}, section, source)
     try:
         built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
     except ConfigError as exc:
         raise ConfigError(f"{' <- '.join(s for s, _ in layers)}: {exc}") from None
-    return Params(**built, sources=[s for s, _ in layers])
+    return Params(**built, sweep=sweep, sources=[s for s, _ in layers])

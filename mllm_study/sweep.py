@@ -1,0 +1,230 @@
+"""Sweeps: the cross product a params file declares, run with skip/retry, shards, atomic claims and a summary.
+
+Usage: ``summary = run_sweep(load_params("params/rq1_main.yaml"), shard=(0, 1))``
+
+A params file declares its design in a ``sweep`` section: ``grid`` (run keys -> lists of values, crossed) and/or
+``grids`` (a list of such grids, whose cross products are concatenated; e.g. LoRA ranks and adapter sizes).
+Every worker claims a run by creating ``runs/.claims/<run_id>`` exclusively (atomic on POSIX and NFS v3+), so two
+workers never train the same run; a claim left by a dead process on the same host is taken over. Finished runs are
+skipped; failed and half-written ones are retried.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, Params, RunConfig
+
+__all__ = ["expand_sweep", "plan_sweep", "run_sweep", "SweepSummary", "claim_run", "release_run", "sweep_status",
+           "parse_shard"]
+
+
+def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where} must be a mapping of run keys to lists of values, got {type(grid).__name__}")
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    for key, values in grid.items():
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown run key {key!r}.{hint}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def expand_sweep(params: Params) -> list[Params]:
+    """Every run the params' ``sweep`` section declares (just ``params`` itself when there is none)."""
+    sweep = params.sweep or {}
+    unknown = set(sweep) - {"grid", "grids"}
+    if unknown:
+        raise ConfigError(f"sweep: unknown key(s) {sorted(unknown)}; use 'grid' (one cross product) or 'grids'")
+    combos: list[dict[str, Any]] = []
+    if "grid" in sweep:
+        combos += _grid_items(sweep["grid"], "sweep.grid")
+    for i, grid in enumerate(sweep.get("grids") or []):
+        combos += _grid_items(grid, f"sweep.grids[{i}]")
+    if not combos:
+        return [params]
+    out, seen = [], set()
+    base = dataclasses.asdict(params.run)
+    for combo in combos:
+        try:
+            run = RunConfig(**{**base, **combo})
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"sweep combination {combo}: {exc}") from None
+        key = json.dumps(dataclasses.asdict(run), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(dataclasses.replace(params, run=run))
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def plan_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = False) -> list[tuple[str, Params]]:
+    """(run_id, params) of this shard's runs, in a stable order (by run id, so shards are disjoint and balanced)."""
+    from .runs import resolve_spec, run_id
+
+    planned = sorted(((run_id(resolve_spec(p, progress)), p) for p in expand_sweep(params)), key=lambda x: x[0])
+    return [item for k, item in enumerate(planned) if k % shard[1] == shard[0]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_run(runs_dir: Path, rid: str) -> bool:
+    """Atomically claim ``rid`` for this process; False when another live worker holds it."""
+    claims = Path(runs_dir) / ".claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / rid
+    me = {"pid": os.getpid(), "host": platform.node(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and holder.get("pid") and not _alive(int(holder["pid"])):
+                path.unlink(missing_ok=True)  # its process died (e.g. SIGKILL): take the run over
+                continue
+            if not holder and time.time() - path.stat().st_mtime > 60:
+                path.unlink(missing_ok=True)  # an empty claim older than a minute: its writer died mid-claim
+                continue
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def release_run(runs_dir: Path, rid: str) -> None:
+    (Path(runs_dir) / ".claims" / rid).unlink(missing_ok=True)
+
+
+def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:
+    """Run ids by state: done, failed, running (claimed by a live worker), remaining."""
+    from .runs import is_done, read_json
+
+    out: dict[str, list[str]] = {"done": [], "failed": [], "running": [], "remaining": []}
+    for rid in ids:
+        d = Path(runs_dir) / rid
+        if is_done(d):
+            out["done"].append(rid)
+        elif (Path(runs_dir) / ".claims" / rid).exists():
+            out["running"].append(rid)
+        elif (d / "status.json").exists() and read_json(d / "status.json").get("status") == "failed":
+            out["failed"].append(rid)
+        else:
+            out["remaining"].append(rid)
+    return out
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep invocation did."""
+
+    total: int
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already done
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> reason
+    busy: list[str] = field(default_factory=list)  # claimed by another worker
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return (f"{self.total} runs: {len(self.ran)} ran, {len(self.skipped)} already done, {len(self.failed)} failed, "
+                f"{len(self.busy)} held by other workers ({self.seconds:.0f} s)")
+
+
+def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = True, retries: int = 0,
+              stream=None) -> SweepSummary:
+    """Run this shard of the sweep: skip finished runs, claim the others one by one, keep going after failures.
+
+    Args:
+        params: a params set whose ``sweep`` section declares the runs.
+        shard: (i, n): this worker's share of the runs.
+        progress: progress bars inside runs, and one status line per run.
+        retries: extra attempts for a run that fails (a failed run is always retried on the next invocation).
+        stream: where status lines go (default stderr).
+
+    Returns:
+        A :class:`SweepSummary`. Ctrl-C stops after recording the current run as failed (it re-runs next time).
+    """
+    from .runs import execute_run, is_done
+
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    plan = plan_sweep(params, shard, progress=False)
+    runs_dir = Path(params.paths.runs)
+    summary = SweepSummary(total=len(plan))
+    for k, (rid, run_params) in enumerate(plan, 1):
+        if is_done(runs_dir / rid):
+            summary.skipped.append(rid)
+            continue
+        if not claim_run(runs_dir, rid):
+            summary.busy.append(rid)
+            continue
+        try:
+            if is_done(runs_dir / rid):  # finished by another worker between our check and our claim
+                summary.skipped.append(rid)
+                continue
+            print(f"[{k}/{len(plan)}] {rid}", file=stream, flush=True)
+            for attempt in range(retries + 1):
+                try:
+                    execute_run(run_params, progress=progress)
+                    summary.ran.append(rid)
+                    break
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # recorded in the run's status.json; the sweep goes on
+                    if attempt == retries:
+                        summary.failed[rid] = f"{type(exc).__name__}: {exc}"
+                        print(f"  failed: {summary.failed[rid]}", file=stream, flush=True)
+        finally:
+            release_run(runs_dir, rid)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _install_sigterm() -> None:
+    """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the current run is recorded and released."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not in the main thread
+        pass

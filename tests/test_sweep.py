@@ -1,0 +1,92 @@
+"""Sweeps: expansion, skipping finished runs, atomic claims, failures recorded and skipped over, the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mllm_study.config import ConfigError, load_params
+from mllm_study.results import collect_results
+from mllm_study.sweep import claim_run, expand_sweep, parse_shard, plan_sweep, release_run, run_sweep
+
+
+def _params(tmp_path, smoke_params, sweep_yaml: str, runs="runs"):
+    f = tmp_path / "sweep.yaml"
+    f.write_text("profile: smoke\nrun:\n  test_size: 8\n  train_size: 16\n" + sweep_yaml)
+    return load_params(f, overrides={"paths.cache": smoke_params.paths.cache, "paths.runs": str(tmp_path / runs)})
+
+
+def test_expand_grid_and_grids(tmp_path, smoke_params):
+    p = _params(tmp_path, smoke_params, "sweep:\n  grids:\n    - {method: [lora], method_params: [{r: 2}, {r: 4}]}\n"
+                                        "    - {method: [none], seed: [1, 2, 1]}\n")
+    runs = expand_sweep(p)
+    assert [(r.run.method, r.run.method_params, r.run.seed) for r in runs] == [
+        ("lora", {"r": 2}, 42), ("lora", {"r": 4}, 42), ("none", {}, 1), ("none", {}, 2)]  # duplicate seed dropped
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("sweep:\n  grid: {methd: [lora]}\n", r"unknown run key 'methd'.*Did you mean 'method'"),
+    ("sweep:\n  grid: {seed: 3}\n", r"sweep.grid.seed must be a non-empty list"),
+    ("sweep:\n  grid: {connector: [frozen, half]}\n", r"sweep combination \{'connector': 'half'\}"),
+    ("sweep:\n  cross: {seed: [1]}\n", r"sweep: unknown key"),
+])
+def test_bad_sweeps_are_clear(tmp_path, smoke_params, yaml_text, message):
+    with pytest.raises(ConfigError, match=message):
+        expand_sweep(_params(tmp_path, smoke_params, yaml_text))
+
+
+def test_shards_partition_the_sweep(tmp_path, smoke_params, smoke_model_dir):
+    p = _params(tmp_path, smoke_params, "sweep:\n  grid: {method: [none], seed: [1, 2, 3, 4, 5]}\n")
+    all_ids = [rid for rid, _ in plan_sweep(p)]
+    parts = [[rid for rid, _ in plan_sweep(p, (i, 2))] for i in range(2)]
+    assert sorted(parts[0] + parts[1]) == sorted(all_ids) and not set(parts[0]) & set(parts[1])
+    assert parse_shard("1/3") == (1, 3)
+    with pytest.raises(ConfigError, match="need 0 <= i < n"):
+        parse_shard("3/3")
+
+
+def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
+    assert claim_run(tmp_path, "r1")
+    assert not claim_run(tmp_path, "r1")  # held by a live process (us)
+    release_run(tmp_path, "r1")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import platform
+
+    (tmp_path / ".claims" / "r2").write_text(json.dumps({"pid": int(dead.stdout), "host": platform.node()}))
+    assert claim_run(tmp_path, "r2")  # its holder is gone
+
+
+def test_sweep_runs_skips_and_survives_a_failing_run(tmp_path, smoke_params, smoke_model_dir):
+    # the second lr diverges (loss -> inf/NaN): recorded as failed with its step, the sweep goes on
+    p = _params(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], lr: [1.0e-3, 1.0e+30]}\n")
+    summary = run_sweep(p, progress=False)
+    assert len(summary.ran) == 1 and len(summary.failed) == 1
+    (bad,) = summary.failed
+    status = json.loads((tmp_path / "runs" / bad / "status.json").read_text())
+    assert status["status"] == "failed" and "TrainingDiverged" in status["reason"] and status["step"] >= 1
+    again = run_sweep(p, progress=False)
+    assert again.skipped == summary.ran and set(again.failed) == {bad}  # done skipped, failed retried
+    table, report = collect_results(tmp_path / "runs")
+    assert report.used == 1 and report.skipped == {bad: "failed"}
+    assert set(table["metric"]) == {"accuracy"} and table["lr"].tolist() == [1e-3]
+    assert not (tmp_path / "runs" / ".claims" / bad).exists()
+
+
+def test_sweep_cli_prints_status_and_table(tmp_path, smoke_params, smoke_model_dir, capsys):
+    from mllm_study.cli import main
+
+    f = tmp_path / "s.yaml"
+    f.write_text("profile: smoke\nrun:\n  test_size: 8\nsweep:\n  grid: {method: [none], dataset: [vqav2, ocrvqa]}\n")
+    args = ["sweep", str(f), "--quiet", "--set", f"paths.cache={smoke_params.paths.cache}",
+            "--set", f"paths.runs={tmp_path / 'runs'}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "sweep done 0, failed 0, running 0, remaining 2" in out
+    assert "sweep done 2, failed 0, running 0, remaining 0" in out
+    assert "vqa_score" in out and "ocrvqa" in out
+    assert main(args + ["--status"]) == 0
+    assert "sweep done 2" in capsys.readouterr().out
