@@ -219,11 +219,26 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _set_threads() -> None:
+    """``MLLM_STUDY_THREADS`` torch threads (default: torch's own, at most 2 on this project's laptops)."""
+    import torch
+
+    n = os.environ.get("MLLM_STUDY_THREADS")
+    if n:
+        torch.set_num_threads(int(n))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mllm-study`` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "params":  # weight-free accounting has its own parser (mllm_study/accounting.py)
+        from .accounting import main_params
+
+        return main_params(argv[1:])
     args = build_parser().parse_args(argv)
+    _set_threads()
     from .config import ConfigError
     from .data import DataError
 

@@ -86,7 +86,7 @@ class RunConfig:
     placement: str | None = None  # attention | mlp | both; null = the method's default (LoRA both, adapter mlp)
     connector: str = "frozen"  # frozen | tuned
     connector_lr: float = 2e-5
-    lr: float = 2e-4
+    lr: float | None = None  # null = the profile's preset for the method (method_presets.<m>.lr), else the paper's
     epochs: float = 3.0
     batch_size: int = 16
     grad_accum: int = 1
@@ -107,7 +107,7 @@ class RunConfig:
         if self.placement not in (None, "attention", "mlp", "both"):
             raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
         for name in ("lr", "connector_lr", "epochs"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"run.{name} must be >= 0 (got {getattr(self, name)})")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) <= 0:
@@ -147,8 +147,20 @@ class Params:
     sources: list[str] = field(default_factory=list)
 
     def resolved_method_params(self) -> dict[str, Any]:
-        """The chosen method's parameters: its profile preset overlaid by ``run.method_params``."""
-        return {**self.run.method_presets.get(self.run.method, {}), **self.run.method_params}
+        """The chosen method's parameters: its profile preset (without ``lr``) overlaid by ``run.method_params``."""
+        preset = {k: v for k, v in self.run.method_presets.get(self.run.method, {}).items() if k != "lr"}
+        return {**preset, **self.run.method_params}
+
+    def resolved_lr(self) -> float:
+        """``run.lr`` if set, else the profile's preset for the method, else the method's paper learning rate."""
+        if self.run.lr is not None:
+            return float(self.run.lr)
+        preset = self.run.method_presets.get(self.run.method, {})
+        if "lr" in preset:
+            return float(preset["lr"])
+        from .methods import get_method
+
+        return float(get_method(self.run.method).lr)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -74,6 +74,7 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     run = dataclasses.asdict(params.run)
     method = get_method(params.run.method)
     run.pop("method_presets")
+    run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
     spec: dict[str, Any] = {"run": run, "code_version": __version__,
@@ -100,7 +101,7 @@ def _param_groups(model, params: Params) -> list[dict]:
     for name, p in model.named_parameters():
         if p.requires_grad:
             (connector if is_connector_param(name, model) else rest).append(p)
-    return [{"params": rest, "lr": params.run.lr}, {"params": connector, "lr": params.run.connector_lr}]
+    return [{"params": rest, "lr": params.resolved_lr()}, {"params": connector, "lr": params.run.connector_lr}]
 
 
 _BASE_CACHE: dict[str, tuple[Any, Any]] = {}

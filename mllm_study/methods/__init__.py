@@ -1,10 +1,27 @@
 """PEFT method registry: one file per method, each registered with :func:`register_method`.
 
-Usage: ``model = apply_method(model, "lora", {"r": 16}, placement="both", connector="tuned")``
+Usage: ``model = apply_method(model, "lora", {"r": 16}, placement="both", connector="tuned")``;
+``save_method(model, dir)``; ``model = load_method(fresh_base_model, dir)``
+
+Methods: ``lora``, ``ia3``, ``prefix``, ``adapter`` (bottleneck, plain PyTorch), ``full`` (LM only), ``none``, and
+``peft:<tuner>`` for any other peft tuner (DoRA = ``peft:lora`` with ``use_dora: true``, ``peft:vera``,
+``peft:loha``, ...). Placements resolve through per-architecture module maps (placement.py).
 """
 
-from .registry import METHODS, Method, apply_method, get_method, list_methods, register_method
-from . import lora as _lora  # noqa: F401  (registers itself)
+from . import adapter as _adapter  # noqa: F401  (each method module registers itself)
+from . import full as _full  # noqa: F401
+from . import ia3 as _ia3  # noqa: F401
+from . import lora as _lora  # noqa: F401
 from . import none as _none  # noqa: F401
+from . import prefix as _prefix  # noqa: F401
+from .adapter import AdapterSettings, merge_and_unload, unload_adapters
+from .passthrough import list_tuners
+from .placement import (MODULE_MAPS, PLACEMENTS, ModuleMap, connector_param_names, get_module_map,
+                        is_connector_param, register_module_map, resolve_targets)
+from .registry import (CONNECTOR_MODULE, METHODS, Method, apply_method, get_method, list_methods, lm_target_regex,
+                       load_method, register_method, save_method)
 
-__all__ = ["METHODS", "Method", "apply_method", "get_method", "list_methods", "register_method"]
+__all__ = ["METHODS", "Method", "apply_method", "get_method", "list_methods", "register_method", "save_method",
+           "load_method", "lm_target_regex", "CONNECTOR_MODULE", "connector_param_names", "is_connector_param",
+           "get_module_map", "resolve_targets", "register_module_map", "ModuleMap", "MODULE_MAPS", "PLACEMENTS",
+           "AdapterSettings", "unload_adapters", "merge_and_unload", "list_tuners"]

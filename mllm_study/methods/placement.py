@@ -144,8 +144,8 @@ def get_module_map(model: torch.nn.Module | None = None, model_type: str | None 
     ordered = [m for m in MODULE_MAPS.values() if model_type in m.model_types]
     ordered += [m for m in MODULE_MAPS.values() if m not in ordered]
     for module_map in ordered:
-        block = re.compile(module_map.blocks + r"$")
-        if any(block.fullmatch(n) for n in names):
+        block = re.compile(module_map.blocks + r"(?:\.|$)")
+        if any(block.match(n) for n in names):
             return module_map
     tops = sorted({n.split(".")[0] + ("." + n.split(".")[1] if "." in n else "") for n in names if n})[:12]
     raise ValueError(f"no module map for model_type {model_type!r}: none of the maps' decoder-block patterns match. "
@@ -201,12 +201,13 @@ def resolve_targets(model: torch.nn.Module, placement: str | None = None, layers
     roles = tuple(roles) if roles is not None else placement_roles(placement or "both")
     rel_names = module_map.role_names(roles)
     block = re.compile(module_map.blocks)
-    present = sorted({int(m.group(1)) for n in all_names if (m := block.fullmatch(n))})
+    present = sorted({int(m.group(1)) for n in all_names if (m := block.match(n))})
     if layers is not None:
         missing = sorted(set(int(i) for i in layers) - set(present))
         if missing or not layers:
+            span = f"{present[0]}..{present[-1]}" if present else "none found"
             raise ValueError(f"layers {missing or list(layers)} do not exist in the language model "
-                             f"({module_map.name}: layers {present[0] if present else '?'}..{present[-1] if present else '?'})")
+                             f"({module_map.name}: layers {span})")
     empty = [target_regex(module_map, [rel], layers) for rel in rel_names
              if not any(re.fullmatch(target_regex(module_map, [rel], layers), n) for n in all_names)]
     if empty or not rel_names:
@@ -220,10 +221,20 @@ def _under(name: str, prefixes: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def _strip_peft(name: str) -> str:
-    """A parameter name as the base model names it (peft adds ``base_model.model.`` and wrapper levels)."""
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model."):]
+def _peft_prefix(model: torch.nn.Module) -> str:
+    """What peft puts before the base model's names: ``base_model.model.`` (tuners such as LoRA, whose
+    ``base_model`` is a LoraModel wrapper) or ``base_model.`` (prompt learning, whose ``base_model`` is the model)."""
+    get_base = getattr(model, "get_base_model", None)
+    if not callable(get_base):
+        return ""
+    return "base_model." if getattr(model, "base_model", None) is get_base() else "base_model.model."
+
+
+def _base_name(name: str, model: torch.nn.Module) -> str:
+    """A parameter name as the base model names it (without peft's prefix and wrapper levels)."""
+    prefix = _peft_prefix(model)
+    if prefix and name.startswith(prefix):
+        name = name[len(prefix):]
     return re.sub(r"\.modules_to_save\.[^.]+(?=\.)|\.original_module(?=\.)|\.base_layer(?=\.)", "", name)
 
 
@@ -232,23 +243,27 @@ def connector_modules(model: torch.nn.Module) -> tuple[str, ...]:
     return get_module_map(model).connector
 
 
-def is_connector_param(name: str, model: torch.nn.Module) -> bool:
+def is_connector_param(name: str, model: torch.nn.Module, module_map: ModuleMap | None = None) -> bool:
     """Whether parameter ``name`` (as ``model.named_parameters()`` gives it, peft-wrapped or not) is a connector's."""
-    return _under(_strip_peft(name), get_module_map(model).connector)
+    module_map = module_map or get_module_map(model)
+    return _under(_base_name(name, model), module_map.connector)
 
 
-def is_vision_param(name: str, model: torch.nn.Module) -> bool:
+def is_vision_param(name: str, model: torch.nn.Module, module_map: ModuleMap | None = None) -> bool:
     """Whether parameter ``name`` belongs to the vision encoder (the connector excluded, e.g. Qwen2-VL's merger)."""
-    module_map = get_module_map(model)
-    stripped = _strip_peft(name)
-    return _under(stripped, module_map.vision) and not _under(stripped, module_map.connector)
+    module_map = module_map or get_module_map(model)
+    base_name = _base_name(name, model)
+    return _under(base_name, module_map.vision) and not _under(base_name, module_map.connector)
 
 
 def connector_param_names(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
-    """Names of the connector's parameters in ``model`` (for a separate learning-rate group)."""
+    """Names of the connector's parameters in ``model`` (for a separate learning-rate group).
+
+    runs.py can build its groups with it: ``connector = set(connector_param_names(model, trainable_only=True))``.
+    """
     module_map = get_module_map(model)
     return [n for n, p in model.named_parameters()
-            if _under(_strip_peft(n), module_map.connector) and (p.requires_grad or not trainable_only)]
+            if (p.requires_grad or not trainable_only) and is_connector_param(n, model, module_map)]
 
 
 def connector_save_names(model: torch.nn.Module) -> list[str]:

@@ -112,7 +112,7 @@ def peft_modules_to_save(model: torch.nn.Module, connector: str) -> list[str] | 
 
 
 def _check_placement(method: Method, placement: str | None) -> str | None:
-    if placement is None:
+    if placement is None or placement == "default":
         return method.default_placement
     if placement not in method.placements:
         if method.default_placement is None:
@@ -132,7 +132,7 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         model: a transformers image-text-to-text model (any architecture with a module map).
         name: a registered method or ``peft:<tuner>``.
         params: method parameters; unset ones take the paper's defaults; unknown ones are an error.
-        placement: attention | mlp | both, or None for the method's default (adapter: mlp, LoRA: both).
+        placement: attention | mlp | both, or None / "default" for the method's own (adapter: mlp, LoRA: both).
         connector: ``frozen`` or ``tuned`` (fully trained, saved with the method's weights).
         layers: decoder-block indices to adapt (None = all).
 
@@ -170,7 +170,8 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
 
 def _check_trainable(model: torch.nn.Module, name: str, connector: str) -> None:
     """Guard the study's invariants: the vision encoder frozen, the connector trained exactly when tuned."""
-    vision = [n for n, p in model.named_parameters() if p.requires_grad and is_vision_param(n, model)]
+    module_map = get_module_map(model)
+    vision = [n for n, p in model.named_parameters() if p.requires_grad and is_vision_param(n, model, module_map)]
     if vision:
         raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {vision[:3]}")
     tuned = connector_param_names(model, trainable_only=True)
@@ -229,3 +230,37 @@ def load_method(base_model: torch.nn.Module, path: str | Path) -> torch.nn.Modul
 def base_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper (alias of placement.unwrap_model)."""
     return unwrap_model(model)
+
+
+def write_weights(path: Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (peft's file names) for non-peft methods."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses tensors sharing storage (tied weights) and non-contiguous views
+    save_file({k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()},
+              str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read what :func:`write_weights` wrote: (state dict, config)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors")), json.loads((path / "adapter_config.json").read_text())
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``'s parameters by name; every saved tensor must find its parameter."""
+    own = dict(model.named_parameters())
+    missing = [k for k in state if k not in own]
+    if missing:
+        raise ValueError(f"saved weights do not fit this model: {len(missing)} unknown names, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"saved weight {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+            own[k].copy_(v.to(own[k].dtype))
+
+
+__all__ += ["write_weights", "read_weights", "load_into", "base_of"]

@@ -1,0 +1,646 @@
+"""Report helpers: tidy results -> scores with item-bootstrap CIs, paired comparisons, figures; notebooks -> HTML.
+
+Usage: ``scores = with_item_cis(primary_scores(table), load_items(runs_dir, primary_scores(table)))``;
+``execute_notebook("notebooks/rq1_main.ipynb", {"profile": "smoke"}, "reports/rq1_main/smoke.html")``
+
+Uncertainty conventions (STUDY.md: every number carries its uncertainty):
+- one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
+- an average over datasets (unseen / seen / overall): stratified bootstrap, items resampled within each dataset,
+  datasets weighted equally like the paper's plain mean (:func:`stratified_mean`);
+- a difference between two settings: item-paired, datasets (or seeds) as equally weighted blocks, percentile
+  bootstrap CI and a sign-flip permutation p (:func:`stratified_contrast`), Holm-corrected within a table;
+- across seeds: Student-t intervals (:func:`mllm_study.stats.summarize`).
+Test items are the same for every run of a dataset (the test subsample has a fixed seed), which is what makes
+item pairing valid. Caveat: items sharing an image are treated as independent (intervals slightly too narrow).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+__all__ = ["FAMILY_ORDER", "METHOD_ORDER", "column_label", "setup_notebook", "primary_scores", "final_epoch",
+           "load_items", "with_item_cis", "stratified_mean", "stratified_contrast", "pair_runs", "compare_pairs",
+           "score_matrix", "friedman_ranks", "fmt_ci", "fmt_p", "pretty", "show", "ci_plot", "train_logs",
+           "epoch_losses", "pope_items", "pope_metric_ci", "execute_notebook", "render_html", "report_is_current",
+           "write_index", "code_version", "NotebookResult", "MATCH_KEYS"]
+
+FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2"]
+METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
+GROUP_LABELS = {"unseen": "Unseen avg", "seen": "Seen avg", "all": "Overall avg"}
+# Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.
+MATCH_KEYS = ["model", "method", "method_params", "placement", "connector", "train_dataset", "train_size", "seed",
+              "lr", "connector_lr", "epochs", "dataset", "split"]
+PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement", "dataset": "Dataset",
+          "train_dataset": "Trained on", "train_size": "Train size", "seed": "Seed", "lr": "LR", "epoch": "Epoch",
+          "value": "Score", "n": "n", "metric": "Metric", "estimate": "Estimate", "ci_low": "CI low",
+          "ci_high": "CI high", "p_value": "p", "p_holm": "p (Holm)", "effect_size": "Effect (d_z)",
+          "trainable_params": "Trainable params", "trainable_percent": "Trainable %", "group": "Group",
+          "train_seconds": "Train s", "samples_per_second": "Samples/s", "comparison": "Comparison",
+          "n_items": "Items", "n_blocks": "Blocks", "mean": "Mean", "std": "SD", "column": "Column"}
+
+
+def column_label(family: str) -> str:
+    """The paper's column label of a family ("SQA (img)"); unknown names pass through."""
+    from .world.tasks import FAMILIES, POPE
+
+    infos = {**FAMILIES, "pope": POPE}
+    return infos[family].column if family in infos else str(family)
+
+
+def setup_notebook() -> None:
+    """Quiet warnings, a readable seaborn theme, PNG figures and compact pandas display (first cell's call)."""
+    import logging
+
+    import matplotlib
+    import seaborn as sns
+
+    warnings.filterwarnings("ignore")
+    for name in ("transformers", "peft", "accelerate", "papermill", "PIL"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sns.set_theme(style="whitegrid", context="notebook")
+    matplotlib.rcParams.update({"figure.dpi": 90, "savefig.dpi": 90, "figure.figsize": (8, 4)})
+    pd.set_option("display.precision", 3)
+    pd.set_option("display.max_columns", 40)
+    pd.set_option("display.width", 160)
+
+
+# ---- scores and items ----------------------------------------------------------------------------------------------
+def final_epoch(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each run's last evaluation (runs without per-epoch evaluation have epoch NA = final)."""
+    if df.empty:
+        return df
+    ep = df["epoch"].astype("Float64").fillna(np.inf).astype(float)
+    last = ep.groupby([df["run_id"], df["dataset"], df["split"]]).transform("max")
+    return df[ep == last]
+
+
+def primary_scores(table: pd.DataFrame, split: str | None = "test", own_only: bool = True,
+                   final_only: bool = True) -> pd.DataFrame:
+    """One row per run x dataset (x split x epoch): the dataset's primary metric (not ``x.y`` extras, not CHAIR).
+
+    Args:
+        table: the tidy results table.
+        split: keep this split (None: all, e.g. POPE's three).
+        own_only: only the run's own dataset (drop ``eval_datasets`` rows).
+        final_only: only each run's last evaluation.
+    """
+    t = table[~table["metric"].str.contains(".", regex=False) & (table["metric"] != "chair")]
+    if split is not None:
+        t = t[t["split"] == split]
+    if own_only:
+        t = t[t["dataset"] == t["train_dataset"]]
+    if final_only:
+        t = final_epoch(t)
+    t = t.copy()
+    t["column"] = [column_label(f) if isinstance(f, str) else d for f, d in zip(t.get("family", t["dataset"]),
+                                                                                 t["dataset"])]
+    return t.reset_index(drop=True)
+
+
+def _epoch_key(s: pd.Series) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce").fillna(-1).astype(int)
+
+
+def load_items(runs_dir: str | Path, scores: pd.DataFrame) -> pd.DataFrame:
+    """Per-item scores of the rows of ``scores`` (run_id, dataset, split, epoch, metric), from predictions.jsonl.
+
+    Returns:
+        Columns run_id, dataset, split, epoch (-1 = final-only evaluation), metric, id, score, prediction,
+        references.
+    """
+    cols = ["run_id", "dataset", "split", "epoch", "metric", "id", "score", "prediction", "references"]
+    out = []
+    for rid, grp in scores.groupby("run_id", sort=False):
+        path = Path(runs_dir) / rid / "predictions.jsonl"
+        if not path.exists():
+            continue
+        df = pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
+        if df.empty:
+            continue
+        df["epoch"] = _epoch_key(df["epoch"]) if "epoch" in df else -1
+        want = grp[["dataset", "split", "epoch", "metric"]].assign(epoch=lambda g: _epoch_key(g["epoch"]))
+        df = df.merge(want.drop_duplicates(), on=["dataset", "split", "epoch", "metric"])
+        df["run_id"] = rid
+        out.append(df.reindex(columns=cols))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
+
+
+def _item_array(items: pd.DataFrame, rid: str, dataset: str, split: str = "test", epoch: int | None = None,
+                metric: str | None = None) -> pd.Series:
+    sel = (items["run_id"] == rid) & (items["dataset"] == dataset) & (items["split"] == split)
+    if epoch is not None:
+        sel &= items["epoch"] == epoch
+    sel &= (items["metric"] == metric) if metric is not None else (items["metric"] != "chair")
+    s = items.loc[sel]
+    if epoch is None and not s.empty:  # the last evaluation (-1 marks a run evaluated only at the end)
+        s = s[s["epoch"] == s["epoch"].max()]
+    return s.set_index("id")["score"].astype(float)
+
+
+def with_item_cis(scores: pd.DataFrame, items: pd.DataFrame, confidence: float = 0.95,
+                  n_resamples: int = 1000) -> pd.DataFrame:
+    """Add ``ci_low``/``ci_high``: percentile bootstrap over each row's test items (NaN with < 2 items)."""
+    lows, highs = [], []
+    for row in scores.itertuples():
+        ep = int(_epoch_key(pd.Series([row.epoch])).iloc[0])
+        x = _item_array(items, row.run_id, row.dataset, row.split, ep, row.metric)
+        if len(x) < 2:
+            lows.append(math.nan)
+            highs.append(math.nan)
+            continue
+        iv = stats.bootstrap_ci(x.to_numpy(), confidence=confidence, n_resamples=n_resamples, seed=0)
+        lows.append(iv.low)
+        highs.append(iv.high)
+    return scores.assign(ci_low=lows, ci_high=highs)
+
+
+def stratified_mean(arrays: Sequence[np.ndarray], confidence: float = 0.95, n_resamples: int = 2000,
+                    seed: int = 0) -> stats.Interval:
+    """Mean of block means (e.g. the unseen average over datasets) with a stratified percentile bootstrap CI.
+
+    Formula: θ = (1/B) Σ_b mean(x_b); each resample draws n_b items with replacement inside every block b.
+    """
+    arrays = [np.asarray(a, dtype=float) for a in arrays if len(a)]
+    if not arrays:
+        raise ValueError("stratified_mean needs at least one non-empty block")
+    rng = np.random.default_rng(seed)
+    est = float(np.mean([a.mean() for a in arrays]))
+    boot = np.mean([a[rng.integers(0, a.size, (n_resamples, a.size))].mean(axis=1) for a in arrays], axis=0)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha]) if all(a.size > 1 for a in arrays) else (math.nan, math.nan)
+    return stats.Interval(est, float(low), float(high), "stratified-bootstrap", int(sum(a.size for a in arrays)))
+
+
+@dataclass
+class Contrast:
+    """An item-paired contrast pooled over equally weighted blocks."""
+
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    effect_size: float  # Cohen's d_z of the (block-weighted) item differences
+    n_items: int
+    n_blocks: int
+
+
+def stratified_contrast(blocks: Sequence[np.ndarray], weights: Sequence[float] = (1.0, -1.0),
+                        confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> Contrast:
+    """Contrast Σ_k w_k mean(run_k) of item-aligned runs, averaged over blocks, with CI and p.
+
+    Args:
+        blocks: per block (dataset, seed, ...) a (k x n_b) array: k runs' scores on the same n_b items.
+        weights: the contrast (default a - b).
+
+    Returns:
+        :class:`Contrast`. CI: percentile bootstrap, items resampled jointly across runs within each block.
+        p: for a two-run difference, the sign-flip permutation test on item differences weighted so that their
+        mean is the block-weighted estimate (d_i * N / (B n_b)); otherwise a two-sided bootstrap p
+        (2 min(P*(θ <= 0), P*(θ >= 0))), which is rougher.
+    """
+    w = np.asarray(weights, dtype=float)
+    blocks = [np.asarray(b, dtype=float) for b in blocks if np.asarray(b).shape[-1] > 0]
+    if not blocks:
+        raise ValueError("stratified_contrast needs at least one non-empty block")
+    for b in blocks:
+        if b.ndim != 2 or b.shape[0] != w.size:
+            raise ValueError(f"each block must be a ({w.size} x n) array, got shape {b.shape}")
+    diffs = [w @ b for b in blocks]  # per-item contrast
+    n_total, n_blocks = sum(d.size for d in diffs), len(diffs)
+    est = float(np.mean([d.mean() for d in diffs]))
+    rng = np.random.default_rng(seed)
+    boot = np.mean([d[rng.integers(0, d.size, (n_resamples, d.size))].mean(axis=1) for d in diffs], axis=0)
+    alpha = (1 - confidence) / 2
+    low, high = (np.quantile(boot, [alpha, 1 - alpha]) if n_total > n_blocks else (math.nan, math.nan))
+    weighted = np.concatenate([d * n_total / (n_blocks * d.size) for d in diffs])
+    if n_total < 2:
+        p, dz = 1.0, 0.0
+    elif w.size == 2 and np.allclose(w, [1, -1]):
+        res = stats.permutation_test(weighted, np.zeros_like(weighted), n_resamples=5000, seed=seed)
+        p, dz = res.p_value, res.effect_size
+    else:
+        p = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+        sd = weighted.std(ddof=1)
+        dz = float(weighted.mean() / sd) if sd > 0 else 0.0
+    return Contrast(est, float(low), float(high), float(p), float(dz), int(n_total), n_blocks)
+
+
+def pair_runs(scores: pd.DataFrame, factor: str, a: Any, b: Any, ignore: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of ``scores`` matched as pairs that differ only in ``factor`` (a vs b) and the ``ignore`` columns.
+
+    Returns:
+        One row per pair: the shared keys plus ``run_a``, ``run_b``, ``value_a``, ``value_b``.
+    """
+    keys = [k for k in MATCH_KEYS if k in scores.columns and k != factor and k not in ignore]
+    left = scores[scores[factor] == a]
+    right = scores[scores[factor] == b]
+    if left.empty or right.empty:
+        return pd.DataFrame(columns=keys + ["run_a", "run_b", "value_a", "value_b"])
+    norm = lambda df: df.assign(**{k: df[k].astype(str) for k in keys})  # noqa: E731  (NA-safe matching)
+    m = norm(left)[keys + ["run_id", "value"]].merge(norm(right)[keys + ["run_id", "value"]], on=keys,
+                                                     suffixes=("_a", "_b"))
+    m = m.rename(columns={"run_id_a": "run_a", "run_id_b": "run_b"})
+    return m.reset_index(drop=True)
+
+
+def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[str] | None = None,
+                  label: str = "", n_resamples: int = 2000, metric: str | None = None) -> pd.DataFrame:
+    """Item-paired a - b per group of ``pairs`` (each pair a block), with CI, p, d_z and Holm across the groups.
+
+    Args:
+        items: from :func:`load_items`.
+        pairs: from :func:`pair_runs` (needs ``dataset``, ``run_a``, ``run_b``, and ``split`` if present).
+        by: group columns (one contrast per group; None: all pairs pooled).
+        label: the comparison's name, e.g. "tuned - frozen".
+    """
+    keys = [by] if isinstance(by, str) else list(by or [])
+    groups = pairs.groupby(keys, sort=True, dropna=False) if keys else [((), pairs)]
+    rows = []
+    for key, grp in groups:
+        blocks = []
+        for r in grp.itertuples():
+            split = getattr(r, "split", "test")
+            xa = _item_array(items, r.run_a, r.dataset, split, metric=metric)
+            xb = _item_array(items, r.run_b, r.dataset, split, metric=metric)
+            common = xa.index.intersection(xb.index)
+            if len(common):
+                blocks.append(np.vstack([xa[common].to_numpy(), xb[common].to_numpy()]))
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key), comparison=label)
+        if blocks:
+            c = stratified_contrast(blocks, n_resamples=n_resamples)
+            row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
+                       effect_size=c.effect_size, n_items=c.n_items, n_blocks=c.n_blocks)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if "p_value" in out and out["p_value"].notna().any():
+        ok = out["p_value"].notna()
+        out.loc[ok, "p_holm"] = stats.holm_correction(out.loc[ok, "p_value"].to_numpy())
+    return out
+
+
+def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame | None = None,
+                 text: bool = True, n_resamples: int = 1000) -> pd.DataFrame:
+    """Wide table: rows ``index`` (e.g. method, connector), one column per paper column plus group averages.
+
+    Cells are "estimate [low, high]" strings when ``text`` (CIs from ``ci_low``/``ci_high`` and, for the averages,
+    stratified bootstrap over ``items``), else the estimates. Averages appear only for rows that have every
+    column of the group.
+    """
+    present = [f for f in FAMILY_ORDER if f in set(scores["dataset"])]
+    present += sorted(set(scores["dataset"]) - set(present))
+    rows = []
+    for key, grp in scores.groupby(list(index), sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(index, key))
+        by_ds = {r.dataset: r for r in grp.itertuples()}
+        for ds in present:
+            r = by_ds.get(ds)
+            row[column_label(ds)] = (None if r is None else
+                                     fmt_ci(r.value, getattr(r, "ci_low", math.nan), getattr(r, "ci_high", math.nan))
+                                     if text else r.value)
+        groups = {"unseen": [d for d in present if _group_of(grp, d) == "unseen"],
+                  "seen": [d for d in present if _group_of(grp, d) == "seen"], "all": present}
+        for g, members in groups.items():
+            if not members or any(d not in by_ds for d in members) or (g == "all" and len(members) < 2):
+                continue
+            if items is not None and text:
+                arrays = [_item_array(items, by_ds[d].run_id, d).to_numpy() for d in members]
+                iv = stratified_mean(arrays, n_resamples=n_resamples)
+                row[GROUP_LABELS[g]] = fmt_ci(iv.estimate, iv.low, iv.high)
+            else:
+                est = float(np.mean([by_ds[d].value for d in members]))
+                row[GROUP_LABELS[g]] = fmt_ci(est, math.nan, math.nan) if text else est
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _group_of(grp: pd.DataFrame, dataset: str) -> str | None:
+    g = grp.loc[grp["dataset"] == dataset, "group"] if "group" in grp else pd.Series(dtype=str)
+    return str(g.iloc[0]) if len(g) else None
+
+
+def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset"):
+    """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message)."""
+    blocks = [block] if isinstance(block, str) else list(block)
+    wide = scores.pivot_table(index=blocks, columns=treatment, values="value", aggfunc="mean").dropna()
+    if wide.shape[1] < 3 or wide.shape[0] < 2:
+        return None, (f"Friedman test not possible: {wide.shape[0]} complete block(s) x {wide.shape[1]} "
+                      f"treatment(s) (needs >= 2 x 3)")
+    res = stats.friedman_test(wide)
+    msg = (f"Friedman chi2 = {res.statistic:.2f}, df = {res.extra['df']}, p = {fmt_p(res.p_value)}, "
+           f"Kendall's W = {res.effect_size:.2f} over {res.n} blocks")
+    return res, msg
+
+
+# ---- formatting and display ----------------------------------------------------------------------------------------
+def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
+    """``0.512 [0.480, 0.544]`` (just the estimate when the CI is unknown)."""
+    if est is None or (isinstance(est, float) and math.isnan(est)):
+        return "-"
+    f = f"{{:.{digits}f}}"
+    if low is None or high is None or any(isinstance(v, float) and not math.isfinite(v) for v in (low, high)):
+        return f.format(est)
+    return f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
+
+
+def fmt_p(p: float) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Rounded numbers, formatted p-values and readable column names."""
+    out = df.copy()
+    for col in out.columns:
+        if col in ("p_value", "p_holm"):
+            out[col] = out[col].map(fmt_p)
+        elif col in ("trainable_params", "n", "n_items", "n_blocks", "train_size", "seed"):
+            out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
+        elif pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].round(digits)
+    return out.rename(columns={c: PRETTY.get(c, c) for c in out.columns})
+
+
+def show(df: pd.DataFrame, caption: str | None = None, digits: int = 3):
+    """Display a readable table (pretty names, rounded, no index) with an optional caption."""
+    from IPython.display import display
+
+    styler = pretty(df, digits).style.hide(axis="index").format(precision=digits, na_rep="-")
+    if caption:
+        styler = styler.set_caption(caption)
+    display(styler)
+
+
+def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, lo: str = "ci_low",
+            hi: str = "ci_high", ax=None, order: Sequence | None = None, hue_order: Sequence | None = None,
+            numeric_x: bool = False, log_x: bool = False, xlabel: str | None = None, ylabel: str | None = None,
+            title: str | None = None):
+    """Points (or lines for a numeric x) with error bars from precomputed CIs, dodged by ``hue``."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    ax = ax or plt.subplots()[1]
+    hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=_method_key) if hue else [None]))
+    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
+    cats = list(order or (df[x].drop_duplicates().tolist() if not numeric_x else []))
+    width = 0.6
+    for k, h in enumerate(hues):
+        d = df if hue is None else df[df[hue] == h]
+        if d.empty:
+            continue
+        if numeric_x:
+            d = d.sort_values(x)
+            xs = d[x].astype(float).to_numpy()
+        else:
+            offset = (k - (len(hues) - 1) / 2) * (width / max(len(hues), 1))
+            xs = np.array([cats.index(v) for v in d[x]], dtype=float) + offset
+        ys = d[y].astype(float).to_numpy()
+        err = None
+        if lo in d and hi in d:
+            low, high = d[lo].astype(float).to_numpy(), d[hi].astype(float).to_numpy()
+            err = np.vstack([np.nan_to_num(ys - low), np.nan_to_num(high - ys)]).clip(min=0)
+        ax.errorbar(xs, ys, yerr=err, fmt="o-" if numeric_x else "o", capsize=3, color=palette[h],
+                    label=str(h) if hue else None, markersize=5, linewidth=1.5 if numeric_x else 0,
+                    elinewidth=1.2)
+    if not numeric_x:
+        ax.set_xticks(range(len(cats)))
+        ax.set_xticklabels([str(c) for c in cats], rotation=30 if len(cats) > 4 else 0, ha="right"
+                           if len(cats) > 4 else "center")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or PRETTY.get(x, x))
+    ax.set_ylabel(ylabel or PRETTY.get(y, y))
+    if title:
+        ax.set_title(title)
+    if hue:
+        ax.legend(title=PRETTY.get(hue, hue), fontsize="small", frameon=False)
+    return ax
+
+
+def _method_key(v: Any) -> tuple:
+    return (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER), str(v))
+
+
+# ---- training logs -------------------------------------------------------------------------------------------------
+def train_logs(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Loss entries of the runs' ``train_log.jsonl``: run_id, step, epoch, loss, lr, seconds."""
+    rows = []
+    for rid in run_ids:
+        path = Path(runs_dir) / rid / "train_log.jsonl"
+        if path.exists():
+            rows += [{"run_id": rid, **e} for e in map(json.loads, path.read_text().splitlines()) if "loss" in e]
+    return pd.DataFrame(rows, columns=["run_id", "step", "epoch", "loss", "lr", "seconds"]) if not rows \
+        else pd.DataFrame(rows)[["run_id", "step", "epoch", "loss", "lr", "seconds"]]
+
+
+def epoch_losses(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
+    """Per run and epoch: mean logged training loss in that epoch and the held-out loss measured at its end."""
+    rows = []
+    for rid in run_ids:
+        path = Path(runs_dir) / rid / "train_log.jsonl"
+        if not path.exists():
+            continue
+        log = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        for e in (e for e in log if "epoch_end" in e):
+            k = int(e["epoch_end"])
+            train = [x["loss"] for x in log if "loss" in x and k - 1 < float(x["epoch"]) <= k]
+            rows.append({"run_id": rid, "epoch": k, "train_loss": float(np.mean(train)) if train else math.nan,
+                         "held_out_loss": e.get("held_out_loss", math.nan)})
+    return pd.DataFrame(rows, columns=["run_id", "epoch", "train_loss", "held_out_loss"])
+
+
+# ---- POPE from item predictions ------------------------------------------------------------------------------------
+_POPE_CODES = {"tp": 0, "fp": 1, "tn": 2, "fn": 3}
+
+
+def pope_items(items: pd.DataFrame) -> pd.DataFrame:
+    """POPE items with ``code`` (0 tp, 1 fp, 2 tn, 3 fn), parsed as the ``pope`` metric does (unparsed = "yes")."""
+    from .metrics import parse_yes_no
+
+    df = items[items["metric"] == "pope"].copy()
+    label = df["references"].map(lambda r: str(r[0] if isinstance(r, list) else r).strip().lower())
+    answer = df["prediction"].fillna("").map(lambda p: (parse_yes_no(p) or "yes") if p.strip() else "wrong")
+    answer = np.where(answer == "wrong", np.where(label == "yes", "no", "yes"), answer)
+    df["code"] = [_POPE_CODES[("tp" if lab == "yes" else "fp") if ans == "yes" else ("tn" if lab == "no" else "fn")]
+                  for lab, ans in zip(label, answer)]
+    return df
+
+
+def _pope_stat(name: str):
+    def stat(codes, axis=-1):
+        c = np.asarray(codes)
+        tp, fp, tn, fn = ((c == k).sum(axis=axis).astype(float) for k in range(4))
+        n = tp + fp + tn + fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+                "yes_ratio": (tp + fp) / n}[name]
+    return stat
+
+
+def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> stats.Interval:
+    """A POPE metric (accuracy, precision, recall, f1, yes_ratio) with a bootstrap CI over probes."""
+    return stats.bootstrap_ci(np.asarray(codes, dtype=float), _pope_stat(name), n_resamples=n_resamples, seed=0)
+
+
+# ---- notebooks -> HTML reports -------------------------------------------------------------------------------------
+@dataclass
+class NotebookResult:
+    status: str  # ok | failed
+    html: Path
+    seconds: float
+    error: str | None = None
+
+
+def code_version(root: Path | None = None) -> str:
+    """Package version plus the git commit read from ``.git`` (no git process; "+dirty" is not detected)."""
+    from . import __version__
+
+    root = Path(root or Path(__file__).resolve().parent.parent)
+    head = root / ".git" / "HEAD"
+    commit = None
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            name = ref[5:]
+            path = root / ".git" / name
+            if path.exists():
+                commit = path.read_text().strip()
+            elif (root / ".git" / "packed-refs").exists():
+                for line in (root / ".git" / "packed-refs").read_text().splitlines():
+                    if line.endswith(" " + name):
+                        commit = line.split()[0]
+        else:
+            commit = ref
+    except OSError:
+        pass
+    return f"{__version__}+g{commit[:10]}" if commit else __version__
+
+
+def render_html(executed: Path, out_html: Path, hide_code: bool = True) -> Path:
+    """Executed notebook -> standalone HTML (figures inlined as base64 PNG); code cells hidden by default."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(executed), as_version=4)
+    nb.cells = [c for c in nb.cells if not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
+    exporter = HTMLExporter(template_name="lab", exclude_input=hide_code, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nb)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(body)
+    return out_html
+
+
+def _meta_path(html: Path) -> Path:
+    return html.with_suffix(".json")
+
+
+def report_is_current(html: str | Path, key: str) -> bool:
+    """True when ``html`` exists and was rendered successfully from inputs with this key."""
+    html = Path(html)
+    try:
+        meta = json.loads(_meta_path(html).read_text())
+    except (OSError, ValueError):
+        return False
+    return html.exists() and meta.get("key") == key and meta.get("status") == "ok"
+
+
+def execute_notebook(notebook: str | Path, parameters: dict, out_html: str | Path, cwd: str | Path | None = None,
+                     kernel_name: str = "python3", hide_code: bool = True, key: str | None = None,
+                     timeout: int = 1800) -> NotebookResult:
+    """Run a notebook with papermill, keep the executed copy beside the HTML, render the HTML, record metadata.
+
+    Args:
+        notebook: the ``.ipynb`` (committed without outputs, with a cell tagged ``parameters``).
+        parameters: injected after the parameters cell.
+        out_html: ``reports/<stem>/<profile>.html``; the executed notebook is ``<profile>.ipynb`` beside it and
+            ``<profile>.json`` records parameters, code version, date, duration, status and the inputs key.
+        cwd: the kernel's working directory (the repository root, so relative paths in params resolve).
+
+    Returns:
+        :class:`NotebookResult`; a failing cell gives status "failed" with its error (the HTML still shows it).
+    """
+    import papermill as pm
+
+    notebook, out_html = Path(notebook), Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    executed = out_html.with_suffix(".ipynb")
+    start = time.perf_counter()
+    status, error = "ok", None
+    try:
+        pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name,
+                            language="python", cwd=str(cwd) if cwd else None, progress_bar=False,
+                            log_output=False, execution_timeout=timeout)
+    except Exception as exc:  # papermill writes the partially executed notebook with the error before raising
+        status = "failed"
+        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    if executed.exists():
+        render_html(executed, out_html, hide_code)
+    seconds = time.perf_counter() - start
+    meta = {"notebook": str(notebook), "parameters": parameters, "status": status, "error": error,
+            "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 1), "key": key, "html": out_html.name}
+    _meta_path(out_html).write_text(json.dumps(meta, indent=1))
+    return NotebookResult(status, out_html, seconds, error)
+
+
+def write_index(reports_dir: str | Path) -> Path:
+    """``reports/index.html``: every rendered report with its parameters, code version, date and status."""
+    import html as _html
+
+    reports_dir = Path(reports_dir)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for meta_path in sorted(reports_dir.glob("*/*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            continue
+        if "parameters" not in meta:
+            continue
+        html_path = meta_path.with_suffix(".html")
+        rel = html_path.relative_to(reports_dir).as_posix()
+        params = meta["parameters"]
+        shown = ", ".join(f"{k}={Path(v).name if k in ('cache', 'runs') and v else v}" for k, v in params.items()
+                          if k != "train")
+        status = meta.get("status", "?")
+        link = f'<a href="{_html.escape(rel)}">{_html.escape(meta_path.parent.name)}</a>' \
+            if html_path.exists() else _html.escape(meta_path.parent.name)
+        rows.append(f"<tr><td>{link}</td><td>{_html.escape(meta_path.stem)}</td><td>{_html.escape(shown)}</td>"
+                    f"<td>{_html.escape(str(meta.get('code_version', '')))}</td>"
+                    f"<td>{_html.escape(str(meta.get('date', '')))}</td><td>{meta.get('seconds', '')}</td>"
+                    f"<td class='{status}'>{_html.escape(status)}</td></tr>")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>mllm-study reports</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.failed{{color:#b00;font-weight:bold}}
+.ok{{color:#070}}</style></head><body>
+<h1>mllm-study reports</h1>
+<p>Parameter-efficient fine-tuning of multimodal LLMs, reproducing Zhou et al. 2024 (arXiv 2406.05130).
+One report per research question and profile; index written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC,
+code {_html.escape(code_version())}.</p>
+<table><tr><th>report</th><th>profile</th><th>parameters</th><th>code version</th><th>rendered (UTC)</th>
+<th>seconds</th><th>status</th></tr>
+{chr(10).join(rows) if rows else '<tr><td colspan="7">no reports yet: run mllm-study study</td></tr>'}
+</table></body></html>
+"""
+    out = reports_dir / "index.html"
+    out.write_text(page)
+    return out

@@ -1,0 +1,314 @@
+"""The study driver: research-question params files -> runs (trained once, reused) -> notebooks -> HTML reports.
+
+Usage: ``table, report = ensure_runs("params/rq1_main.yaml", "quick")`` (what a notebook calls) or
+``run_study("quick")`` (what ``mllm-study study --profile quick`` calls)
+
+An RQ params file (``params/rqN_<slug>.yaml``) is a diff on ``defaults.yaml`` whose top-level ``sweep:`` is the
+paper's design (the real-scale profiles use it). Profiles that scale the design down (smoke, quick, full on the
+embedded world) have their own block under ``_profiles: {<profile>: {run: {...}, sweep: {...}}}``; this module
+applies the selected block: its sections are overrides on top of the file, its ``sweep`` replaces the file's.
+A profile file may map dataset names to folders (``_datasets: {vqav2: data/vqav2, ...}``) for real data.
+See ``params/README.md``. Identical run specs have identical run ids, so RQs share runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .config import PARAMS_DIR, ConfigError, Params, load_params
+
+__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "plan_runs", "ensure_runs",
+           "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
+
+ROOT = PARAMS_DIR.parent
+NOTEBOOKS_DIR = ROOT / "notebooks"
+SUMMARY_NOTEBOOK = "rq8_summary"  # reads every other RQ's runs; has no params file of its own
+
+
+def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
+    """Stems of the research-question notebooks, in RQ order (``rq1_main``, ..., ``rq8_summary``)."""
+    def order(stem: str) -> tuple[int, str]:
+        digits = "".join(c for c in stem[2:].split("_")[0] if c.isdigit())
+        return (int(digits) if digits else 99, stem)
+
+    return sorted((p.stem for p in Path(notebooks_dir).glob("rq*.ipynb")), key=order)
+
+
+def _read_yaml(path: Path) -> dict:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def profile_block(params_file: str | Path, profile: str) -> dict:
+    """The ``_profiles.<profile>`` block of an RQ params file ({} when the profile uses the file's own design)."""
+    blocks = _read_yaml(Path(params_file)).get("_profiles") or {}
+    if not isinstance(blocks, dict):
+        raise ConfigError(f"{params_file}: '_profiles' must map profile names to blocks")
+    block = blocks.get(profile) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{params_file}: '_profiles.{profile}' must be a mapping (run:, sweep:, ...)")
+    return block
+
+
+def _dataset_map(profile: str, params_dir: Path = PARAMS_DIR) -> dict[str, str]:
+    path = params_dir / f"{profile}.yaml"
+    mapping = _read_yaml(path).get("_datasets") if path.exists() else None
+    return {str(k): str(v) for k, v in (mapping or {}).items()}
+
+
+def _map_names(value: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return mapping.get(value, value)
+    if isinstance(value, list):
+        return [_map_names(v, mapping) for v in value]
+    return value
+
+
+def _map_sweep(sweep: dict, mapping: dict[str, str]) -> dict:
+    def grid(g: dict) -> dict:
+        return {k: ([_map_names(v, mapping) for v in vals] if k in ("dataset", "eval_datasets") else vals)
+                for k, vals in g.items()}
+
+    out = dict(sweep)
+    if "grid" in out:
+        out["grid"] = grid(out["grid"])
+    if "grids" in out:
+        out["grids"] = [grid(g) for g in out["grids"]]
+    return out
+
+
+def rq_params(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,
+              params_dir: Path = PARAMS_DIR) -> Params:
+    """Resolve an RQ params file under a profile: defaults <- profile <- file <- ``_profiles.<profile>`` <- paths.
+
+    Args:
+        params_file: ``params/rqN_<slug>.yaml``.
+        profile: smoke, quick, full or a real-scale profile (``paper-llava-1.5-7b``, ...).
+        cache, runs: override ``paths.cache`` / ``paths.runs`` (e.g. a test's temporary folder).
+
+    Returns:
+        The :class:`Params` whose ``sweep`` declares this RQ's runs under that profile.
+    """
+    block = profile_block(params_file, profile)
+    overrides: dict[str, Any] = {}
+    for section, values in block.items():
+        if section == "sweep":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{params_file}: _profiles.{profile}.{section} must be a mapping")
+        overrides.update({f"{section}.{k}": v for k, v in values.items()})
+    if cache is not None:
+        overrides["paths.cache"] = str(cache)
+    if runs is not None:
+        overrides["paths.runs"] = str(runs)
+    params = load_params(params_file, profile, overrides, params_dir=params_dir)
+    if "sweep" in block:
+        params.sweep = dict(block["sweep"] or {})
+    mapping = _dataset_map(profile, params_dir)
+    if mapping:
+        params.run = dataclasses.replace(params.run, dataset=_map_names(params.run.dataset, mapping),
+                                         eval_datasets=_map_names(list(params.run.eval_datasets), mapping))
+        params.sweep = _map_sweep(params.sweep, mapping)
+    return params
+
+
+def plan_runs(params: Params) -> list[str]:
+    """Run ids of the params' sweep (generates the world if needed; trains nothing)."""
+    from .sweep import plan_sweep
+
+    return [rid for rid, _ in plan_sweep(params, progress=False)]
+
+
+def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,
+                train: bool = True, progress: bool = False, stream=None):
+    """Run (or reuse) every run an RQ declares under ``profile`` and return its tidy results table.
+
+    Args:
+        params_file: the RQ's params file.
+        profile: the profile whose scaled design applies.
+        cache, runs: override the cache and runs folders.
+        train: run missing runs (``run_sweep``: skip finished, claim, record failures); False only collects.
+        progress: progress bars while training.
+        stream: where per-run status lines go (default: stdout, so a notebook shows them as plain output).
+
+    Returns:
+        ``(table, report)``: the tidy table of :func:`mllm_study.results.collect_results` restricted to this RQ's
+        runs, and its :class:`~mllm_study.results.CollectReport`. ``table.attrs`` holds ``runs_dir``, ``run_ids``,
+        ``params_file``, ``profile`` and ``failed`` (run id -> reason).
+    """
+    from .results import collect_results
+    from .sweep import run_sweep
+
+    params = rq_params(params_file, profile, cache, runs)
+    ids = plan_runs(params)
+    failed: dict[str, str] = {}
+    if train:
+        summary = run_sweep(params, progress=progress, stream=stream or sys.stdout)
+        failed = summary.failed
+    table, report = collect_results(params.paths.runs, ids)
+    table.attrs.update(runs_dir=str(params.paths.runs), run_ids=ids, params_file=str(params_file), profile=profile,
+                       failed=failed, sources=list(params.sources))
+    return table, report
+
+
+def load_rq_tables(profile: str, cache: str | None = None, runs: str | None = None, train: bool = False,
+                   params_dir: Path = PARAMS_DIR) -> dict[str, tuple[Any, Any]]:
+    """``{rq stem: (table, report)}`` for every ``params/rq*.yaml`` (what the summary notebook reads)."""
+    out = {}
+    for path in sorted(Path(params_dir).glob("rq*.yaml")):
+        out[path.stem] = ensure_runs(path, profile, cache, runs, train=train)
+    return out
+
+
+def base_model_config(params: Params) -> str:
+    """What :mod:`mllm_study.accounting` should build for the run's model: a config.json path or a config name."""
+    if params.run.model == "tiny-llava":
+        from .models import ensure_world, tiny_llava_dir
+
+        return str(tiny_llava_dir(params, ensure_world(params, progress=False)) / "config.json")
+    local = Path(params.run.model) / "config.json"
+    if local.exists():
+        return str(local)
+    from .accounting import list_model_configs
+
+    name = Path(params.run.model).name.lower().removesuffix("-hf").removesuffix("-instruct")
+    known = {c.lower(): c for c in list_model_configs()}
+    if name in known:
+        return known[name]
+    raise ValueError(f"no architecture config for {params.run.model!r}: pass a local checkpoint folder or add "
+                     f"its config.json to mllm_study/configs ({', '.join(known.values())})")
+
+
+# ---- the driver ----------------------------------------------------------------------------------------------------
+@dataclass
+class StudySummary:
+    """What ``run_study`` did: per notebook its status, report path and seconds; the run counts."""
+
+    profile: str
+    reports: dict[str, dict] = field(default_factory=dict)  # stem -> {status, html, seconds, cached, error}
+    runs_total: int = 0
+    runs_trained: int = 0
+    runs_failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    index: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.runs_failed and all(r["status"] == "ok" for r in self.reports.values())
+
+    def lines(self) -> list[str]:
+        out = [f"study '{self.profile}': {self.runs_total} runs ({self.runs_trained} trained now, "
+               f"{len(self.runs_failed)} failed), {len(self.reports)} reports in {self.seconds:.0f} s"]
+        for stem, r in self.reports.items():
+            note = " (unchanged, not re-rendered)" if r.get("cached") else f" ({r['seconds']:.0f} s)"
+            out.append(f"  {stem:22s} {r['status']:6s} {r['html']}{note}")
+            if r.get("error"):
+                out.append(f"      {r['error']}")
+        for rid, reason in self.runs_failed.items():
+            out.append(f"  failed run {rid}: {reason}")
+        if self.index:
+            out.append(f"index: {self.index}")
+        return out
+
+
+def _digest(parts: Iterable[bytes | str]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _inputs_key(notebook: Path, parameters: dict, files: list[Path], run_ids: list[str], runs_dir: Path) -> str:
+    """Hash of everything a report depends on: notebook, parameters, params files, analysis code, finished runs."""
+    from .runs import is_done
+
+    code = [Path(__file__).read_bytes(), (Path(__file__).parent / "report.py").read_bytes()]
+    done = [rid for rid in sorted(set(run_ids)) if is_done(Path(runs_dir) / rid)]
+    return _digest([notebook.read_bytes(), json.dumps(parameters, sort_keys=True), *[f.read_bytes() for f in files],
+                    *code, *done])
+
+
+def run_study(profile: str, notebooks: list[str] | None = None, cache: str | None = None, runs: str | None = None,
+              reports: str | None = None, train: bool = True, force: bool = False, progress: bool = True,
+              stream=None) -> StudySummary:
+    """Train (or reuse) every run of the selected RQs, then execute their notebooks and render the HTML reports.
+
+    Args:
+        profile: smoke, quick, full or a real-scale profile.
+        notebooks: stems to render (default: all ``notebooks/rq*.ipynb``); the summary reads all RQs' runs.
+        cache, runs, reports: folders (default: the profile's ``paths``); passed to notebooks as absolute paths.
+        train: train missing runs first (False: only re-render from what exists, ``mllm-study report``).
+        force: re-render reports whose inputs did not change.
+        progress: progress bars and per-notebook lines on ``stream`` (default stderr).
+
+    Returns:
+        A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
+    """
+    from . import report as rep
+    from .sweep import run_sweep
+
+    stream = stream or sys.stderr
+    start = time.perf_counter()
+    stems = notebooks or list_notebooks()
+    unknown = sorted(set(stems) - set(list_notebooks()))
+    if unknown:
+        raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(list_notebooks())}")
+    base = load_params(profile=profile)
+    cache_dir = Path(cache or base.paths.cache).resolve()
+    runs_dir = Path(runs or base.paths.runs).resolve()
+    reports_dir = Path(reports or base.paths.reports).resolve()
+    summary = StudySummary(profile=profile)
+
+    # 1. runs: every RQ's sweep (the summary needs all of them), each run once; status lines on the terminal
+    rq_files = {p.stem: p for p in sorted(PARAMS_DIR.glob("rq*.yaml"))}
+    needed = rq_files if SUMMARY_NOTEBOOK in stems else {s: rq_files[s] for s in stems if s in rq_files}
+    plans: dict[str, list[str]] = {}
+    for stem, path in needed.items():
+        params = rq_params(path, profile, str(cache_dir), str(runs_dir))
+        plans[stem] = plan_runs(params)
+        if train:
+            print(f"== {stem}: {len(plans[stem])} runs", file=stream, flush=True)
+            res = run_sweep(params, progress=progress, stream=stream)
+            summary.runs_trained += len(res.ran)
+            summary.runs_failed.update(res.failed)
+            print(f"   {res.line()}", file=stream, flush=True)
+    summary.runs_total = len({rid for ids in plans.values() for rid in ids})
+
+    # 2. notebooks -> reports/<stem>/<profile>.html (skipped when nothing they depend on changed)
+    for k, stem in enumerate(stems, 1):
+        nb = NOTEBOOKS_DIR / f"{stem}.ipynb"
+        params_file = rq_files.get(stem)
+        parameters = {"profile": profile, "params_file": str(params_file) if params_file else "",
+                      "cache": str(cache_dir), "runs": str(runs_dir), "train": False}
+        html = reports_dir / stem / f"{profile}.html"
+        files = [PARAMS_DIR / "defaults.yaml", PARAMS_DIR / f"{profile}.yaml",
+                 *([params_file] if params_file else list(rq_files.values()))]
+        ids = plans.get(stem) or [rid for ids in plans.values() for rid in ids]
+        key = _inputs_key(nb, parameters, [f for f in files if f.exists()], ids, runs_dir)
+        print(f"[{k}/{len(stems)}] {stem} -> {html}", file=stream, flush=True)
+        if not force and rep.report_is_current(html, key):
+            summary.reports[stem] = {"status": "ok", "html": str(html), "seconds": 0.0, "cached": True}
+            continue
+        result = rep.execute_notebook(nb, parameters, html, cwd=ROOT, key=key)
+        summary.reports[stem] = {"status": result.status, "html": str(html), "seconds": result.seconds,
+                                 "cached": False, "error": result.error}
+    summary.index = str(rep.write_index(reports_dir))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _quiet_stream() -> io.StringIO:  # for tests that do not want status lines
+    return io.StringIO()
