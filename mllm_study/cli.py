@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: a 2-core laptop)")
     p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing run")
     p.add_argument("--status", action="store_true", help="only print the sweep's state, run nothing")
+    p.add_argument("--slurm", action="store_true", help="submit as a SLURM job array through submitit (one run per "
+                                                          "task unless --slurm-tasks)")
+    p.add_argument("--slurm-tasks", type=int, help="array size (default: one task per remaining run)")
+    p.add_argument("--slurm-partition")
+    p.add_argument("--slurm-gpus", type=int, default=0, help="GPUs per task")
+    p.add_argument("--slurm-cpus", type=int, default=2, help="CPUs per task")
+    p.add_argument("--slurm-time", type=int, default=240, help="minutes per task")
+    p.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once")
+    p.add_argument("--slurm-local", action="store_true", help="run the job array with submitit's local executor")
+    p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and print the table")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
@@ -143,6 +153,8 @@ def _cmd_sweep(args) -> int:
     print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()) + f" (of {len(ids)}, shard {shard[0]}/{shard[1]})")
     if args.status:
         return 0
+    if args.slurm:
+        return _slurm_sweep(args, params, ids, state)
     if args.workers > 1:
         summary = _pool_sweep(args, shard)
     else:
@@ -152,6 +164,39 @@ def _cmd_sweep(args) -> int:
     state = sweep_status(params.paths.runs, ids)
     print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()))
     return 0 if not state["failed"] else 1
+
+
+def _slurm_sweep(args, params, ids, state) -> int:
+    from .sweep import submit_sweep, sweep_status
+
+    todo = len(ids) - len(state["done"])
+    if todo == 0:
+        print("nothing to submit: every run is done")
+        _print_sweep_table(params.paths.runs, ids)
+        return 0
+    n = args.slurm_tasks or todo
+    argv = ["sweep", args.sweep_params, "--quiet", "--retries", str(args.retries)]
+    if args.profile:
+        argv += ["--profile", args.profile]
+    for o in args.overrides:
+        argv += ["--set", o]
+    folder = Path(params.paths.runs) / ".submitit"
+    jobs = submit_sweep(argv, n, folder, local=args.slurm_local, timeout_min=args.slurm_time,
+                        cpus_per_task=args.slurm_cpus, gpus_per_node=args.slurm_gpus,
+                        slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_parallel)
+    print(f"submitted {len(jobs)} array tasks (job {jobs[0].job_id.split('_')[0]}); logs in {folder}")
+    if not args.wait:
+        print(f"follow with: mllm-study sweep {args.sweep_params} --status")
+        return 0
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as exc:  # a task that crashed; its runs stay remaining/failed and the table says so
+            print(f"task {job.job_id} failed: {exc}", file=sys.stderr)
+    _print_sweep_table(params.paths.runs, ids)
+    state = sweep_status(params.paths.runs, ids)
+    print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()))
+    return 0 if not state["failed"] and not state["remaining"] else 1
 
 
 def _pool_worker(argv: list[str]) -> int:
@@ -239,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_params(argv[1:])
     args = build_parser().parse_args(argv)
     _set_threads()
+    if getattr(args, "quiet", False):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     from .config import ConfigError
     from .data import DataError
 

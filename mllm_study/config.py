@@ -84,6 +84,7 @@ class RunConfig:
     # method_params. Only the resolved method_params enter a run's spec and id.
     method_presets: dict = field(default_factory=dict)
     placement: str | None = None  # attention | mlp | both; null = the method's default (LoRA both, adapter mlp)
+    layers: list | None = None  # decoder-block indices to adapt; null = all
     connector: str = "frozen"  # frozen | tuned
     connector_lr: float = 2e-5
     lr: float | None = None  # null = the profile's preset for the method (method_presets.<m>.lr), else the paper's

@@ -72,10 +72,12 @@ def build_tokenizer(texts: list[str]):
 
 def build_tiny_llava(tokenizer, cfg: PretrainConfig, seed: int | None = None):
     """A randomly initialised tiny LLaVA and its processor, from transformers configs only (no download)."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    image_processor = CLIPImageProcessor(size={"shortest_edge": cfg.image_size},
+    # The PIL backend explicitly: torchvision is not installed beside the CPU torch wheel (CONTRIBUTING.md), and the
+    # default class would warn and fall back to this one anyway.
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": cfg.image_size},
                                          crop_size={"height": cfg.image_size, "width": cfg.image_size},
                                          image_mean=[0.5] * 3, image_std=[0.5] * 3)
     # "default" drops the CLS token: (image_size / patch_size)^2 image tokens; num_additional_image_tokens=1 counts it.

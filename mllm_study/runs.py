@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__
 from .config import Params
 
-__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "base_model", "eval_targets",
+__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries", "base_model", "eval_targets",
            "read_json", "write_json_atomic"]
 
 
@@ -188,7 +188,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
         ValueError: bad dataset, method or parameters (nothing is written).
         TrainingDiverged and others: recorded in ``status.json`` as failed, then re-raised.
     """
-    from .data import load_dataset_info, load_split
+    from .data import DataError, load_dataset_info, load_split
     from .evaluate import evaluate_loss
     from .methods.registry import apply_method, save_method
     from .train import TrainSettings, train_model, trainable_summary
@@ -206,15 +206,23 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     train = load_split(dataset_dir, "train", run.train_size, seed=run.seed) if run.method != "none" else []
     held_out = load_split(dataset_dir, "test", run.test_size, seed=0) if run.eval_every_epoch else []
     model, processor = base_model(params, progress)
-    model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector)
+    from .train import set_seed
 
+    set_seed(run.seed)  # method weights (e.g. LoRA's A) are initialised from the run's seed, not the process's state
+    model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
+                         layers=run.layers)
+    from .train import get_accelerator
+
+    acc = get_accelerator()
+    main = acc.is_main_process  # under `accelerate launch` every process trains; only the main one writes
     tmp = root / f".{rid}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(tmp / "spec.json", spec)
-    write_json_atomic(tmp / "status.json", {"status": "running", "started": started, "pid": os.getpid(),
-                                            "host": platform.node()})
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_json_atomic(tmp / "spec.json", spec)
+        write_json_atomic(tmp / "status.json", {"status": "running", "started": started, "pid": os.getpid(),
+                                                "host": platform.node()})
     rows: list[dict] = []
     try:
         train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
@@ -229,8 +237,11 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                 return {"held_out_loss": evaluate_loss(m, processor, held_out, run.eval_batch_size)}
 
             result = train_model(model, _collator(processor), train, _param_groups(model, params), settings,
-                                 log_path=tmp / "train_log.jsonl",
-                                 on_epoch_end=on_epoch_end if run.eval_every_epoch else None)
+                                 log_path=tmp / "train_log.jsonl" if main else None,
+                                 on_epoch_end=on_epoch_end if run.eval_every_epoch and main else None)
+            acc.wait_for_everyone()
+            if not main:
+                return final
             train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
                               samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss)
             if run.eval_every_epoch:
@@ -247,6 +258,10 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
         write_json_atomic(tmp / "status.json", {
             "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(), "python": platform.python_version()})
+    except DataError:
+        # bad input (e.g. an unreadable image found while training): no record is left behind; fix and re-run
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     except BaseException as exc:
         write_json_atomic(tmp / "status.json", {
             "status": "failed", "started": started, "reason": f"{type(exc).__name__}: {exc}",
@@ -255,6 +270,25 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
         raise
     _replace_dir(tmp, final)
     return final
+
+
+def clean_stale_temporaries(runs_dir: Path) -> list[str]:
+    """Remove temporary run folders (``.<id>.tmp-<pid>``, ``.<id>.old-*``) left by dead processes on this host."""
+    from .sweep import _alive
+
+    removed = []
+    for d in Path(runs_dir).glob(".*.tmp-*") if Path(runs_dir).exists() else []:
+        try:
+            pid = int(d.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if d.is_dir() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    for d in Path(runs_dir).glob(".*.old-*") if Path(runs_dir).exists() else []:
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d.name)
+    return removed
 
 
 def is_done(run_dir: Path) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 from .config import ConfigError, Params, RunConfig
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "SweepSummary", "claim_run", "release_run", "sweep_status",
-           "parse_shard"]
+           "parse_shard", "submit_sweep"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -183,12 +183,14 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
     Returns:
         A :class:`SweepSummary`. Ctrl-C stops after recording the current run as failed (it re-runs next time).
     """
-    from .runs import execute_run, is_done
+    from .runs import clean_stale_temporaries, execute_run, is_done
 
     stream = stream or sys.stderr
     start = time.perf_counter()
     plan = plan_sweep(params, shard, progress=False)
     runs_dir = Path(params.paths.runs)
+    clean_stale_temporaries(runs_dir)
+    _install_sigterm()
     summary = SweepSummary(total=len(plan))
     for k, (rid, run_params) in enumerate(plan, 1):
         if is_done(runs_dir / rid):
@@ -217,6 +219,36 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
             release_run(runs_dir, rid)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _sweep_task(argv: list[str]) -> int:
+    """One SLURM array task: ``mllm-study sweep ... --shard k/n`` in the job's own process."""
+    from .cli import main
+
+    code = main(argv)
+    if code not in (0, 1):  # 1 = some run of the shard failed (recorded); anything else is an error
+        raise RuntimeError(f"mllm-study {' '.join(argv)} exited with {code}")
+    return code
+
+
+def submit_sweep(argv: list[str], n_tasks: int, folder: str | Path, local: bool = False,
+                 **executor_params: Any) -> list:
+    """Submit a sweep as a SLURM job array through submitit: task k runs ``argv + --shard k/n_tasks``.
+
+    With ``n_tasks`` = number of runs, each task trains exactly one run. ``local=True`` uses submitit's
+    LocalExecutor (subprocesses on this machine; for tests and for trying the set-up without a cluster).
+    ``executor_params`` go to ``update_parameters`` (e.g. slurm_partition, gpus_per_node, timeout_min,
+    slurm_array_parallelism, cpus_per_task).
+    """
+    import submitit
+
+    folder = Path(folder)
+    executor = submitit.LocalExecutor(folder=folder) if local else submitit.AutoExecutor(folder=folder,
+                                                                                          cluster="slurm")
+    if local:
+        executor_params = {k: v for k, v in executor_params.items() if not k.startswith("slurm_")}
+    executor.update_parameters(**executor_params)
+    return executor.map_array(_sweep_task, [argv + ["--shard", f"{k}/{n_tasks}"] for k in range(n_tasks)])
 
 
 def _install_sigterm() -> None:
