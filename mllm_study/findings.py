@@ -11,7 +11,7 @@ opposite direction, otherwise *inconclusive* (including "not enough runs to test
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ from .report import (_item_array, compare_pairs, final_epoch, fmt_ci, fmt_p, loa
 
 __all__ = ["Finding", "PAPER_FINDINGS", "verdict", "finding_adapter_best", "finding_connector_unseen",
            "finding_placement", "finding_data_size", "finding_adapter_stable", "finding_adapter_hallucination",
-           "evaluate_findings", "findings_table", "rq_items"]
+           "evaluate_findings", "findings_table", "findings_details", "rq_items"]
 
 PEFT_METHODS = ("lora", "ia3", "prefix", "adapter")
 # key -> (research question, the paper's finding as we test it)
@@ -47,6 +47,7 @@ class Finding:
     ours: str  # what we measured, in one or two sentences with numbers
     verdict: str  # supported | contradicted | inconclusive
     statistic: str  # the test(s) behind the verdict
+    details: pd.DataFrame | None = None  # the comparisons: comparison, estimate, ci_low, ci_high, p_holm, expected
 
 
 def verdict(estimates: Sequence[float], p_adjusted: Sequence[float], expected: Sequence[int] | int = 1,
@@ -71,9 +72,13 @@ def verdict(estimates: Sequence[float], p_adjusted: Sequence[float], expected: S
     return "inconclusive"
 
 
-def _finding(key: str, ours: str, verdict_: str, statistic: str) -> Finding:
+def _finding(key: str, ours: str, verdict_: str, statistic: str, details: pd.DataFrame | None = None,
+             expected: Sequence[int] | int = 1) -> Finding:
     rq, paper = PAPER_FINDINGS[key]
-    return Finding(key, rq, paper, ours, verdict_, statistic)
+    if details is not None and not details.empty:
+        details = details.assign(expected=np.broadcast_to(np.asarray(expected), (len(details),)).tolist(),
+                                 finding=key)
+    return Finding(key, rq, paper, ours, verdict_, statistic, details)
 
 
 def _no_data(key: str, why: str) -> Finding:
@@ -115,7 +120,7 @@ def finding_adapter_best(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
     means = sc.groupby("method")["value"].mean().sort_values(ascending=False)
     ours = (f"Connector {connector}: mean score over {sc['dataset'].nunique()} dataset(s) by method: "
             + ", ".join(f"{m} {v:.3f}" for m, v in means.items()) + f"; best: {means.index[0]}.")
-    return _finding(key, ours, verdict(res["estimate"], res["p_holm"], 1), _describe(res))
+    return _finding(key, ours, verdict(res["estimate"], res["p_holm"], 1), _describe(res), res)
 
 
 def finding_connector_unseen(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
@@ -133,7 +138,9 @@ def finding_connector_unseen(table: pd.DataFrame, items: pd.DataFrame) -> Findin
         return _no_data(key, "no unseen dataset has both connector settings")
     ours = "; ".join(f"{r.group}: tuned - frozen = {r.estimate:+.3f} over {int(r.n_blocks)} method x dataset pair(s)"
                      for r in res.itertuples())
-    return _finding(key, ours + ".", verdict(unseen["estimate"], unseen["p_holm"], 1), _describe(res, "group"))
+    details = res.assign(comparison=[f"connector tuned - frozen ({g})" for g in res["group"]])
+    return _finding(key, ours + ".", verdict(unseen["estimate"], unseen["p_holm"], 1), _describe(res, "group"),
+                    details)
 
 
 def finding_placement(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
@@ -156,7 +163,7 @@ def finding_placement(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
         return _no_data(key, "no placement pairs")
     res = _holm(pd.concat(rows, ignore_index=True))
     return _finding(key, "Mean score by placement: " + "; ".join(best) + ".",
-                    verdict(res["estimate"], res["p_holm"], 1), _describe(res))
+                    verdict(res["estimate"], res["p_holm"], 1), _describe(res), res)
 
 
 def finding_data_size(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
@@ -170,8 +177,10 @@ def finding_data_size(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
     pairs = pair_runs(scores, "train_size", high, low)
     gain = _holm(compare_pairs(items, pairs, label=f"n={high} - n={low}")) if not pairs.empty else pd.DataFrame()
     parts, ests, ps = [], [], []
+    details = []
     if not gain.empty:
         parts.append(_describe(gain))
+        details.append(gain)
         ests.append(gain["estimate"].iloc[0])
         ps.append(gain["p_value"].iloc[0])
     ours = f"Sizes {sizes}."
@@ -186,11 +195,15 @@ def finding_data_size(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
                          f"({c.n_blocks} setting(s))")
             ests.append(c.estimate)
             ps.append(c.p_value)
+            details.append(pd.DataFrame([{"comparison": f"slope drop per 1000 samples ({low}->{mid} vs {mid}->{high})",
+                                          "estimate": c.estimate, "ci_low": c.ci_low, "ci_high": c.ci_high,
+                                          "p_value": c.p_value, "n_items": c.n_items}]))
             ours += f" Gain per 1000 extra samples shrinks by {c.estimate:+.3f} from the first to the second step."
     if not ests:
         return _no_data(key, "no run sets differing only in train size")
     p_adj = stats.holm_correction(np.asarray(ps))
-    return _finding(key, ours, verdict(ests, p_adj, 1), "; ".join(parts) + " (Holm over the two parts)")
+    det = pd.concat(details, ignore_index=True).assign(p_holm=p_adj)
+    return _finding(key, ours, verdict(ests, p_adj, 1), "; ".join(parts) + " (Holm over the two parts)", det)
 
 
 def _aligned_blocks(scores: pd.DataFrame, factor: str, levels: list, items: pd.DataFrame) -> list[np.ndarray]:
@@ -263,7 +276,7 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame) -> F
     ours = ("POPE F1 by method: " + ", ".join(f"{m} {by(pope, m):.3f}" for m in PEFT_METHODS if m in set(pope["method"]))
             + "; CHAIR_s: " + ", ".join(f"{m} {by(chair, m):.3f}" for m in PEFT_METHODS if m in set(chair["method"]))
             + " (lower CHAIR is better).")
-    return _finding(key, ours, verdict(res["estimate"], res["p_holm"], expected), _describe(res))
+    return _finding(key, ours, verdict(res["estimate"], res["p_holm"], expected), _describe(res), res, expected)
 
 
 CHECKS = {"adapter_best": finding_adapter_best, "connector_unseen": finding_connector_unseen,
@@ -291,7 +304,14 @@ def evaluate_findings(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> l
 
 def findings_table(found: list[Finding]) -> pd.DataFrame:
     """A display table: RQ, the paper's finding, ours, verdict, statistic."""
-    df = pd.DataFrame([asdict(f) for f in found])
-    return df[["rq", "paper", "ours", "verdict", "statistic"]].rename(
+    df = pd.DataFrame([{k: getattr(f, k) for k in ("rq", "paper", "ours", "verdict", "statistic")} for f in found])
+    return df.rename(
         columns={"rq": "RQ", "paper": "Paper's finding", "ours": "Our measurement", "verdict": "Verdict",
                  "statistic": "Statistic"})
+
+
+def findings_details(found: list[Finding]) -> pd.DataFrame:
+    """All comparisons behind the findings (for a forest plot): finding, comparison, estimate, CI, p_holm, expected."""
+    parts = [f.details for f in found if f.details is not None and not f.details.empty]
+    cols = ["finding", "comparison", "estimate", "ci_low", "ci_high", "p_holm", "expected"]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)

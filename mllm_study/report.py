@@ -34,7 +34,9 @@ __all__ = ["FAMILY_ORDER", "METHOD_ORDER", "column_label", "setup_notebook", "pr
            "load_items", "with_item_cis", "stratified_mean", "stratified_contrast", "pair_runs", "compare_pairs",
            "score_matrix", "friedman_ranks", "fmt_ci", "fmt_p", "pretty", "show", "ci_plot", "train_logs",
            "epoch_losses", "pope_items", "pope_metric_ci", "execute_notebook", "render_html", "report_is_current",
-           "write_index", "code_version", "NotebookResult", "MATCH_KEYS"]
+           "write_index", "code_version", "NotebookResult", "MATCH_KEYS", "pairwise", "versus_base", "winners",
+           "flops_for_runs", "size_label", "say", "Contrast", "contrast_items", "forest_plot",
+           "verdict_md"]
 
 FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2"]
 METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
@@ -252,6 +254,9 @@ def pair_runs(scores: pd.DataFrame, factor: str, a: Any, b: Any, ignore: Sequenc
     m = norm(left)[keys + ["run_id", "value"]].merge(norm(right)[keys + ["run_id", "value"]], on=keys,
                                                      suffixes=("_a", "_b"))
     m = m.rename(columns={"run_id_a": "run_a", "run_id_b": "run_b"})
+    for col in ("group", "column"):  # constant per dataset: carried along for grouping and labels
+        if col in scores and "dataset" in m:
+            m[col] = m["dataset"].map(scores.drop_duplicates("dataset").set_index("dataset")[col])
     return m.reset_index(drop=True)
 
 
@@ -284,11 +289,163 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
             row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
                        effect_size=c.effect_size, n_items=c.n_items, n_blocks=c.n_blocks)
         rows.append(row)
-    out = pd.DataFrame(rows)
-    if "p_value" in out and out["p_value"].notna().any():
-        ok = out["p_value"].notna()
-        out.loc[ok, "p_holm"] = stats.holm_correction(out.loc[ok, "p_value"].to_numpy())
-    return out
+    return _holm_all(pd.DataFrame(rows))
+
+
+def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Sequence | None = None,
+             within: str | None = None, ignore: Sequence[str] = (), n_resamples: int = 2000) -> pd.DataFrame:
+    """Every pair of ``factor`` levels (later minus earlier in ``levels``), within each ``within`` group, pooled over
+    datasets; Holm across all rows of the returned table."""
+    groups = scores.groupby(within, sort=False) if within else [(None, scores)]
+    rows = []
+    for key, grp in groups:
+        lv = [v for v in (levels or sorted(grp[factor].dropna().unique())) if v in set(grp[factor])]
+        for i, a in enumerate(lv):
+            for b in lv[i + 1:]:
+                pairs = pair_runs(grp, factor, b, a, ignore)
+                if pairs.empty:
+                    continue
+                res = compare_pairs(items, pairs, label=f"{b} - {a}", n_resamples=n_resamples)
+                res.insert(0, "to", b)
+                res.insert(0, "from", a)
+                if within:
+                    res.insert(0, within, key)
+                rows.append(res)
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return _holm_all(out)
+
+
+def _holm_all(df: pd.DataFrame) -> pd.DataFrame:
+    if "p_value" in df and df["p_value"].notna().any():
+        ok = df["p_value"].notna()
+        df.loc[ok, "p_holm"] = stats.holm_correction(df.loc[ok, "p_value"].to_numpy())
+    return df
+
+
+def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label: str = "- base",
+                n_resamples: int = 2000) -> pd.DataFrame:
+    """Each row of ``scores`` (run, dataset, split, epoch) minus the base run on the same items; Holm across rows."""
+    rows = []
+    for r in scores.itertuples():
+        ep = int(_epoch_key(pd.Series([r.epoch])).iloc[0])
+        xa = _item_array(items, r.run_id, r.dataset, r.split, ep, r.metric)
+        xb = _item_array(items, base_run, r.dataset, r.split, None, r.metric)
+        common = xa.index.intersection(xb.index)
+        row = {"run_id": r.run_id, "dataset": r.dataset, "split": r.split, "epoch": r.epoch, "comparison": label}
+        if len(common):
+            c = stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])],
+                                    n_resamples=n_resamples)
+            row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
+                       effect_size=c.effect_size, n_items=c.n_items)
+        rows.append(row)
+    return _holm_all(pd.DataFrame(rows))
+
+
+def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method", by: str = "dataset",
+            higher_is_better: bool = True) -> pd.DataFrame:
+    """Per ``by`` group: the best ``treatment``, its score with CI, the runner-up and the item-paired gap
+    (Holm across groups). Ties in the estimate go to the first in method order."""
+    rows = []
+    for key, grp in scores.groupby(by, sort=False):
+        g = grp.assign(_k=grp[treatment].map(_method_key)).sort_values(["value", "_k"],
+                                                                      ascending=[not higher_is_better, True])
+        best = g.iloc[0]
+        row = {by: key, "best": best[treatment], "score": fmt_ci(best["value"], best.get("ci_low"),
+                                                                   best.get("ci_high"))}
+        if len(g) > 1:
+            second = g.iloc[1]
+            row["runner_up"] = second[treatment]
+            xa = _item_array(items, best["run_id"], best["dataset"], best["split"])
+            xb = _item_array(items, second["run_id"], second["dataset"], second["split"])
+            common = xa.index.intersection(xb.index)
+            if len(common):
+                c = stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])])
+                row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value)
+        rows.append(row)
+    return _holm_all(pd.DataFrame(rows))
+
+
+def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.DataFrame:
+    """Parameter and FLOP accounting (:mod:`mllm_study.accounting`) for each distinct method setting in ``scores``.
+
+    Returns:
+        method, method_params, placement, connector, peft_params, trainable_percent_acc, train_flops_per_token,
+        infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
+    """
+    from .accounting import count_method
+
+    keys = ["method", "method_params", "placement", "connector"]
+    rows = []
+    for key in scores[keys].drop_duplicates().itertuples(index=False):
+        method, params, placement, connector = key
+        r = count_method(model_config, method, json.loads(params), None if placement == "default" else placement,
+                         connector, n_ctx=n_ctx)
+        rows.append({"method": method, "method_params": params, "placement": placement, "connector": connector,
+                     "peft_params": r.peft_params, "trainable_percent_acc": r.trainable_percent,
+                     "train_flops_per_token": r.train_flops_per_token,
+                     "infer_flops_per_token": r.infer_flops_per_token,
+                     "train_flops_per_image": r.train_flops_per_image,
+                     "infer_flops_per_image": r.infer_flops_per_image})
+    return pd.DataFrame(rows)
+
+
+def size_label(row: Any) -> str:
+    """The method's size knob as text ("r=16", "bottleneck=32", "tokens=10", "-")."""
+    params = json.loads(row["method_params"]) if isinstance(row["method_params"], str) else row["method_params"]
+    for key, name in (("r", "r"), ("bottleneck_size", "bottleneck"), ("num_virtual_tokens", "tokens")):
+        if key in params:
+            return f"{name}={params[key]}"
+    return "-"
+
+
+def contrast_items(items: pd.DataFrame, a: dict, b: dict, n_resamples: int = 2000) -> Contrast | None:
+    """Item-paired a - b for two (run_id, dataset, split, epoch) selections (e.g. one run's last vs best epoch)."""
+    xa = _item_array(items, a["run_id"], a["dataset"], a.get("split", "test"), a.get("epoch"), a.get("metric"))
+    xb = _item_array(items, b["run_id"], b["dataset"], b.get("split", "test"), b.get("epoch"), b.get("metric"))
+    common = xa.index.intersection(xb.index)
+    if not len(common):
+        return None
+    return stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])], n_resamples=n_resamples)
+
+
+def forest_plot(details: pd.DataFrame, ax=None, label: str = "comparison", hue: str | None = "finding",
+                xlabel: str = "Estimate (a - b) with 95% CI"):
+    """Horizontal estimates with CIs, one row per comparison, a line at 0."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    d = details.dropna(subset=["estimate"]).reset_index(drop=True)
+    ax = ax or plt.subplots(figsize=(9, max(2.0, 0.35 * len(d) + 1)))[1]
+    keys = list(dict.fromkeys(d[hue])) if hue else [None]
+    colors = dict(zip(keys, sns.color_palette(n_colors=max(len(keys), 1))))
+    for i, r in d.iterrows():
+        lo = r["estimate"] - r["ci_low"] if pd.notna(r["ci_low"]) else 0.0
+        hi = r["ci_high"] - r["estimate"] if pd.notna(r["ci_high"]) else 0.0
+        ax.errorbar(r["estimate"], i, xerr=[[max(lo, 0)], [max(hi, 0)]], fmt="o", capsize=3,
+                    color=colors[r[hue] if hue else None], label=r[hue] if hue else None)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(d)))
+    ax.set_yticklabels(d[label])
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    if hue:
+        handles, labels = ax.get_legend_handles_labels()
+        uniq = dict(zip(labels, handles))
+        ax.legend(uniq.values(), uniq.keys(), fontsize="small", frameon=False, loc="best")
+    return ax
+
+
+def verdict_md(finding) -> str:
+    """A finding as Markdown: the paper's claim, what we measured, the verdict and its statistic."""
+    return (f"**Paper:** {finding.paper}  \n**Here:** {finding.ours}  \n"
+            f"**Verdict: {finding.verdict}.** {finding.statistic}")
+
+
+def say(text: str) -> None:
+    """Display Markdown computed in a cell (numbers in the prose come from the data, never typed in)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
 
 
 def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame | None = None,
@@ -324,7 +481,11 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
                 est = float(np.mean([by_ds[d].value for d in members]))
                 row[GROUP_LABELS[g]] = fmt_ci(est, math.nan, math.nan) if text else est
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if "method" in out:
+        out = out.iloc[sorted(range(len(out)), key=lambda i: (_method_key(out["method"].iloc[i]),
+                                                             *[str(out[k].iloc[i]) for k in index if k != "method"]))]
+    return out.reset_index(drop=True)
 
 
 def _group_of(grp: pd.DataFrame, dataset: str) -> str | None:

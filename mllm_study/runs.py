@@ -241,6 +241,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                                  on_epoch_end=on_epoch_end if run.eval_every_epoch and main else None)
             acc.wait_for_everyone()
             if not main:
+                acc.wait_for_everyone()  # until the main process has evaluated and written the run
                 return final
             train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
                               samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss)
@@ -269,6 +270,8 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
         _replace_dir(tmp, final)
         raise
     _replace_dir(tmp, final)
+    if acc.num_processes > 1 and run.method != "none":
+        acc.wait_for_everyone()
     return final
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import sys
 import time
@@ -27,7 +26,8 @@ import yaml
 
 from .config import PARAMS_DIR, ConfigError, Params, load_params
 
-__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "plan_runs", "ensure_runs",
+__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table", "plan_runs",
+           "ensure_runs",
            "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
 
 ROOT = PARAMS_DIR.parent
@@ -104,7 +104,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
     block = profile_block(params_file, profile)
     overrides: dict[str, Any] = {}
     for section, values in block.items():
-        if section == "sweep":
+        if section == "sweep" or section.startswith("_"):
             continue
         if not isinstance(values, dict):
             raise ConfigError(f"{params_file}: _profiles.{profile}.{section} must be a mapping")
@@ -122,6 +122,29 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
                                          eval_datasets=_map_names(list(params.run.eval_datasets), mapping))
         params.sweep = _map_sweep(params.sweep, mapping)
     return params
+
+
+def report_options(params_file: str | Path, profile: str) -> dict:
+    """The ``_report`` options of an RQ file (analysis settings, e.g. ``n_ctx`` for FLOPs), profile block last."""
+    top = _read_yaml(Path(params_file)).get("_report") or {}
+    return {**top, **(profile_block(params_file, profile).get("_report") or {})}
+
+
+def design_table(params_file: str | Path, profile: str):
+    """The runs an RQ declares under ``profile``, as factor -> levels (for the notebook's design section)."""
+    import pandas as pd
+
+    from .sweep import expand_sweep
+
+    runs = [p.run for p in expand_sweep(rq_params(params_file, profile))]
+    rows = []
+    for key in ("method", "placement", "connector", "dataset", "method_params", "train_size", "test_size", "seed",
+                "lr", "epochs", "eval_every_epoch", "eval_datasets"):
+        levels = list(dict.fromkeys(json.dumps(getattr(r, key), sort_keys=True) for r in runs))
+        shown = ", ".join(("default" if v == "null" else v.replace('"', "")) for v in levels)
+        rows.append({"factor": key, "levels": len(levels), "values": shown})
+    rows.append({"factor": "runs", "levels": len(runs), "values": f"{len(runs)} run specs"})
+    return pd.DataFrame(rows)
 
 
 def plan_runs(params: Params) -> list[str]:
@@ -309,6 +332,3 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     summary.seconds = time.perf_counter() - start
     return summary
 
-
-def _quiet_stream() -> io.StringIO:  # for tests that do not want status lines
-    return io.StringIO()

@@ -134,12 +134,14 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(records, batch_size=settings.batch_size, shuffle=True, collate_fn=collator,
                         generator=generator, drop_last=False)
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    # after prepare: under several processes the loader is sharded, so an epoch has fewer steps per process
     per_epoch = math.ceil(len(loader) / settings.grad_accum)
     total = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
     warmup = settings.warmup_steps if settings.warmup_steps is not None else math.ceil(total * settings.warmup_ratio)
-    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
+    # not passed through acc.prepare: its wrapper would step the schedule once per process
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
-    model, optimizer, loader, scheduler = acc.prepare(model, optimizer, loader, scheduler)
     params = [p for g in groups for p in g["params"]]
     model.train()
     log: list[dict] = []
