@@ -24,9 +24,7 @@ $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 study: install
-	$(BIN)/mllm-study pretrain --profile quick
-	$(BIN)/mllm-study run --profile quick --method none --dataset iconqa_txt
-	$(BIN)/mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned
+	$(BIN)/mllm-study study --profile quick
 
 test: install
 	$(BIN)/python -m pytest -q --timeout 900

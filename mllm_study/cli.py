@@ -1,4 +1,4 @@
-"""The ``mllm-study`` command: world, pretrain, run, sweep, results, data convert.
+"""The ``mllm-study`` command: study, report, world, pretrain, run, sweep, results, params, data convert.
 
 Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned``
 """
@@ -69,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-local", action="store_true", help="run the job array with submitit's local executor")
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and print the table")
     p.add_argument("--quiet", action="store_true")
+
+    for name, text in (("study", "train or reuse every run of the research questions, execute their notebooks and "
+                                 "render reports/<notebook>/<profile>.html and reports/index.html"),
+                       ("report", "re-render the reports from the runs that exist (no training)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--profile", default="quick", help="smoke, quick (default), full, or a real-scale profile")
+        p.add_argument("--only", help="comma-separated notebook stems, e.g. rq1_main,rq8_summary")
+        p.add_argument("--force", action="store_true", help="re-render reports whose inputs did not change")
+        p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
+        p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
+        p.add_argument("--reports", help="reports folder (default: the profile's paths.reports)")
+        p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
     p.add_argument("--runs", default="runs", help="runs folder")
@@ -239,6 +251,16 @@ def _print_sweep_table(runs_dir, ids) -> None:
     print(last[cols].sort_values(["train_dataset", "method", "connector", "seed"]).to_string(index=False))
 
 
+def _cmd_study(args, train: bool = True) -> int:
+    from .study import run_study
+
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    summary = run_study(args.profile, only, cache=args.cache, runs=args.runs, reports=args.reports, train=train,
+                        force=args.force, progress=not args.quiet)
+    print("\n".join(summary.lines()))
+    return 0 if summary.ok else 1
+
+
 def _cmd_results(args) -> int:
     from .results import collect_results
 
@@ -292,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
-                "results": _cmd_results, "data": _cmd_data}
+                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results, "data": _cmd_data}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
