@@ -39,10 +39,11 @@ def main() -> None:
     ap.add_argument("--profile", default="quick")
     ap.add_argument("--dataset", default="vqav2")
     ap.add_argument("--n", type=int, default=200, help="test items")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2, help="alternate the two paths this many times")
+    ap.add_argument("--threads", type=int, default=min(2, torch.get_num_threads()))
     args = ap.parse_args()
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     params = load_params(profile=args.profile)
     model, processor = load_model("tiny-llava", params)
     ds = resolve_dataset(args.dataset, params)
@@ -51,7 +52,10 @@ def main() -> None:
     max_new = info.get("max_new_tokens", 16)
     times = {"batched": [], "one-at-a-time": []}
     preds = {}
+    from mllm_study.data import clear_encoding_cache
+
     for _ in range(args.repeats):
+        clear_encoding_cache()  # both paths start cold: each repeat pre-processes every item again
         t = time.perf_counter()
         preds["batched"] = generate_predictions(model, processor, records, max_new, args.batch_size, progress=False)
         times["batched"].append(time.perf_counter() - t)

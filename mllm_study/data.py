@@ -5,12 +5,30 @@ Usage: ``records = load_split("data/world/vqav2", "train", size=1000, seed=42)``
 One loader serves the synthetic world and real datasets alike (format: docs/data_format.md). Records come back
 with ``image_path`` resolved to an absolute path (or None for text-only records). The :class:`Collator` turns
 records into model inputs with the processor's own chat template, left padding, and labels on answer tokens only.
+
+Encoding cache: a record's encoding (token ids, labels, pixel values) is a pure function of the record, the image
+file, the processor and the mode, so each is computed once and only padded per batch. Three levels, all exact
+(cached tensors are the very tensors the processor produced, never modified):
+
+- per collator: every record it encoded, for its lifetime (one run's epochs);
+- per process: collators of the same processor content (:func:`processor_fingerprint`), mode and image setting
+  share encodings, so the runs of a sweep in one process and the per-epoch evaluations encode each record once;
+  least recently used entries beyond ``MLLM_STUDY_ENCODING_CACHE_MB`` (default 2048 MiB) are dropped;
+- on disk, opt-in: ``MLLM_STUDY_ENCODING_CACHE=<dir>`` (or :func:`set_encoding_cache`) keeps the encodings that
+  :meth:`Collator.prepare` computed, one file per processor, mode and dataset, so sharded sweeps and later
+  processes skip encoding too. Keys cover the processor's content, this module's code, the transformers version,
+  the record's turns and the image file's size and modification time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import random
+import weakref
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +37,8 @@ from PIL import Image
 
 __all__ = [
     "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
-    "prompt_messages", "Collator", "IGNORE_INDEX",
+    "prompt_messages", "Collator", "IGNORE_INDEX", "processor_fingerprint", "set_encoding_cache",
+    "clear_encoding_cache",
 ]
 
 IGNORE_INDEX = -100
@@ -179,6 +198,167 @@ def _load_image(record: dict, blank: bool) -> Image.Image:
     return image
 
 
+# ----------------------------------------------------------------------------- encoding cache
+
+_FINGERPRINTS: dict[int, tuple[Any, str]] = {}  # id(processor) -> (weak reference, fingerprint)
+_SHARED: OrderedDict = OrderedDict()  # (fingerprint, mode, blank, record key) -> encoding, least recent first
+_SHARED_BYTES = [0]
+_DISK_DIR: list[str | None] = [None]  # set_encoding_cache; None = the MLLM_STUDY_ENCODING_CACHE variable
+
+
+def _code_digest() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def processor_fingerprint(processor: Any) -> str:
+    """A digest of everything that determines a processor's output: its class and configuration (image processor
+    included), chat templates, the tokenizer (vocabulary, normalisation, special and added tokens), this module's
+    code and the transformers version. Memoised per processor object: build a new processor rather than mutate one
+    that has already encoded records.
+    """
+    memo = _FINGERPRINTS.get(id(processor))
+    if memo is not None and memo[0]() is processor:
+        return memo[1]
+    import transformers
+
+    tok = getattr(processor, "tokenizer", processor)
+    parts = [type(processor).__qualname__, type(tok).__qualname__, transformers.__version__, _code_digest(),
+             str(getattr(processor, "chat_template", None)), str(getattr(tok, "chat_template", None))]
+    to_json = getattr(processor, "to_json_string", None)
+    if callable(to_json) and processor is not tok:
+        try:
+            parts.append(to_json())
+        except Exception:  # noqa: BLE001 - a processor that cannot serialise itself: fall back to its attributes
+            parts.append(repr(sorted(vars(processor).items(), key=lambda kv: kv[0])))
+    backend = getattr(tok, "backend_tokenizer", None)
+    parts.append(backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items())))
+    parts.append(repr(sorted((k, str(v)) for k, v in getattr(tok, "added_tokens_decoder", {}).items())))
+    parts.append(repr(sorted((str(k), str(v)) for k, v in getattr(tok, "special_tokens_map", {}).items())))
+    for attr in ("pad_token_id", "eos_token_id", "bos_token_id", "model_max_length", "truncation_side"):
+        parts.append(f"{attr}={getattr(tok, attr, None)}")
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+    try:
+        _FINGERPRINTS[id(processor)] = (weakref.ref(processor), digest)
+    except TypeError:  # not weak-referenceable: recompute next time
+        pass
+    return digest
+
+
+def set_encoding_cache(directory: str | Path | None) -> None:
+    """Keep encodings on disk under ``directory`` (None: back to ``MLLM_STUDY_ENCODING_CACHE``, unset = off)."""
+    _DISK_DIR[0] = str(directory) if directory is not None else None
+
+
+def _disk_dir() -> Path | None:
+    directory = _DISK_DIR[0] or os.environ.get("MLLM_STUDY_ENCODING_CACHE") or None
+    return Path(directory) if directory else None
+
+
+def clear_encoding_cache() -> None:
+    """Forget the process-wide encodings (collators keep their own until they are dropped)."""
+    _SHARED.clear()
+    _SHARED_BYTES[0] = 0
+
+
+def _memory_limit() -> int:
+    return int(float(os.environ.get("MLLM_STUDY_ENCODING_CACHE_MB", "2048")) * 2**20)
+
+
+def _nbytes(encoding: dict[str, torch.Tensor]) -> int:
+    return sum(t.element_size() * t.nelement() for t in encoding.values())
+
+
+def _share(key: tuple, encoding: dict[str, torch.Tensor]) -> None:
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return
+    _SHARED[key] = encoding
+    _SHARED_BYTES[0] += _nbytes(encoding)
+    limit = _memory_limit()
+    while _SHARED_BYTES[0] > limit and len(_SHARED) > 1:
+        _, old = _SHARED.popitem(last=False)
+        _SHARED_BYTES[0] -= _nbytes(old)
+
+
+def _record_key(record: dict) -> tuple:
+    """What a record's encoding depends on: dataset, id, turns, image path and the image file's size and mtime."""
+    path = record.get("image_path")
+    stat = None
+    if path:
+        try:
+            st = os.stat(path)
+            stat = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stat = None
+    return (record.get("dataset"), record["id"], path, stat, bool(record.get("image")),
+            tuple((t["from"], t["value"]) for t in record["conversations"]))
+
+
+def _disk_shard(directory: Path, scope: tuple, dataset: Any, records: list[dict]) -> Path:
+    """One file per processor/mode/images setting and dataset (name + image folder), e.g. a world family's split."""
+    folders = sorted({os.path.dirname(r["image_path"]) for r in records if r.get("image_path")})
+    root = os.path.commonpath(folders) if folders else ""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(dataset))[:60]
+    where = hashlib.sha256(root.encode()).hexdigest()[:10]
+    fingerprint, mode, blank = scope
+    return directory / f"{fingerprint}-{mode}{'-blank' if blank else ''}" / f"{name}-{where}.safetensors"
+
+
+_SHARD_FORMAT = "mllm_study.encodings.v1"
+
+
+def _read_shard(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """A shard: per tensor name and dtype one flat tensor of every record's values, and an index (record key ->
+    [(name, group, shape), ...]) in the metadata; records get views of the flat tensors (read-only by contract).
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != _SHARD_FORMAT:
+                return {}
+            index = json.loads(meta["index"])
+            flat = {name: f.get_tensor(name) for name in f.keys()}
+    except FileNotFoundError:
+        return {}
+    except Exception:  # noqa: BLE001 - a damaged or foreign file is a cache miss, rewritten later
+        return {}
+    offsets = dict.fromkeys(flat, 0)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for record_key, tensors in index:
+        entry = {}
+        for name, group, shape in tensors:
+            count = math.prod(shape)
+            entry[name] = flat[group][offsets[group]:offsets[group] + count].view(shape)
+            offsets[group] += count
+        out[record_key] = entry
+    return out
+
+
+def _write_shard(path: Path, data: dict[str, dict[str, torch.Tensor]]) -> None:
+    from safetensors.torch import save_file
+
+    groups: dict[str, list[torch.Tensor]] = {}
+    index = []
+    for record_key, entry in data.items():
+        tensors = []
+        for name, tensor in entry.items():
+            group = f"{name}|{str(tensor.dtype).removeprefix('torch.')}"
+            groups.setdefault(group, []).append(tensor.reshape(-1))
+            tensors.append([name, group, list(tensor.shape)])
+        index.append([record_key, tensors])
+    flat = {group: torch.cat(parts).contiguous() for group, parts in groups.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(flat, str(tmp), metadata={"format": _SHARD_FORMAT, "index": json.dumps(index)})
+    os.replace(tmp, path)  # atomic: concurrent writers lose entries (re-encoded later), never corrupt a file
+
+
+def _disk_key(key: tuple) -> str:
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+
 class Collator:
     """Records -> padded model inputs.
 
@@ -194,9 +374,10 @@ class Collator:
         self.tokenizer = processor.tokenizer
         self.mode = mode
         self.blank_images = blank_images
-        # Encodings are pure functions of (record, processor, mode): cache them so each record is processed once
-        # per collator, not once per epoch (keyed by dataset, id and the record's content).
+        # Encodings are pure functions of (record, image, processor, mode): cache them so each record is processed
+        # once, not once per epoch nor once per run (module docstring: per collator, per process, on disk).
         self._cache: dict[tuple, dict[str, torch.Tensor]] | None = {} if cache else None
+        self._scope = (processor_fingerprint(processor), mode, bool(blank_images)) if cache else None
         self.image_token_id = getattr(processor, "image_token_id", None)
         if self.image_token_id is None:
             self.image_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
@@ -263,30 +444,89 @@ class Collator:
                 e["labels"] = labels[None]
         return out
 
-    def _encode_cached(self, records: list[dict]) -> list[dict[str, torch.Tensor]]:
+    def _encode_cached(self, records: list[dict], keys: list[tuple] | None = None,
+                       chunk: int | None = None) -> list[dict[str, torch.Tensor]]:
         if self._cache is None:
             return self.encode_many(records)
-        keys = [(r.get("dataset"), r["id"], r.get("image_path"), tuple(t["value"] for t in r["conversations"]))
-                for r in records]
-        missing = [(k, r) for k, r in zip(keys, records) if k not in self._cache]
-        if missing:
-            for (k, _), e in zip(missing, self.encode_many([r for _, r in missing])):
+        keys = keys if keys is not None else [_record_key(r) for r in records]
+        missing = []
+        for k, r in zip(keys, records):
+            if k in self._cache:
+                continue
+            shared = _SHARED.get((*self._scope, k))
+            if shared is not None:
+                self._cache[k] = shared
+                _SHARED.move_to_end((*self._scope, k))
+            else:
+                missing.append((k, r))
+        unique = list({k: r for k, r in missing}.items())
+        step = chunk or max(len(unique), 1)
+        for start in range(0, len(unique), step):
+            part = unique[start:start + step]
+            for (k, _), e in zip(part, self.encode_many([r for _, r in part])):
                 self._cache[k] = e
+                _share((*self._scope, k), e)
         return [self._cache[k] for k in keys]
+
+    def prepare(self, records: list[dict], chunk: int = 64) -> None:
+        """Encode and cache ``records`` now (before training), ``chunk`` records per processor call.
+
+        With an encoding cache directory (module docstring), encodings are read from and written back to disk.
+        Without ``cache`` this does nothing.
+        """
+        if self._cache is None or not records:
+            return
+        keys = [_record_key(r) for r in records]
+        directory = _disk_dir()
+        if directory is None:
+            self._encode_cached(records, keys, chunk)
+            return
+        by_dataset: dict[Any, list[int]] = {}
+        for i, r in enumerate(records):
+            by_dataset.setdefault(r.get("dataset"), []).append(i)
+        for dataset, idx in by_dataset.items():
+            part = [records[i] for i in idx]
+            part_keys = [keys[i] for i in idx]
+            if all(k in self._cache or (*self._scope, k) in _SHARED for k in part_keys):
+                self._encode_cached(part, part_keys, chunk)  # all in memory (this process wrote or read them)
+                continue
+            path = _disk_shard(directory, self._scope, dataset, part)
+            stored = _read_shard(path)
+            for k in part_keys:
+                if k not in self._cache and _disk_key(k) in stored:
+                    self._cache[k] = stored[_disk_key(k)]
+                    _share((*self._scope, k), self._cache[k])
+            before = {k for k in part_keys if _disk_key(k) in stored}
+            self._encode_cached(part, part_keys, chunk)
+            new = {_disk_key(k): self._cache[k] for k in part_keys if k not in before}
+            if new:
+                try:
+                    _write_shard(path, {**_read_shard(path), **stored, **new})
+                except OSError:  # a read-only or full disk only costs the re-encoding next time
+                    pass
+
+    def lengths(self, records: list[dict]) -> list[int]:
+        """Token lengths of ``records`` (encoded and cached as needed)."""
+        return [int(e["input_ids"].shape[1]) for e in self._encode_cached(records)]
 
     def __call__(self, records: list[dict]) -> dict[str, torch.Tensor]:
         encoded = self._encode_cached(records)
         length = max(e["input_ids"].shape[1] for e in encoded)
-        batch: dict[str, list] = {}
+        fills = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        batch: dict[str, Any] = {}
+        for key, fill in fills.items():
+            rows = [e[key][0] for e in encoded if key in e]
+            if len(rows) == len(encoded):  # one left-padding op per key (the same tensor as padding row by row)
+                batch[key] = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=fill,
+                                                             padding_side="left")
+            elif rows:
+                batch[key] = torch.cat([torch.cat([torch.full((1, length - e[key].shape[1]), fill,
+                                                              dtype=e[key].dtype), e[key]], dim=1)
+                                        for e in encoded if key in e], dim=0)
+        others: dict[str, list] = {}
         for e in encoded:
-            pad = length - e["input_ids"].shape[1]
-            for key in ("input_ids", "attention_mask", "labels"):
-                if key not in e:
-                    continue
-                fill = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}[key]
-                padded = torch.cat([torch.full((1, pad), fill, dtype=e[key].dtype), e[key]], dim=1)
-                batch.setdefault(key, []).append(padded)
             for key, value in e.items():
-                if key not in ("input_ids", "attention_mask", "labels"):
-                    batch.setdefault(key, []).append(value)
-        return {k: torch.cat(v, dim=0) for k, v in batch.items()}
+                if key not in fills:
+                    others.setdefault(key, []).append(value)
+        batch.update({k: torch.cat(v, dim=0) for k, v in others.items()})
+        return batch

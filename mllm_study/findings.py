@@ -98,6 +98,11 @@ def _holm(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _best_text(means: pd.Series) -> str:
+    top = [str(m) for m, v in means.items() if np.isclose(v, means.max())]
+    return f"best {top[0]}" if len(top) == 1 else f"tie between {', '.join(top)}"
+
+
 def finding_adapter_best(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
     """Adapter minus each other PEFT method, item-paired over all datasets (equal weights), in the connector
     setting with the most complete grid."""
@@ -119,7 +124,7 @@ def finding_adapter_best(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
     res = _holm(pd.concat(rows, ignore_index=True))
     means = sc.groupby("method")["value"].mean().sort_values(ascending=False)
     ours = (f"Connector {connector}: mean score over {sc['dataset'].nunique()} dataset(s) by method: "
-            + ", ".join(f"{m} {v:.3f}" for m, v in means.items()) + f"; best: {means.index[0]}.")
+            + ", ".join(f"{m} {v:.3f}" for m, v in means.items()) + f"; {_best_text(means)}.")
     return _finding(key, ours, verdict(res["estimate"], res["p_holm"], 1), _describe(res), res)
 
 
@@ -154,7 +159,7 @@ def finding_placement(table: pd.DataFrame, items: pd.DataFrame) -> Finding:
         if sm.empty:
             continue
         means = sm.groupby("placement")["value"].mean()
-        best.append(f"{method}: best {means.idxmax()} ({means.max():.3f})")
+        best.append(f"{method}: {_best_text(means)} ({means.max():.3f})")
         for other in [p for p in ("attention", "mlp", "both") if p != claimed]:
             pairs = pair_runs(sm, "placement", claimed, other)
             if not pairs.empty:
@@ -273,9 +278,14 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame) -> F
     keep = res["estimate"].notna().to_numpy()
     res, expected = _holm(res), [e for e, k in zip(expected, keep) if k]
     by = lambda sc, m: sc[sc["method"] == m]["value"].mean()  # noqa: E731
+    recall = final_epoch(table[table["metric"] == "chair.recall"])
     ours = ("POPE F1 by method: " + ", ".join(f"{m} {by(pope, m):.3f}" for m in PEFT_METHODS if m in set(pope["method"]))
             + "; CHAIR_s: " + ", ".join(f"{m} {by(chair, m):.3f}" for m in PEFT_METHODS if m in set(chair["method"]))
-            + " (lower CHAIR is better).")
+            + " (lower is better)")
+    if not recall.empty:  # CHAIR rewards captions that name no object at all: show how many objects they name
+        ours += "; object recall of the captions: " + ", ".join(
+            f"{m} {by(recall, m):.3f}" for m in PEFT_METHODS if m in set(recall["method"]))
+    ours += "."
     return _finding(key, ours, verdict(res["estimate"], res["p_holm"], expected), _describe(res), res, expected)
 
 

@@ -1,7 +1,6 @@
-"""Report helpers: tidy results -> scores with item-bootstrap CIs, paired comparisons, figures; notebooks -> HTML.
+"""Report helpers: the tidy results table -> scores with item-bootstrap CIs, paired comparisons, efficiency.
 
-Usage: ``scores = with_item_cis(primary_scores(table), load_items(runs_dir, primary_scores(table)))``;
-``execute_notebook("notebooks/rq1_main.ipynb", {"profile": "smoke"}, "reports/rq1_main/smoke.html")``
+Usage: ``scores = with_item_cis(primary_scores(table), load_items(runs_dir, primary_scores(table)))``
 
 Uncertainty conventions (STUDY.md: every number carries its uncertainty):
 - one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
@@ -12,16 +11,16 @@ Uncertainty conventions (STUDY.md: every number carries its uncertainty):
 - across seeds: Student-t intervals (:func:`mllm_study.stats.summarize`).
 Test items are the same for every run of a dataset (the test subsample has a fixed seed), which is what makes
 item pairing valid. Caveat: items sharing an image are treated as independent (intervals slightly too narrow).
+
+Display and figures live in :mod:`mllm_study.plots`, notebook execution and HTML in :mod:`mllm_study.render`;
+both are re-exported here, so a notebook needs only ``from mllm_study import report as rp``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import time
-import warnings
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,28 +28,33 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, pretty, say,
+                    setup_notebook, show, verdict_md)
+from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
+                     write_index)
 
-__all__ = ["FAMILY_ORDER", "METHOD_ORDER", "column_label", "setup_notebook", "primary_scores", "final_epoch",
-           "load_items", "with_item_cis", "stratified_mean", "stratified_contrast", "pair_runs", "compare_pairs",
-           "score_matrix", "friedman_ranks", "fmt_ci", "fmt_p", "pretty", "show", "ci_plot", "train_logs",
-           "epoch_losses", "pope_items", "pope_metric_ci", "execute_notebook", "render_html", "report_is_current",
-           "write_index", "code_version", "NotebookResult", "MATCH_KEYS", "pairwise", "versus_base", "winners",
-           "flops_for_runs", "size_label", "say", "Contrast", "contrast_items", "forest_plot",
-           "verdict_md"]
+__all__ = [
+    # scores, items and contrasts
+    "FAMILY_ORDER", "MATCH_KEYS", "column_label", "primary_scores", "final_epoch", "load_items", "with_item_cis",
+    "stratified_mean", "Contrast", "stratified_contrast", "contrast_items", "pair_runs", "compare_pairs",
+    "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
+    "train_logs", "epoch_losses", "pope_items", "pope_metric_ci",
+    # re-exported from plots and render
+    "METHOD_ORDER", "PRETTY", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
+    "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
+    "write_index",
+]
+
 
 FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2"]
-METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
+
+
 GROUP_LABELS = {"unseen": "Unseen avg", "seen": "Seen avg", "all": "Overall avg"}
+
+
 # Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.
 MATCH_KEYS = ["model", "method", "method_params", "placement", "connector", "train_dataset", "train_size", "seed",
               "lr", "connector_lr", "epochs", "dataset", "split"]
-PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement", "dataset": "Dataset",
-          "train_dataset": "Trained on", "train_size": "Train size", "seed": "Seed", "lr": "LR", "epoch": "Epoch",
-          "value": "Score", "n": "n", "metric": "Metric", "estimate": "Estimate", "ci_low": "CI low",
-          "ci_high": "CI high", "p_value": "p", "p_holm": "p (Holm)", "effect_size": "Effect (d_z)",
-          "trainable_params": "Trainable params", "trainable_percent": "Trainable %", "group": "Group",
-          "train_seconds": "Train s", "samples_per_second": "Samples/s", "comparison": "Comparison",
-          "n_items": "Items", "n_blocks": "Blocks", "mean": "Mean", "std": "SD", "column": "Column"}
 
 
 def column_label(family: str) -> str:
@@ -61,24 +65,6 @@ def column_label(family: str) -> str:
     return infos[family].column if family in infos else str(family)
 
 
-def setup_notebook() -> None:
-    """Quiet warnings, a readable seaborn theme, PNG figures and compact pandas display (first cell's call)."""
-    import logging
-
-    import matplotlib
-    import seaborn as sns
-
-    warnings.filterwarnings("ignore")
-    for name in ("transformers", "peft", "accelerate", "papermill", "PIL"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    sns.set_theme(style="whitegrid", context="notebook")
-    matplotlib.rcParams.update({"figure.dpi": 90, "savefig.dpi": 90, "figure.figsize": (8, 4)})
-    pd.set_option("display.precision", 3)
-    pd.set_option("display.max_columns", 40)
-    pd.set_option("display.width", 160)
-
-
-# ---- scores and items ----------------------------------------------------------------------------------------------
 def final_epoch(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of each run's last evaluation (runs without per-epoch evaluation have epoch NA = final)."""
     if df.empty:
@@ -408,46 +394,6 @@ def contrast_items(items: pd.DataFrame, a: dict, b: dict, n_resamples: int = 200
     return stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])], n_resamples=n_resamples)
 
 
-def forest_plot(details: pd.DataFrame, ax=None, label: str = "comparison", hue: str | None = "finding",
-                xlabel: str = "Estimate (a - b) with 95% CI"):
-    """Horizontal estimates with CIs, one row per comparison, a line at 0."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    d = details.dropna(subset=["estimate"]).reset_index(drop=True)
-    ax = ax or plt.subplots(figsize=(9, max(2.0, 0.35 * len(d) + 1)))[1]
-    keys = list(dict.fromkeys(d[hue])) if hue else [None]
-    colors = dict(zip(keys, sns.color_palette(n_colors=max(len(keys), 1))))
-    for i, r in d.iterrows():
-        lo = r["estimate"] - r["ci_low"] if pd.notna(r["ci_low"]) else 0.0
-        hi = r["ci_high"] - r["estimate"] if pd.notna(r["ci_high"]) else 0.0
-        ax.errorbar(r["estimate"], i, xerr=[[max(lo, 0)], [max(hi, 0)]], fmt="o", capsize=3,
-                    color=colors[r[hue] if hue else None], label=r[hue] if hue else None)
-    ax.axvline(0, color="grey", linewidth=1)
-    ax.set_yticks(range(len(d)))
-    ax.set_yticklabels(d[label])
-    ax.invert_yaxis()
-    ax.set_xlabel(xlabel)
-    if hue:
-        handles, labels = ax.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize="small", frameon=False, loc="best")
-    return ax
-
-
-def verdict_md(finding) -> str:
-    """A finding as Markdown: the paper's claim, what we measured, the verdict and its statistic."""
-    return (f"**Paper:** {finding.paper}  \n**Here:** {finding.ours}  \n"
-            f"**Verdict: {finding.verdict}.** {finding.statistic}")
-
-
-def say(text: str) -> None:
-    """Display Markdown computed in a cell (numbers in the prose come from the data, never typed in)."""
-    from IPython.display import Markdown, display
-
-    display(Markdown(text))
-
-
 def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame | None = None,
                  text: bool = True, n_resamples: int = 1000) -> pd.DataFrame:
     """Wide table: rows ``index`` (e.g. method, connector), one column per paper column plus group averages.
@@ -482,9 +428,8 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
                 row[GROUP_LABELS[g]] = fmt_ci(est, math.nan, math.nan) if text else est
         rows.append(row)
     out = pd.DataFrame(rows)
-    if "method" in out:
-        out = out.iloc[sorted(range(len(out)), key=lambda i: (_method_key(out["method"].iloc[i]),
-                                                             *[str(out[k].iloc[i]) for k in index if k != "method"]))]
+    if "method" in out:  # methods in the usual order; other keys keep the order of ``scores`` (sort it first)
+        out = out.iloc[sorted(range(len(out)), key=lambda i: _method_key(out["method"].iloc[i]))]
     return out.reset_index(drop=True)
 
 
@@ -506,97 +451,6 @@ def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str |
     return res, msg
 
 
-# ---- formatting and display ----------------------------------------------------------------------------------------
-def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
-    """``0.512 [0.480, 0.544]`` (just the estimate when the CI is unknown)."""
-    if est is None or (isinstance(est, float) and math.isnan(est)):
-        return "-"
-    f = f"{{:.{digits}f}}"
-    if low is None or high is None or any(isinstance(v, float) and not math.isfinite(v) for v in (low, high)):
-        return f.format(est)
-    return f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
-
-
-def fmt_p(p: float) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Rounded numbers, formatted p-values and readable column names."""
-    out = df.copy()
-    for col in out.columns:
-        if col in ("p_value", "p_holm"):
-            out[col] = out[col].map(fmt_p)
-        elif col in ("trainable_params", "n", "n_items", "n_blocks", "train_size", "seed"):
-            out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
-        elif pd.api.types.is_float_dtype(out[col]):
-            out[col] = out[col].round(digits)
-    return out.rename(columns={c: PRETTY.get(c, c) for c in out.columns})
-
-
-def show(df: pd.DataFrame, caption: str | None = None, digits: int = 3):
-    """Display a readable table (pretty names, rounded, no index) with an optional caption."""
-    from IPython.display import display
-
-    styler = pretty(df, digits).style.hide(axis="index").format(precision=digits, na_rep="-")
-    if caption:
-        styler = styler.set_caption(caption)
-    display(styler)
-
-
-def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, lo: str = "ci_low",
-            hi: str = "ci_high", ax=None, order: Sequence | None = None, hue_order: Sequence | None = None,
-            numeric_x: bool = False, log_x: bool = False, xlabel: str | None = None, ylabel: str | None = None,
-            title: str | None = None):
-    """Points (or lines for a numeric x) with error bars from precomputed CIs, dodged by ``hue``."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    ax = ax or plt.subplots()[1]
-    hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=_method_key) if hue else [None]))
-    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
-    cats = list(order or (df[x].drop_duplicates().tolist() if not numeric_x else []))
-    width = 0.6
-    for k, h in enumerate(hues):
-        d = df if hue is None else df[df[hue] == h]
-        if d.empty:
-            continue
-        if numeric_x:
-            d = d.sort_values(x)
-            xs = d[x].astype(float).to_numpy()
-        else:
-            offset = (k - (len(hues) - 1) / 2) * (width / max(len(hues), 1))
-            xs = np.array([cats.index(v) for v in d[x]], dtype=float) + offset
-        ys = d[y].astype(float).to_numpy()
-        err = None
-        if lo in d and hi in d:
-            low, high = d[lo].astype(float).to_numpy(), d[hi].astype(float).to_numpy()
-            err = np.vstack([np.nan_to_num(ys - low), np.nan_to_num(high - ys)]).clip(min=0)
-        ax.errorbar(xs, ys, yerr=err, fmt="o-" if numeric_x else "o", capsize=3, color=palette[h],
-                    label=str(h) if hue else None, markersize=5, linewidth=1.5 if numeric_x else 0,
-                    elinewidth=1.2)
-    if not numeric_x:
-        ax.set_xticks(range(len(cats)))
-        ax.set_xticklabels([str(c) for c in cats], rotation=30 if len(cats) > 4 else 0, ha="right"
-                           if len(cats) > 4 else "center")
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel or PRETTY.get(x, x))
-    ax.set_ylabel(ylabel or PRETTY.get(y, y))
-    if title:
-        ax.set_title(title)
-    if hue:
-        ax.legend(title=PRETTY.get(hue, hue), fontsize="small", frameon=False)
-    return ax
-
-
-def _method_key(v: Any) -> tuple:
-    return (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER), str(v))
-
-
-# ---- training logs -------------------------------------------------------------------------------------------------
 def train_logs(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
     """Loss entries of the runs' ``train_log.jsonl``: run_id, step, epoch, loss, lr, seconds."""
     rows = []
@@ -604,8 +458,7 @@ def train_logs(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
         path = Path(runs_dir) / rid / "train_log.jsonl"
         if path.exists():
             rows += [{"run_id": rid, **e} for e in map(json.loads, path.read_text().splitlines()) if "loss" in e]
-    return pd.DataFrame(rows, columns=["run_id", "step", "epoch", "loss", "lr", "seconds"]) if not rows \
-        else pd.DataFrame(rows)[["run_id", "step", "epoch", "loss", "lr", "seconds"]]
+    return pd.DataFrame(rows).reindex(columns=["run_id", "step", "epoch", "loss", "lr", "seconds"])
 
 
 def epoch_losses(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
@@ -624,7 +477,6 @@ def epoch_losses(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "epoch", "train_loss", "held_out_loss"])
 
 
-# ---- POPE from item predictions ------------------------------------------------------------------------------------
 _POPE_CODES = {"tp": 0, "fp": 1, "tn": 2, "fn": 3}
 
 
@@ -658,150 +510,3 @@ def _pope_stat(name: str):
 def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> stats.Interval:
     """A POPE metric (accuracy, precision, recall, f1, yes_ratio) with a bootstrap CI over probes."""
     return stats.bootstrap_ci(np.asarray(codes, dtype=float), _pope_stat(name), n_resamples=n_resamples, seed=0)
-
-
-# ---- notebooks -> HTML reports -------------------------------------------------------------------------------------
-@dataclass
-class NotebookResult:
-    status: str  # ok | failed
-    html: Path
-    seconds: float
-    error: str | None = None
-
-
-def code_version(root: Path | None = None) -> str:
-    """Package version plus the git commit read from ``.git`` (no git process; "+dirty" is not detected)."""
-    from . import __version__
-
-    root = Path(root or Path(__file__).resolve().parent.parent)
-    head = root / ".git" / "HEAD"
-    commit = None
-    try:
-        ref = head.read_text().strip()
-        if ref.startswith("ref: "):
-            name = ref[5:]
-            path = root / ".git" / name
-            if path.exists():
-                commit = path.read_text().strip()
-            elif (root / ".git" / "packed-refs").exists():
-                for line in (root / ".git" / "packed-refs").read_text().splitlines():
-                    if line.endswith(" " + name):
-                        commit = line.split()[0]
-        else:
-            commit = ref
-    except OSError:
-        pass
-    return f"{__version__}+g{commit[:10]}" if commit else __version__
-
-
-def render_html(executed: Path, out_html: Path, hide_code: bool = True) -> Path:
-    """Executed notebook -> standalone HTML (figures inlined as base64 PNG); code cells hidden by default."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(str(executed), as_version=4)
-    nb.cells = [c for c in nb.cells if not {"parameters", "injected-parameters"} & set(c.metadata.get("tags", []))]
-    exporter = HTMLExporter(template_name="lab", exclude_input=hide_code, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nb)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text(body)
-    return out_html
-
-
-def _meta_path(html: Path) -> Path:
-    return html.with_suffix(".json")
-
-
-def report_is_current(html: str | Path, key: str) -> bool:
-    """True when ``html`` exists and was rendered successfully from inputs with this key."""
-    html = Path(html)
-    try:
-        meta = json.loads(_meta_path(html).read_text())
-    except (OSError, ValueError):
-        return False
-    return html.exists() and meta.get("key") == key and meta.get("status") == "ok"
-
-
-def execute_notebook(notebook: str | Path, parameters: dict, out_html: str | Path, cwd: str | Path | None = None,
-                     kernel_name: str = "python3", hide_code: bool = True, key: str | None = None,
-                     timeout: int = 1800) -> NotebookResult:
-    """Run a notebook with papermill, keep the executed copy beside the HTML, render the HTML, record metadata.
-
-    Args:
-        notebook: the ``.ipynb`` (committed without outputs, with a cell tagged ``parameters``).
-        parameters: injected after the parameters cell.
-        out_html: ``reports/<stem>/<profile>.html``; the executed notebook is ``<profile>.ipynb`` beside it and
-            ``<profile>.json`` records parameters, code version, date, duration, status and the inputs key.
-        cwd: the kernel's working directory (the repository root, so relative paths in params resolve).
-
-    Returns:
-        :class:`NotebookResult`; a failing cell gives status "failed" with its error (the HTML still shows it).
-    """
-    import papermill as pm
-
-    notebook, out_html = Path(notebook), Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    executed = out_html.with_suffix(".ipynb")
-    start = time.perf_counter()
-    status, error = "ok", None
-    try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name,
-                            language="python", cwd=str(cwd) if cwd else None, progress_bar=False,
-                            log_output=False, execution_timeout=timeout)
-    except Exception as exc:  # papermill writes the partially executed notebook with the error before raising
-        status = "failed"
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-    if executed.exists():
-        render_html(executed, out_html, hide_code)
-    seconds = time.perf_counter() - start
-    meta = {"notebook": str(notebook), "parameters": parameters, "status": status, "error": error,
-            "code_version": code_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 1), "key": key, "html": out_html.name}
-    _meta_path(out_html).write_text(json.dumps(meta, indent=1))
-    return NotebookResult(status, out_html, seconds, error)
-
-
-def write_index(reports_dir: str | Path) -> Path:
-    """``reports/index.html``: every rendered report with its parameters, code version, date and status."""
-    import html as _html
-
-    reports_dir = Path(reports_dir)
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for meta_path in sorted(reports_dir.glob("*/*.json")):
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            continue
-        if "parameters" not in meta:
-            continue
-        html_path = meta_path.with_suffix(".html")
-        rel = html_path.relative_to(reports_dir).as_posix()
-        params = meta["parameters"]
-        shown = ", ".join(f"{k}={Path(v).name if k in ('cache', 'runs') and v else v}" for k, v in params.items()
-                          if k != "train")
-        status = meta.get("status", "?")
-        link = f'<a href="{_html.escape(rel)}">{_html.escape(meta_path.parent.name)}</a>' \
-            if html_path.exists() else _html.escape(meta_path.parent.name)
-        rows.append(f"<tr><td>{link}</td><td>{_html.escape(meta_path.stem)}</td><td>{_html.escape(shown)}</td>"
-                    f"<td>{_html.escape(str(meta.get('code_version', '')))}</td>"
-                    f"<td>{_html.escape(str(meta.get('date', '')))}</td><td>{meta.get('seconds', '')}</td>"
-                    f"<td class='{status}'>{_html.escape(status)}</td></tr>")
-    page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>mllm-study reports</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}.failed{{color:#b00;font-weight:bold}}
-.ok{{color:#070}}</style></head><body>
-<h1>mllm-study reports</h1>
-<p>Parameter-efficient fine-tuning of multimodal LLMs, reproducing Zhou et al. 2024 (arXiv 2406.05130).
-One report per research question and profile; index written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC,
-code {_html.escape(code_version())}.</p>
-<table><tr><th>report</th><th>profile</th><th>parameters</th><th>code version</th><th>rendered (UTC)</th>
-<th>seconds</th><th>status</th></tr>
-{chr(10).join(rows) if rows else '<tr><td colspan="7">no reports yet: run mllm-study study</td></tr>'}
-</table></body></html>
-"""
-    out = reports_dir / "index.html"
-    out.write_text(page)
-    return out

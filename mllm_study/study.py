@@ -13,8 +13,10 @@ See ``params/README.md``. Identical run specs have identical run ids, so RQs sha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import sys
 import time
@@ -147,11 +149,39 @@ def design_table(params_file: str | Path, profile: str):
     return pd.DataFrame(rows)
 
 
-def plan_runs(params: Params) -> list[str]:
-    """Run ids of the params' sweep (generates the world if needed; trains nothing)."""
+def _source_digest() -> str:
+    """Hash of the package's source files (a code change invalidates cached plans and reports)."""
+    return _digest([p.read_bytes() for p in sorted(Path(__file__).resolve().parent.rglob("*.py"))])
+
+
+def _plan_path(params: Params) -> Path:
+    key = _digest([json.dumps(params.to_dict(), sort_keys=True, default=str),
+                   json.dumps(params.sweep, sort_keys=True, default=str), _source_digest()])
+    return Path(params.paths.runs) / ".plans" / f"{key}.json"
+
+
+def plan_runs(params: Params, cached: bool = False) -> list[str]:
+    """Run ids of the params' sweep (generates the world if needed; trains nothing).
+
+    Every plan is recorded under ``<runs>/.plans/<hash of params and package sources>.json``; with ``cached`` a
+    recorded plan is reused, which spares a report the import of torch and peft (the run ids hash the resolved
+    method defaults and the data files). Caveat: a dataset folder edited in place keeps its cached plan.
+    """
+    from .runs import write_json_atomic
+
+    path = _plan_path(params)
+    if cached and path.exists():
+        try:
+            return list(json.loads(path.read_text())["run_ids"])
+        except (OSError, ValueError, KeyError):
+            pass
     from .sweep import plan_sweep
 
-    return [rid for rid, _ in plan_sweep(params, progress=False)]
+    # identical specs written differently (lr: null vs the preset's value) share one id: list it once
+    ids = list(dict.fromkeys(rid for rid, _ in plan_sweep(params, progress=False)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"run_ids": ids})
+    return ids
 
 
 def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,
@@ -175,10 +205,15 @@ def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None,
     from .sweep import run_sweep
 
     params = rq_params(params_file, profile, cache, runs)
-    ids = plan_runs(params)
+    ids = plan_runs(params, cached=not train)
     failed: dict[str, str] = {}
     if train:
-        summary = run_sweep(params, progress=progress, stream=stream or sys.stdout)
+        out = stream or sys.stdout
+        if progress:
+            summary = run_sweep(params, progress=True, stream=out)
+        else:  # status lines only: the libraries' own progress bars and prints are swallowed
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                summary = run_sweep(params, progress=False, stream=out)
         failed = summary.failed
     table, report = collect_results(params.paths.runs, ids)
     table.attrs.update(runs_dir=str(params.paths.runs), run_ids=ids, params_file=str(params_file), profile=profile,
@@ -258,10 +293,9 @@ def _inputs_key(notebook: Path, parameters: dict, files: list[Path], run_ids: li
     """Hash of everything a report depends on: notebook, parameters, params files, analysis code, finished runs."""
     from .runs import is_done
 
-    code = [Path(__file__).read_bytes(), (Path(__file__).parent / "report.py").read_bytes()]
     done = [rid for rid in sorted(set(run_ids)) if is_done(Path(runs_dir) / rid)]
     return _digest([notebook.read_bytes(), json.dumps(parameters, sort_keys=True), *[f.read_bytes() for f in files],
-                    *code, *done])
+                    _source_digest(), *done])
 
 
 def run_study(profile: str, notebooks: list[str] | None = None, cache: str | None = None, runs: str | None = None,
@@ -301,7 +335,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     plans: dict[str, list[str]] = {}
     for stem, path in needed.items():
         params = rq_params(path, profile, str(cache_dir), str(runs_dir))
-        plans[stem] = plan_runs(params)
+        plans[stem] = plan_runs(params, cached=not train)
         if train:
             print(f"== {stem}: {len(plans[stem])} runs", file=stream, flush=True)
             res = run_sweep(params, progress=progress, stream=stream)

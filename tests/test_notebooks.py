@@ -1,0 +1,103 @@
+"""Every research-question notebook executes on the smoke profile and renders an HTML report with its figures.
+
+The notebooks share one runs folder (a session temporary directory) and the suite's smoke cache; the fixture trains
+every RQ's smoke runs once (shared specs once), then each notebook executes and only reads them, like
+``mllm-study study``. Papermill runs the venv's ``python3`` kernel (``make install`` registers it with
+``ipykernel install --sys-prefix``) with the repository root as working directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mllm_study import report, study
+
+ROOT = study.ROOT
+NOTEBOOKS = study.list_notebooks()
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    """The ``python3`` kernel of this interpreter's environment (registered if missing)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+        ok = Path(spec.argv[0]).resolve() == Path(sys.executable).resolve() or spec.argv[0] == "python"
+    except NoSuchKernel:
+        ok = False
+    if not ok:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "python3"],
+                       check=True, capture_output=True)
+    return "python3"
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory, smoke_params, smoke_model_dir):
+    """Cache (with the pre-trained smoke model), one runs folder and one reports folder for all notebooks.
+
+    Every RQ's smoke runs are trained here, in this process, as ``mllm-study study`` does before it executes the
+    notebooks (one base-model load instead of one per kernel); the notebooks then only read them.
+    """
+    root = tmp_path_factory.mktemp("notebooks")
+    out = {"cache": str(Path(smoke_params.paths.cache).resolve()), "runs": str(root / "runs"),
+           "reports": root / "reports"}
+    for path in sorted((ROOT / "params").glob("rq*.yaml")):
+        table, collected = study.ensure_runs(path, "smoke", out["cache"], out["runs"], train=True, stream=io.StringIO())
+        assert not table.attrs["failed"] and not collected.skipped, (path.stem, table.attrs["failed"], collected)
+    return out
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_is_committed_clean(stem):
+    nb = nbformat.read(str(ROOT / "notebooks" / f"{stem}.ipynb"), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3" and nb.metadata["language_info"]["name"] == "python"
+    assert "parameters" in nb.cells[0].metadata.get("tags", []), "first cell must be tagged 'parameters'"
+    assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source.startswith("# RQ")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    if stem != "rq8_summary":
+        intro = nb.cells[1].source
+        assert all(w in intro for w in ("Scientific factors", "Nuisance factors", "Fixed")), "repeat the design"
+
+
+@pytest.mark.parametrize("stem", NOTEBOOKS)
+def test_notebook_renders_on_smoke(stem, kernel, shared):
+    params_file = ROOT / "params" / f"{stem}.yaml"
+    parameters = {"profile": "smoke", "params_file": str(params_file) if params_file.exists() else "",
+                  "cache": shared["cache"], "runs": shared["runs"], "train": False}
+    html = shared["reports"] / stem / "smoke.html"
+    result = report.execute_notebook(ROOT / "notebooks" / f"{stem}.ipynb", parameters, html, cwd=ROOT,
+                                     kernel_name=kernel)
+    assert result.status == "ok", result.error
+    page = html.read_text()
+    assert re.search(r'<img[^>]+src="data:image/png;base64,', page), "the report has no inlined figure"
+    assert "Traceback" not in page and 'data-mime-type="application/vnd.jupyter.stderr"' not in page, \
+        "error output in the report"
+    executed = nbformat.read(str(html.with_suffix(".ipynb")), as_version=4)
+    for cell in executed.cells:
+        for out in cell.get("outputs", []):
+            assert out.output_type != "error", f"{stem}: {out.get('ename')}: {out.get('evalue')}"
+            assert not (out.output_type == "stream" and out.name == "stderr"), f"{stem} wrote to stderr: {out.text}"
+    meta = json.loads(html.with_suffix(".json").read_text())
+    assert meta["status"] == "ok" and meta["parameters"]["profile"] == "smoke"
+
+
+def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kernel):
+    stem = "rq4_data_size"  # small; its runs exist (the fixture trained them), so only the notebook executes
+    kwargs = dict(cache=shared["cache"], runs=shared["runs"], reports=str(shared["reports"] / "driver"),
+                  progress=False, stream=io.StringIO())
+    first = study.run_study("smoke", notebooks=[stem], **kwargs)
+    assert first.ok and not first.reports[stem]["cached"], first.lines()
+    second = study.run_study("smoke", notebooks=[stem], train=False, **kwargs)
+    assert second.ok and second.reports[stem]["cached"] and second.runs_trained == 0
+    index = Path(second.index).read_text()
+    assert f'href="{stem}/smoke.html"' in index

@@ -1,0 +1,336 @@
+"""Report helpers and the findings logic on synthetic tidy tables whose answers are known; params files; the index."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mllm_study import findings, report, study
+from mllm_study.config import PARAMS_DIR
+
+ROOT = PARAMS_DIR.parent
+GROUPS = {"sqa": "unseen", "iconqa_txt": "unseen", "vizwiz": "unseen", "okvqa": "seen", "vqav2": "seen",
+          "flickr30k": "unseen", "pope": "probe"}
+
+
+# ---- a synthetic tidy table + per-item scores ------------------------------------------------------------------
+class World:
+    """Builds rows shaped like results.collect_results and items shaped like report.load_items."""
+
+    def __init__(self, n_items: int = 40):
+        self.rows, self.items, self.n = [], [], n_items
+
+    def run(self, method, dataset, p, *, connector="tuned", placement=None, train_size=300, seed=42, lr=1e-3,
+            epochs=3.0, method_params=None, metric="accuracy", split="test", epoch=None, item_seed=0,
+            scores=None, train_dataset=None):
+        """One run x dataset row; items: exactly round(p * n) correct (deterministic), or ``scores``."""
+        placement = placement or {"lora": "both", "ia3": "both", "adapter": "mlp"}.get(method, "default")
+        params = json.dumps(method_params or {"size": method}, sort_keys=True)
+        rid = f"{method}-{dataset}-{connector}-{placement}-{train_size}-{seed}-{lr}-{params}"
+        if scores is None:
+            k = int(round(p * self.n))
+            scores = np.r_[np.ones(k), np.zeros(self.n - k)]
+            np.random.default_rng(item_seed).shuffle(scores)
+        self.rows.append({"run_id": rid, "model": "tiny-llava", "method": method, "method_params": params,
+                          "placement": placement, "connector": connector, "train_dataset": train_dataset or dataset,
+                          "train_size": train_size, "seed": seed, "lr": lr, "connector_lr": 1e-4, "epochs": epochs,
+                          "dataset": dataset, "family": dataset, "group": GROUPS[dataset], "split": split,
+                          "epoch": epoch, "metric": metric, "value": float(np.mean(scores)), "n": len(scores)})
+        self.items += [{"run_id": rid, "dataset": dataset, "split": split, "epoch": -1 if epoch is None else epoch,
+                        "metric": metric, "id": f"{dataset}-{split}-{i}", "score": float(s), "prediction": "",
+                        "references": [""]} for i, s in enumerate(scores)]
+        return rid
+
+    def table(self):
+        t = pd.DataFrame(self.rows)
+        t["train_size"] = t["train_size"].astype("Int64")
+        t["seed"] = t["seed"].astype("Int64")
+        t["epoch"] = t["epoch"].astype("Int64")
+        return t, pd.DataFrame(self.items)
+
+
+# ---- verdict --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("est, p, expected, out", [
+    ([0.1, 0.2], [0.01, 0.04], 1, "supported"),
+    ([0.1, 0.2], [0.01, 0.20], 1, "inconclusive"),      # one comparison not significant
+    ([0.1, -0.2], [0.01, 0.01], 1, "contradicted"),     # one significant the other way
+    ([-0.1], [0.001], -1, "supported"),                 # lower is better (CHAIR)
+    ([0.3, -0.3], [0.01, 0.01], [1, -1], "supported"),
+    ([], [], 1, "inconclusive"),
+])
+def test_verdict_rule(est, p, expected, out):
+    assert findings.verdict(est, p, expected) == out
+
+
+# ---- statistics helpers ---------------------------------------------------------------------------------------
+def test_stratified_mean_is_the_mean_of_block_means():
+    a, b = np.ones(10), np.r_[np.ones(5), np.zeros(15)]  # means 1.0 and 0.25 -> 0.625 (not the pooled 0.5)
+    iv = report.stratified_mean([a, b], n_resamples=500)
+    assert iv.estimate == pytest.approx(0.625)
+    assert iv.low <= 0.625 <= iv.high and iv.low >= 0.5  # block a never varies: its mean stays 1
+    assert report.stratified_mean([a, b], n_resamples=500) == iv  # seeded
+
+
+def test_stratified_contrast_weights_blocks_equally_and_tests_the_sign():
+    # block 1: a - b = +1 on 10 items; block 2: a - b = 0 on 30 items -> estimate (1 + 0) / 2 = 0.5
+    b1 = np.vstack([np.ones(10), np.zeros(10)])
+    b2 = np.vstack([np.ones(30), np.ones(30)])
+    c = report.stratified_contrast([b1, b2])
+    assert c.estimate == pytest.approx(0.5) and c.n_items == 40 and c.n_blocks == 2
+    assert c.p_value < 0.01 and c.ci_low > 0
+    zero = report.stratified_contrast([b2])
+    assert (zero.estimate, zero.p_value) == (0.0, 1.0)
+    # a three-run contrast: (mid - low) - (high - mid) with scores 0, .6, .8 -> .6 - .2 = .4
+    k = np.vstack([np.zeros(20), np.r_[np.ones(12), np.zeros(8)], np.r_[np.ones(16), np.zeros(4)]])
+    c3 = report.stratified_contrast([k], weights=[-1, 2, -1])
+    assert c3.estimate == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="must be a"):
+        report.stratified_contrast([k], weights=[1, -1])
+
+
+def test_pair_runs_matches_on_every_other_factor():
+    w = World()
+    w.run("lora", "sqa", 0.5, connector="tuned")
+    w.run("lora", "sqa", 0.4, connector="frozen")
+    w.run("lora", "sqa", 0.4, connector="frozen", seed=21)  # no tuned partner
+    w.run("ia3", "sqa", 0.4, connector="frozen")  # no tuned partner
+    table, _ = w.table()
+    pairs = report.pair_runs(table, "connector", "tuned", "frozen")
+    assert len(pairs) == 1 and pairs.loc[0, "method"] == "lora" and pairs.loc[0, "group"] == "unseen"
+    assert pairs.loc[0, "value_a"] == pytest.approx(0.5)
+
+
+def test_score_matrix_averages_and_cis():
+    w = World()
+    for ds, p in (("sqa", 0.5), ("iconqa_txt", 0.7), ("okvqa", 0.9)):
+        w.run("lora", ds, p)
+    table, items = w.table()
+    scores = report.with_item_cis(report.primary_scores(table), items)
+    m = report.score_matrix(scores, ["method"], items, text=False)
+    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Seen avg"] == pytest.approx(0.9)
+    assert m.loc[0, "Overall avg"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
+    assert list(m.columns[1:4]) == ["SQA (img)", "IconQA-txt", "OKVQA"]  # the paper's column order
+    txt = report.score_matrix(scores, ["method"], items)
+    assert txt.loc[0, "SQA (img)"].startswith("0.500 [")
+    assert (scores["ci_low"] <= scores["value"]).all() and (scores["value"] <= scores["ci_high"]).all()
+
+
+def test_pope_metrics_from_items():
+    items = pd.DataFrame({"metric": "pope", "prediction": ["Yes", "no", "yes", "No.", "maybe", ""],
+                          "references": [["yes"], ["no"], ["no"], ["yes"], ["no"], ["yes"]]})
+    codes = report.pope_items(items)["code"].tolist()
+    # yes/yes tp; no/no tn; yes/no fp; no/yes fn; unparsed "maybe" counts as yes -> fp; empty is wrong -> fn
+    assert codes == [0, 2, 1, 3, 1, 3]
+    acc = report.pope_metric_ci(codes, "accuracy", n_resamples=200)
+    assert acc.estimate == pytest.approx(2 / 6)
+    assert report.pope_metric_ci(codes, "yes_ratio").estimate == pytest.approx(3 / 6)
+    assert report.pope_metric_ci(codes, "precision").estimate == pytest.approx(1 / 3)
+
+
+def test_epoch_losses_read_the_train_log(tmp_path):
+    log = [{"step": 1, "epoch": 0.5, "loss": 2.0}, {"step": 2, "epoch": 1.0, "loss": 1.0},
+           {"step": 2, "epoch_end": 1, "held_out_loss": 1.5}, {"step": 3, "epoch": 1.5, "loss": 0.5},
+           {"step": 4, "epoch": 2.0, "loss": 0.3}, {"step": 4, "epoch_end": 2, "held_out_loss": 1.7}]
+    (tmp_path / "r1").mkdir()
+    (tmp_path / "r1" / "train_log.jsonl").write_text("\n".join(json.dumps(e) for e in log))
+    df = report.epoch_losses(tmp_path, ["r1", "missing"])
+    assert df["train_loss"].tolist() == pytest.approx([1.5, 0.4])
+    assert df["held_out_loss"].tolist() == [1.5, 1.7]
+    assert len(report.train_logs(tmp_path, ["r1"])) == 4
+
+
+# ---- findings on tables with known answers --------------------------------------------------------------------
+def _main_table(adapter_p: float, others_p: float):
+    w = World(n_items=60)
+    for ds in ("sqa", "iconqa_txt", "okvqa", "vqav2"):
+        for m in ("lora", "ia3", "prefix"):
+            w.run(m, ds, others_p, item_seed=1)
+        w.run("adapter", ds, adapter_p, item_seed=2)
+    return w.table()
+
+
+def test_adapter_best_supported_and_contradicted():
+    f = findings.finding_adapter_best(*_main_table(0.9, 0.4))
+    assert f.verdict == "supported" and "best adapter" in f.ours
+    assert len(f.details) == 3 and (f.details["estimate"] > 0.4).all()
+    assert findings.finding_adapter_best(*_main_table(0.2, 0.8)).verdict == "contradicted"
+    assert findings.finding_adapter_best(*_main_table(0.5, 0.5)).verdict == "inconclusive"
+
+
+def test_connector_helps_on_unseen():
+    w = World(n_items=60)
+    for m in ("lora", "adapter"):
+        for ds in ("sqa", "iconqa_txt"):  # unseen: tuned much better
+            w.run(m, ds, 0.8, connector="tuned", item_seed=3)
+            w.run(m, ds, 0.3, connector="frozen", item_seed=4)
+        w.run(m, "vqav2", 0.6, connector="tuned", item_seed=5)  # seen: no change
+        w.run(m, "vqav2", 0.6, connector="frozen", item_seed=5)
+    f = findings.finding_connector_unseen(*w.table())
+    assert f.verdict == "supported"
+    det = f.details.set_index("group")
+    assert det.loc["unseen", "estimate"] == pytest.approx(0.5) and det.loc["seen", "estimate"] == 0
+
+
+def test_placement_finding():
+    w = World(n_items=60)
+    for m, best in (("lora", "both"), ("ia3", "both"), ("adapter", "mlp")):
+        for pl in ("attention", "mlp", "both"):
+            w.run(m, "vqav2", 0.9 if pl == best else 0.3, placement=pl, item_seed=6)
+    f = findings.finding_placement(*w.table())
+    assert f.verdict == "supported" and len(f.details) == 6
+    w2 = World(n_items=60)
+    for pl in ("attention", "mlp", "both"):
+        w2.run("lora", "vqav2", 0.9 if pl == "attention" else 0.3, placement=pl, item_seed=6)
+    assert findings.finding_placement(*w2.table()).verdict == "contradicted"
+
+
+def test_data_size_diminishing_returns():
+    w = World(n_items=100)
+    for m in ("lora", "adapter"):
+        for n, p in ((100, 0.2), (300, 0.7), (1000, 0.8)):  # slopes: 0.5/200 >> 0.1/700
+            w.run(m, "iconqa_txt", p, train_size=n, item_seed=7)
+    f = findings.finding_data_size(*w.table())
+    assert f.verdict == "supported" and "[100, 300, 1000]" in f.ours
+    w2 = World(n_items=100)
+    for n, p in ((100, 0.2), (300, 0.25), (1000, 0.9)):  # accelerating: the second step gains more per sample
+        w2.run("lora", "iconqa_txt", p, train_size=n, item_seed=7)
+    assert findings.finding_data_size(*w2.table()).verdict == "contradicted"
+
+
+def test_adapter_stability():
+    w = World()
+    spread = {"adapter": [0.500, 0.501, 0.499, 0.500, 0.502], "lora": [0.3, 0.6, 0.45, 0.7, 0.2],
+              "ia3": [0.4, 0.7, 0.2, 0.65, 0.35]}
+    for m, values in spread.items():
+        for seed, v in zip((21, 42, 63, 84, 105), values):
+            w.run(m, "iconqa_txt", 0.0, seed=seed, scores=np.full(10, v))
+    f = findings.finding_adapter_stable(*w.table())
+    assert f.verdict == "supported" and "most stable: adapter" in f.ours
+    spread["adapter"], spread["lora"] = spread["lora"], spread["adapter"]
+    w2 = World()
+    for m, values in spread.items():
+        for seed, v in zip((21, 42, 63, 84, 105), values):
+            w2.run(m, "iconqa_txt", 0.0, seed=seed, scores=np.full(10, v))
+    assert findings.finding_adapter_stable(*w2.table()).verdict == "contradicted"
+
+
+def test_adapter_hallucination():
+    w = World(n_items=60)
+    for m, acc, chair in (("adapter", 0.9, 0.1), ("lora", 0.5, 0.6), ("ia3", 0.5, 0.6)):
+        for split in ("random", "popular", "adversarial"):
+            w.run(m, "pope", acc, metric="pope", split=split, epoch=3, train_dataset="flickr30k", item_seed=8)
+        w.run(m, "flickr30k", 0.5, metric="cider", epoch=3, item_seed=9)
+        w.run(m, "flickr30k", chair, metric="chair", epoch=3, item_seed=10)
+    f = findings.finding_adapter_hallucination(*w.table())
+    assert f.verdict == "supported"
+    assert sorted(f.details["expected"].tolist()) == [-1, -1, 1, 1]
+
+
+def test_evaluate_findings_reports_missing_rqs_as_not_measured():
+    table, items = _main_table(0.9, 0.4)
+    found = findings.evaluate_findings({"rq1_main": (table, items)})
+    assert [f.key for f in found] == list(findings.CHECKS)
+    by = {f.key: f for f in found}
+    assert by["adapter_best"].verdict == "supported"
+    assert by["placement"].verdict == "inconclusive" and by["placement"].ours.startswith("Not measured")
+    tab = findings.findings_table(found)
+    assert list(tab.columns) == ["RQ", "Paper's finding", "Our measurement", "Verdict", "Statistic"]
+    assert len(findings.findings_details(found)) == 3
+
+
+# ---- params files ---------------------------------------------------------------------------------------------
+RQ_FILES = sorted(PARAMS_DIR.glob("rq*.yaml"))
+
+
+@pytest.mark.parametrize("path", RQ_FILES, ids=lambda p: p.stem)
+def test_rq_params_declare_their_design_and_expand_under_every_profile(path):
+    from mllm_study.sweep import expand_sweep
+
+    header = path.read_text().split("\nsweep:")[0]
+    for word in ("Scientific factors", "Nuisance factors", "Fixed"):
+        assert word in header, f"{path.name}: header must name the {word}"
+    assert (ROOT / "notebooks" / f"{path.stem}.ipynb").exists()
+    for profile in ("smoke", "quick", "full", "paper-llava-1.5-7b", "paper-llava-1.5-13b", "paper-qwen2-vl-7b"):
+        runs = expand_sweep(study.rq_params(path, profile))
+        assert runs, f"{path.name} declares no runs under {profile}"
+        if profile.startswith("paper"):
+            assert all(r.run.dataset.startswith("data/") for r in runs)
+            assert all(all(str(d).startswith("data/") for d in r.run.eval_datasets) for r in runs)
+
+
+def test_profile_blocks_override_and_replace_the_sweep(tmp_path):
+    (tmp_path / "defaults.yaml").write_text((PARAMS_DIR / "defaults.yaml").read_text())
+    (tmp_path / "real.yaml").write_text("_datasets: {sqa: data/scienceqa}\nrun: {model: some/model}\n")
+    (tmp_path / "tiny.yaml").write_text("run: {epochs: 1}\n")
+    rq = tmp_path / "rq9_x.yaml"
+    rq.write_text(yaml.safe_dump({
+        "sweep": {"grid": {"dataset": ["sqa", "vqav2"], "eval_datasets": [["sqa"]]}},
+        "_report": {"n_ctx": 2048},
+        "_profiles": {"tiny": {"run": {"train_size": 7}, "sweep": {"grid": {"seed": [1, 2]}},
+                               "_report": {"n_ctx": 64}}}}))
+    tiny = study.rq_params(rq, "tiny", runs="elsewhere", params_dir=tmp_path)
+    assert (tiny.run.train_size, tiny.run.epochs, tiny.paths.runs) == (7, 1.0, "elsewhere")
+    assert tiny.sweep == {"grid": {"seed": [1, 2]}}
+    real = study.rq_params(rq, "real", params_dir=tmp_path)
+    assert real.run.model == "some/model" and real.run.train_size is None
+    assert real.sweep["grid"] == {"dataset": ["data/scienceqa", "vqav2"], "eval_datasets": [["data/scienceqa"]]}
+    assert study.report_options(rq, "tiny") == {"n_ctx": 64} and study.report_options(rq, "real") == {"n_ctx": 2048}
+
+
+def test_embedded_profiles_share_the_run_settings_across_rq_files():
+    # runs are shared between RQs only if the common settings agree (same spec -> same run id)
+    for profile in ("smoke", "quick", "full"):
+        seen = {}
+        for path in RQ_FILES:
+            p = study.rq_params(path, profile)
+            for key in ("train_size", "test_size", "method_presets"):
+                if path.stem in ("rq4_data_size",) and key == "train_size":
+                    continue  # RQ4 varies it
+                if path.stem == "rq6_generalization" and key == "test_size":
+                    continue  # RQ6 runs are its own (per-epoch evaluation on six datasets)
+                seen.setdefault(key, {})[path.stem] = json.dumps(getattr(p.run, key), sort_keys=True)
+        for key, values in seen.items():
+            assert len(set(values.values())) == 1, f"{profile}: run.{key} differs across RQ files: {values}"
+
+
+# ---- rendering, index, caching --------------------------------------------------------------------------------
+def test_write_index_lists_reports_with_parameters_and_version(tmp_path):
+    for stem, status in (("rq1_main", "ok"), ("rq2_placement", "failed")):
+        d = tmp_path / stem
+        d.mkdir()
+        (d / "quick.html").write_text("<html></html>")
+        (d / "quick.json").write_text(json.dumps({
+            "parameters": {"profile": "quick", "params_file": f"params/{stem}.yaml", "cache": "/x/.cache",
+                           "runs": "/x/runs", "train": False},
+            "status": status, "code_version": "0.1.0+gabc", "date": "2026-01-01T00:00:00+00:00", "seconds": 3.2,
+            "key": "k"}))
+    out = report.write_index(tmp_path)
+    page = out.read_text()
+    assert out == tmp_path / "index.html"
+    assert 'href="rq1_main/quick.html"' in page and 'href="rq2_placement/quick.html"' in page
+    assert "params/rq1_main.yaml" in page and "0.1.0+gabc" in page and "2026-01-01" in page
+    assert "class='failed'" in page
+    assert report.report_is_current(tmp_path / "rq1_main" / "quick.html", "k")
+    assert not report.report_is_current(tmp_path / "rq1_main" / "quick.html", "other")
+    assert not report.report_is_current(tmp_path / "rq2_placement" / "quick.html", "k")  # failed: render again
+
+
+def test_code_version_reads_git_without_git(tmp_path):
+    from mllm_study import __version__
+
+    assert report.code_version(tmp_path) == __version__  # no .git
+    (tmp_path / ".git" / "refs" / "heads").mkdir(parents=True)
+    (tmp_path / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (tmp_path / ".git" / "refs" / "heads" / "main").write_text("0123456789abcdef0123\n")
+    assert report.code_version(tmp_path) == f"{__version__}+g0123456789"
+
+
+def test_notebook_list_is_in_rq_order():
+    stems = study.list_notebooks()
+    assert stems[0] == "rq1_main" and stems[-1] == "rq8_summary" and len(stems) == 8
+    with pytest.raises(ValueError, match="unknown notebook"):
+        study.run_study("smoke", notebooks=["rq9_nothing"])
