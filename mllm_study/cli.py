@@ -256,7 +256,7 @@ def _cmd_study(args, train: bool = True) -> int:
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     summary = run_study(args.profile, only, cache=args.cache, runs=args.runs, reports=args.reports, train=train,
-                        force=args.force, progress=not args.quiet)
+                        force=args.force or not train, progress=not args.quiet)
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
 
@@ -287,10 +287,14 @@ def _cmd_data(args) -> int:
 
 
 def _set_threads() -> None:
-    """``MLLM_STUDY_THREADS`` torch threads (default: torch's own, at most 2 on this project's laptops)."""
+    """``MLLM_STUDY_THREADS`` torch threads; default 1 on machines with at most 2 cores, else torch's own.
+
+    Measured here (2 cores): the tiny model gains little from a second thread, and two threads collapse (10x slower
+    steps) as soon as another process competes for the cores.
+    """
     import torch
 
-    n = os.environ.get("MLLM_STUDY_THREADS")
+    n = os.environ.get("MLLM_STUDY_THREADS") or ("1" if (os.cpu_count() or 1) <= 2 else "")
     if n:
         torch.set_num_threads(int(n))
 

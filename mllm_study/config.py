@@ -53,8 +53,8 @@ class PretrainConfig:
     vision_layers: int = 2
     image_size: int = 32
     patch_size: int = 8
-    stage1_steps: int = 1000  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
-    stage2_steps: int = 2000  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    stage1_steps: int = 800  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
+    stage2_steps: int = 1400  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100

@@ -279,12 +279,10 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame) -> F
     res, expected = _holm(res), [e for e, k in zip(expected, keep) if k]
     by = lambda sc, m: sc[sc["method"] == m]["value"].mean()  # noqa: E731
     recall = final_epoch(table[table["metric"] == "chair.recall"])
-    ours = ("POPE F1 by method: " + ", ".join(f"{m} {by(pope, m):.3f}" for m in PEFT_METHODS if m in set(pope["method"]))
-            + "; CHAIR_s: " + ", ".join(f"{m} {by(chair, m):.3f}" for m in PEFT_METHODS if m in set(chair["method"]))
-            + " (lower is better)")
+    listed = lambda sc: ", ".join(f"{m} {by(sc, m):.3f}" for m in PEFT_METHODS if m in set(sc["method"]))  # noqa: E731
+    ours = f"POPE F1 by method: {listed(pope)}; CHAIR_s: {listed(chair)} (lower is better)"
     if not recall.empty:  # CHAIR rewards captions that name no object at all: show how many objects they name
-        ours += "; object recall of the captions: " + ", ".join(
-            f"{m} {by(recall, m):.3f}" for m in PEFT_METHODS if m in set(recall["method"]))
+        ours += f"; object recall of the captions: {listed(recall)}"
     ours += "."
     return _finding(key, ours, verdict(res["estimate"], res["p_holm"], expected), _describe(res), res, expected)
 

@@ -9,7 +9,12 @@ file (``<profile>.json``: parameters, status, code version, date, seconds and th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -80,6 +85,29 @@ def report_is_current(html: str | Path, key: str) -> bool:
     return html.exists() and meta.get("key") == key and meta.get("status") == "ok"
 
 
+@contextlib.contextmanager
+def _kernel_stderr():
+    """Collect what the kernel process writes to stderr (it inherits file descriptor 2) instead of the terminal:
+    ipykernel's start-up warnings would otherwise interleave with the study's progress lines."""
+    buffer = io.StringIO()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable fd 2 (embedded interpreters): leave stderr alone
+        yield buffer
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield buffer
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buffer.write(tmp.read().decode(errors="replace"))
+
+
 def execute_notebook(notebook: str | Path, parameters: dict, out_html: str | Path, cwd: str | Path | None = None,
                      kernel_name: str = "python3", hide_code: bool = True, key: str | None = None,
                      timeout: int = 1800) -> NotebookResult:
@@ -102,13 +130,17 @@ def execute_notebook(notebook: str | Path, parameters: dict, out_html: str | Pat
     executed = out_html.with_suffix(".ipynb")
     start = time.perf_counter()
     status, error = "ok", None
-    try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name,
-                            language="python", cwd=str(cwd) if cwd else None, progress_bar=False,
-                            log_output=False, execution_timeout=timeout)
-    except Exception as exc:  # papermill writes the partially executed notebook with the error before raising
-        status = "failed"
-        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    with _kernel_stderr() as kernel_log:
+        try:
+            pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name,
+                                language="python", cwd=str(cwd) if cwd else None, progress_bar=False,
+                                log_output=False, execution_timeout=timeout)
+        except Exception as exc:  # papermill writes the partially executed notebook with the error before raising
+            status = "failed"
+            error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    if status == "failed":  # a kernel that died says why on its stderr
+        tail = [x for x in kernel_log.getvalue().splitlines() if x.strip() and "without encryption" not in x][-3:]
+        error += "".join(f"\n  kernel: {x}" for x in tail)
     if executed.exists():
         render_html(executed, out_html, hide_code)
     seconds = time.perf_counter() - start
@@ -117,6 +149,17 @@ def execute_notebook(notebook: str | Path, parameters: dict, out_html: str | Pat
             "seconds": round(seconds, 1), "key": key, "html": out_html.name}
     _meta_path(out_html).write_text(json.dumps(meta, indent=1))
     return NotebookResult(status, out_html, seconds, error)
+
+
+def _short(key: str, value) -> str:
+    """Parameters as a reader wants them: paths inside the repository relative to it, "" as "-"."""
+    if key == "params_file" and not value:
+        return "every params/rq*.yaml"
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(value).resolve().relative_to(root)) if key in ("params_file", "cache", "runs") else str(value)
+    except ValueError:
+        return str(value)
 
 
 def write_index(reports_dir: str | Path) -> Path:
@@ -136,8 +179,7 @@ def write_index(reports_dir: str | Path) -> Path:
         html_path = meta_path.with_suffix(".html")
         rel = html_path.relative_to(reports_dir).as_posix()
         params = meta["parameters"]
-        shown = ", ".join(f"{k}={Path(v).name if k in ('cache', 'runs') and v else v}" for k, v in params.items()
-                          if k != "train")
+        shown = ", ".join(f"{k}={_short(k, v)}" for k, v in params.items() if k != "train")
         status = meta.get("status", "?")
         link = f'<a href="{_html.escape(rel)}">{_html.escape(meta_path.parent.name)}</a>' \
             if html_path.exists() else _html.escape(meta_path.parent.name)

@@ -28,9 +28,8 @@ import yaml
 
 from .config import PARAMS_DIR, ConfigError, Params, load_params
 
-__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table", "plan_runs",
-           "ensure_runs",
-           "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
+__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
+           "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
 
 ROOT = PARAMS_DIR.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -92,19 +91,20 @@ def _map_sweep(sweep: dict, mapping: dict[str, str]) -> dict:
 
 
 def rq_params(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,
-              params_dir: Path = PARAMS_DIR) -> Params:
+              params_dir: Path = PARAMS_DIR, overrides: dict[str, Any] | None = None) -> Params:
     """Resolve an RQ params file under a profile: defaults <- profile <- file <- ``_profiles.<profile>`` <- paths.
 
     Args:
         params_file: ``params/rqN_<slug>.yaml``.
         profile: smoke, quick, full or a real-scale profile (``paper-llava-1.5-7b``, ...).
         cache, runs: override ``paths.cache`` / ``paths.runs`` (e.g. a test's temporary folder).
+        overrides: ``{"section.key": value}`` applied last (``--set`` on the command line).
 
     Returns:
         The :class:`Params` whose ``sweep`` declares this RQ's runs under that profile.
     """
-    block = profile_block(params_file, profile)
-    overrides: dict[str, Any] = {}
+    block, extra = profile_block(params_file, profile), overrides
+    overrides = {}
     for section, values in block.items():
         if section == "sweep" or section.startswith("_"):
             continue
@@ -115,6 +115,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
         overrides["paths.cache"] = str(cache)
     if runs is not None:
         overrides["paths.runs"] = str(runs)
+    overrides.update(extra or {})
     params = load_params(params_file, profile, overrides, params_dir=params_dir)
     if "sweep" in block:
         params.sweep = dict(block["sweep"] or {})

@@ -90,7 +90,10 @@ def plan_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool =
     """(run_id, params) of this shard's runs, in a stable order (by run id, so shards are disjoint and balanced)."""
     from .runs import resolve_spec, run_id
 
-    planned = sorted(((run_id(resolve_spec(p, progress)), p) for p in expand_sweep(params)), key=lambda x: x[0])
+    unique: dict[str, Params] = {}
+    for p in expand_sweep(params):  # different settings can resolve to the same run (e.g. lr: null vs its preset)
+        unique.setdefault(run_id(resolve_spec(p, progress)), p)
+    planned = sorted(unique.items(), key=lambda x: x[0])
     return [item for k, item in enumerate(planned) if k % shard[1] == shard[0]]
 
 

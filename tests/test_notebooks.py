@@ -101,3 +101,18 @@ def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kerne
     assert second.ok and second.reports[stem]["cached"] and second.runs_trained == 0
     index = Path(second.index).read_text()
     assert f'href="{stem}/smoke.html"' in index
+
+
+def test_a_failing_notebook_is_reported_not_raised(tmp_path, kernel):
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                             new_code_cell("raise ValueError(f'boom {x}')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, str(path))
+    result = report.execute_notebook(path, {"x": 2}, tmp_path / "bad" / "smoke.html", cwd=ROOT, kernel_name=kernel)
+    assert result.status == "failed" and "boom 2" in result.error
+    assert (tmp_path / "bad" / "smoke.html").exists()  # the HTML shows the error to the reader
+    assert json.loads((tmp_path / "bad" / "smoke.json").read_text())["status"] == "failed"
