@@ -153,11 +153,22 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def sweep_params(path: str, profile: str | None, overrides: dict):
+    """Params of ``mllm-study sweep PATH --profile P``: a research-question file's ``_profiles.<P>`` design applies,
+    exactly as under ``mllm-study study``, so both commands plan the same runs."""
+    from .config import load_params
+    from .study import rq_params
+
+    if profile:
+        return rq_params(path, profile, overrides=overrides)
+    return load_params(path, None, overrides)
+
+
 def _cmd_sweep(args) -> int:
-    from .config import load_params, parse_override
+    from .config import parse_override
     from .sweep import parse_shard, plan_sweep, run_sweep, sweep_status
 
-    params = load_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
     shard = parse_shard(args.shard)
     plan = plan_sweep(params, shard, progress=not args.quiet)
     ids = [rid for rid, _ in plan]

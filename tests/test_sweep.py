@@ -90,3 +90,16 @@ def test_sweep_cli_prints_status_and_table(tmp_path, smoke_params, smoke_model_d
     assert "vqa_score" in out and "ocrvqa" in out
     assert main(args + ["--status"]) == 0
     assert "sweep done 2" in capsys.readouterr().out
+
+
+def test_sweep_command_uses_the_profile_block_of_a_research_question_file():
+    from mllm_study.cli import sweep_params
+    from mllm_study.config import load_params
+    from mllm_study.study import rq_params
+
+    path = "params/rq1_main.yaml"
+    runs = expand_sweep(sweep_params(path, "smoke", {}))
+    assert [r.run for r in runs] == [r.run for r in expand_sweep(rq_params(path, "smoke"))]
+    assert len(runs) == 12  # the smoke block: lora x2 connectors x2 datasets + ia3/adapter/prefix/none x2 datasets
+    assert len(runs) != len(expand_sweep(load_params(path, "smoke")))  # the file's top-level (paper) design
+    assert all(r.run.train_size == 16 for r in runs)
