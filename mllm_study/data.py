@@ -198,6 +198,39 @@ def _load_image(record: dict, blank: bool) -> Image.Image:
     return image
 
 
+def _noop_geometry(image_processor: Any, images: list[Image.Image]) -> dict[str, bool]:
+    """``do_resize=False, do_center_crop=False`` when both would return every image unchanged, else ``{}``.
+
+    A CLIP-style processor resizes the shortest edge to ``size.shortest_edge`` (or to ``size.height x width``) and
+    centre-crops to ``crop_size``; for images already at that size both are identities (the pixel values are
+    bit-identical, tested) yet cost about 40% of pre-processing. Other processors are left alone.
+    """
+    if not images or image_processor is None:
+        return {}
+    size, crop = getattr(image_processor, "size", None), getattr(image_processor, "crop_size", None)
+    do_resize = getattr(image_processor, "do_resize", None)
+    do_crop = getattr(image_processor, "do_center_crop", None)
+    if size is None or do_resize is None or do_crop is None:
+        return {}
+    sizes = {im.size for im in images}  # (width, height)
+    if len(sizes) != 1:
+        return {}
+    (w, h), = sizes
+    shortest = getattr(size, "shortest_edge", None) if not isinstance(size, dict) else size.get("shortest_edge")
+    height = getattr(size, "height", None) if not isinstance(size, dict) else size.get("height")
+    width = getattr(size, "width", None) if not isinstance(size, dict) else size.get("width")
+    longest = getattr(size, "longest_edge", None) if not isinstance(size, dict) else size.get("longest_edge")
+    if do_resize and not ((shortest is not None and longest is None and height is None and min(w, h) == shortest)
+                          or (shortest is None and (height, width) == (h, w))):
+        return {}
+    if do_crop:
+        ch = getattr(crop, "height", None) if not isinstance(crop, dict) else crop.get("height")
+        cw = getattr(crop, "width", None) if not isinstance(crop, dict) else crop.get("width")
+        if (ch, cw) != (h, w):
+            return {}
+    return {"do_resize": False, "do_center_crop": False}
+
+
 # ----------------------------------------------------------------------------- encoding cache
 
 _FINGERPRINTS: dict[int, tuple[Any, str]] = {}  # id(processor) -> (weak reference, fingerprint)
@@ -387,6 +420,14 @@ class Collator:
     def _template(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
 
+    def _templates(self, conversations: list[list[dict]], generation_prompt: bool) -> list[str]:
+        """:meth:`_template` of many conversations in one call (same strings, a third of the time)."""
+        if not conversations:
+            return []
+        out = self.processor.apply_chat_template(conversations, add_generation_prompt=generation_prompt,
+                                                 tokenize=False)
+        return [out] if isinstance(out, str) else list(out)
+
     def encode(self, record: dict) -> dict[str, torch.Tensor]:
         """Encode one record (unpadded, batch dimension 1)."""
         return self.encode_many([record])[0]
@@ -397,19 +438,21 @@ class Collator:
         One call amortises the processor's per-call overhead (about 3x faster than record by record here).
         Processors whose image tensors cannot be split per image (e.g. Qwen2-VL's patch lists) go record by record.
         """
-        texts, images, has_image, spans = [], [], [], []
+        conversations, images, has_image, spans = [], [], [], []
         for rec in records:
             messages = to_messages(rec)
             if self.mode == "generate":
-                texts.append(self._template(prompt_messages(rec), True))
+                conversations.append(prompt_messages(rec))
             else:
-                texts.append(self._template(messages, False))
+                conversations.append(messages)
                 spans.append([(self._template(messages[:i], True), self._template(messages[: i + 1], False))
                               for i, m in enumerate(messages) if m["role"] == "assistant"])
             has_image.append(bool(rec.get("image_path")))
             if has_image[-1]:
                 images.append(_load_image(rec, self.blank_images))
-        enc = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True)
+        texts = self._templates(conversations, self.mode == "generate")
+        enc = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True,
+                             **_noop_geometry(getattr(self.processor, "image_processor", None), images))
         enc = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
         extra = set(enc) - {"input_ids", "attention_mask", "pixel_values"}
         pixels = enc.get("pixel_values")

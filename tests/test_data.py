@@ -109,3 +109,35 @@ def test_generate_mode_ends_with_assistant_prompt(tmp_path, processor):
     assert "say one" in text and "two two" not in text
     blank = Collator(processor, mode="generate", blank_images=True)(recs)
     assert blank["pixel_values"].abs().max() < 0.01  # mid grey -> ~0 after normalisation
+
+
+def test_images_already_at_model_size_skip_resize_and_crop_with_identical_pixels(processor):
+    import numpy as np
+    import torch
+
+    from mllm_study import data
+
+    rng = np.random.default_rng(0)
+    ip = processor.image_processor
+    same = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    assert data._noop_geometry(ip, same) == {"do_resize": False, "do_center_crop": False}
+    fast = processor(images=same, text=["<image>"] * 5, return_tensors="pt", **data._noop_geometry(ip, same))
+    full = processor(images=same, text=["<image>"] * 5, return_tensors="pt")
+    assert torch.equal(fast["pixel_values"], full["pixel_values"])
+    # anything that resize or crop would change keeps the processor's full path
+    assert data._noop_geometry(ip, same + [Image.new("RGB", (48, 32))]) == {}
+    assert data._noop_geometry(ip, [Image.new("RGB", (64, 64))]) == {}
+    assert data._noop_geometry(ip, [Image.new("RGB", (32, 48))]) == {}  # shortest edge fits, crop would cut
+    assert data._noop_geometry(ip, []) == {}
+    assert data._noop_geometry(None, same) == {}
+
+
+def test_batched_chat_templates_equal_one_by_one(tmp_path, processor):
+    from mllm_study.data import prompt_messages, to_messages
+
+    recs = load_split(_write_dataset(tmp_path / "toy", RECORDS), "train")
+    for mode, convs, gen in (("train", [to_messages(r) for r in recs], False),
+                             ("generate", [prompt_messages(r) for r in recs], True)):
+        c = Collator(processor, mode=mode)
+        assert c._templates(convs, gen) == [c._template(m, gen) for m in convs]
+        assert c._templates(convs[:1], gen) == [c._template(convs[0], gen)]
