@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .report import (_item_array, compare_pairs, final_epoch, fmt_ci, fmt_p, load_items, pair_runs,
-                     primary_scores, stratified_contrast)
+from .contrasts import _item_array, compare_pairs, load_items, pair_runs, stratified_contrast
+from .report import final_epoch, fmt_ci, fmt_p, primary_scores
 
 __all__ = ["Finding", "PAPER_FINDINGS", "verdict", "finding_adapter_best", "finding_connector_unseen",
            "finding_placement", "finding_data_size", "finding_adapter_stable", "finding_adapter_hallucination",
