@@ -16,24 +16,23 @@ file, the processor and the mode, so each is computed once and only padded per b
   least recently used entries beyond ``MLLM_STUDY_ENCODING_CACHE_MB`` (default 2048 MiB) are dropped;
 - on disk, opt-in: ``MLLM_STUDY_ENCODING_CACHE=<dir>`` (or :func:`set_encoding_cache`) keeps the encodings that
   :meth:`Collator.prepare` computed, one file per processor, mode and dataset, so sharded sweeps and later
-  processes skip encoding too. Keys cover the processor's content, this module's code, the transformers version,
-  the record's turns and the image file's size and modification time.
+  processes skip encoding too. Keys cover the processor's content, the encoding code, the transformers version,
+  the record's turns and the image file's size and modification time. The caches live in
+  :mod:`mllm_study.encodings`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import os
 import random
-import weakref
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+
+from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard, _record_key, _share,
+                        _write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
 
 __all__ = [
     "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
@@ -229,167 +228,6 @@ def _noop_geometry(image_processor: Any, images: list[Image.Image]) -> dict[str,
         if (ch, cw) != (h, w):
             return {}
     return {"do_resize": False, "do_center_crop": False}
-
-
-# ----------------------------------------------------------------------------- encoding cache
-
-_FINGERPRINTS: dict[int, tuple[Any, str]] = {}  # id(processor) -> (weak reference, fingerprint)
-_SHARED: OrderedDict = OrderedDict()  # (fingerprint, mode, blank, record key) -> encoding, least recent first
-_SHARED_BYTES = [0]
-_DISK_DIR: list[str | None] = [None]  # set_encoding_cache; None = the MLLM_STUDY_ENCODING_CACHE variable
-
-
-def _code_digest() -> str:
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-
-
-def processor_fingerprint(processor: Any) -> str:
-    """A digest of everything that determines a processor's output: its class and configuration (image processor
-    included), chat templates, the tokenizer (vocabulary, normalisation, special and added tokens), this module's
-    code and the transformers version. Memoised per processor object: build a new processor rather than mutate one
-    that has already encoded records.
-    """
-    memo = _FINGERPRINTS.get(id(processor))
-    if memo is not None and memo[0]() is processor:
-        return memo[1]
-    import transformers
-
-    tok = getattr(processor, "tokenizer", processor)
-    parts = [type(processor).__qualname__, type(tok).__qualname__, transformers.__version__, _code_digest(),
-             str(getattr(processor, "chat_template", None)), str(getattr(tok, "chat_template", None))]
-    to_json = getattr(processor, "to_json_string", None)
-    if callable(to_json) and processor is not tok:
-        try:
-            parts.append(to_json())
-        except Exception:  # noqa: BLE001 - a processor that cannot serialise itself: fall back to its attributes
-            parts.append(repr(sorted(vars(processor).items(), key=lambda kv: kv[0])))
-    backend = getattr(tok, "backend_tokenizer", None)
-    parts.append(backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items())))
-    parts.append(repr(sorted((k, str(v)) for k, v in getattr(tok, "added_tokens_decoder", {}).items())))
-    parts.append(repr(sorted((str(k), str(v)) for k, v in getattr(tok, "special_tokens_map", {}).items())))
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id", "model_max_length", "truncation_side"):
-        parts.append(f"{attr}={getattr(tok, attr, None)}")
-    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
-    try:
-        _FINGERPRINTS[id(processor)] = (weakref.ref(processor), digest)
-    except TypeError:  # not weak-referenceable: recompute next time
-        pass
-    return digest
-
-
-def set_encoding_cache(directory: str | Path | None) -> None:
-    """Keep encodings on disk under ``directory`` (None: back to ``MLLM_STUDY_ENCODING_CACHE``, unset = off)."""
-    _DISK_DIR[0] = str(directory) if directory is not None else None
-
-
-def _disk_dir() -> Path | None:
-    directory = _DISK_DIR[0] or os.environ.get("MLLM_STUDY_ENCODING_CACHE") or None
-    return Path(directory) if directory else None
-
-
-def clear_encoding_cache() -> None:
-    """Forget the process-wide encodings (collators keep their own until they are dropped)."""
-    _SHARED.clear()
-    _SHARED_BYTES[0] = 0
-
-
-def _memory_limit() -> int:
-    return int(float(os.environ.get("MLLM_STUDY_ENCODING_CACHE_MB", "2048")) * 2**20)
-
-
-def _nbytes(encoding: dict[str, torch.Tensor]) -> int:
-    return sum(t.element_size() * t.nelement() for t in encoding.values())
-
-
-def _share(key: tuple, encoding: dict[str, torch.Tensor]) -> None:
-    if key in _SHARED:
-        _SHARED.move_to_end(key)
-        return
-    _SHARED[key] = encoding
-    _SHARED_BYTES[0] += _nbytes(encoding)
-    limit = _memory_limit()
-    while _SHARED_BYTES[0] > limit and len(_SHARED) > 1:
-        _, old = _SHARED.popitem(last=False)
-        _SHARED_BYTES[0] -= _nbytes(old)
-
-
-def _record_key(record: dict) -> tuple:
-    """What a record's encoding depends on: dataset, id, turns, image path and the image file's size and mtime."""
-    path = record.get("image_path")
-    stat = None
-    if path:
-        try:
-            st = os.stat(path)
-            stat = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stat = None
-    return (record.get("dataset"), record["id"], path, stat, bool(record.get("image")),
-            tuple((t["from"], t["value"]) for t in record["conversations"]))
-
-
-def _disk_shard(directory: Path, scope: tuple, dataset: Any, records: list[dict]) -> Path:
-    """One file per processor/mode/images setting and dataset (name + image folder), e.g. a world family's split."""
-    folders = sorted({os.path.dirname(r["image_path"]) for r in records if r.get("image_path")})
-    root = os.path.commonpath(folders) if folders else ""
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(dataset))[:60]
-    where = hashlib.sha256(root.encode()).hexdigest()[:10]
-    fingerprint, mode, blank = scope
-    return directory / f"{fingerprint}-{mode}{'-blank' if blank else ''}" / f"{name}-{where}.safetensors"
-
-
-_SHARD_FORMAT = "mllm_study.encodings.v1"
-
-
-def _read_shard(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """A shard: per tensor name and dtype one flat tensor of every record's values, and an index (record key ->
-    [(name, group, shape), ...]) in the metadata; records get views of the flat tensors (read-only by contract).
-    """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != _SHARD_FORMAT:
-                return {}
-            index = json.loads(meta["index"])
-            flat = {name: f.get_tensor(name) for name in f.keys()}
-    except FileNotFoundError:
-        return {}
-    except Exception:  # noqa: BLE001 - a damaged or foreign file is a cache miss, rewritten later
-        return {}
-    offsets = dict.fromkeys(flat, 0)
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for record_key, tensors in index:
-        entry = {}
-        for name, group, shape in tensors:
-            count = math.prod(shape)
-            entry[name] = flat[group][offsets[group]:offsets[group] + count].view(shape)
-            offsets[group] += count
-        out[record_key] = entry
-    return out
-
-
-def _write_shard(path: Path, data: dict[str, dict[str, torch.Tensor]]) -> None:
-    from safetensors.torch import save_file
-
-    groups: dict[str, list[torch.Tensor]] = {}
-    index = []
-    for record_key, entry in data.items():
-        tensors = []
-        for name, tensor in entry.items():
-            group = f"{name}|{str(tensor.dtype).removeprefix('torch.')}"
-            groups.setdefault(group, []).append(tensor.reshape(-1))
-            tensors.append([name, group, list(tensor.shape)])
-        index.append([record_key, tensors])
-    flat = {group: torch.cat(parts).contiguous() for group, parts in groups.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(flat, str(tmp), metadata={"format": _SHARD_FORMAT, "index": json.dumps(index)})
-    os.replace(tmp, path)  # atomic: concurrent writers lose entries (re-encoded later), never corrupt a file
-
-
-def _disk_key(key: tuple) -> str:
-    return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
 
 
 class Collator:
