@@ -17,8 +17,8 @@ __all__ = ["main", "build_parser"]
 # Options of `run` that map onto run.* params keys (flag -> key); values are parsed as YAML scalars.
 RUN_OPTIONS = {
     "model": str, "dataset": str, "method": str, "placement": str, "connector": str, "lr": float,
-    "connector_lr": float, "epochs": float, "batch_size": int, "grad_accum": int, "train_size": int,
-    "test_size": int, "seed": int,
+    "connector_lr": float, "vision": str, "vision_lr": float, "epochs": float, "batch_size": int, "grad_accum": int,
+    "train_size": int, "test_size": int, "seed": int,
 }
 
 

@@ -87,6 +87,10 @@ class RunConfig:
     layers: list | None = None  # decoder-block indices to adapt; null = all
     connector: str = "frozen"  # frozen | tuned
     connector_lr: float = 2e-5
+    # The vision encoder: frozen (the study's setting) or tuned (the paper's appendix tries it) with its own LR.
+    # While frozen, neither key enters a run's spec, so run ids are the same as before the option existed.
+    vision: str = "frozen"  # frozen | tuned
+    vision_lr: float = 2e-6
     lr: float | None = None  # null = the profile's preset for the method (method_presets.<m>.lr), else the paper's
     epochs: float = 3.0
     batch_size: int = 16
@@ -105,9 +109,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.connector not in ("frozen", "tuned"):
             raise ConfigError(f"run.connector must be 'frozen' or 'tuned' (got {self.connector!r})")
+        if self.vision not in ("frozen", "tuned"):
+            raise ConfigError(f"run.vision must be 'frozen' or 'tuned' (got {self.vision!r})")
+        if self.vision == "tuned" and self.method == "none":
+            raise ConfigError("run.vision 'tuned' needs a method that trains; run.method 'none' trains nothing")
         if self.placement not in (None, "attention", "mlp", "both"):
             raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
-        for name in ("lr", "connector_lr", "epochs"):
+        for name in ("lr", "connector_lr", "vision_lr", "epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"run.{name} must be >= 0 (got {getattr(self, name)})")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):

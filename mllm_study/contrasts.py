@@ -30,8 +30,8 @@ __all__ = ["MATCH_KEYS", "load_items", "with_item_cis", "stratified_mean", "Cont
 
 
 # Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.
-MATCH_KEYS = ["model", "method", "method_params", "placement", "connector", "train_dataset", "train_size", "seed",
-              "lr", "connector_lr", "epochs", "dataset", "split"]
+MATCH_KEYS = ["model", "method", "method_params", "placement", "connector", "vision", "train_dataset", "train_size",
+              "seed", "lr", "connector_lr", "epochs", "dataset", "split"]
 
 
 def _epoch_key(s: pd.Series) -> pd.Series:

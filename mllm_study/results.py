@@ -18,7 +18,7 @@ import pandas as pd
 __all__ = ["collect_results", "CollectReport", "FACTOR_COLUMNS", "item_scores"]
 
 # Columns every row carries (the run's factors), in this order, before dataset/split/epoch/metric/value.
-FACTOR_COLUMNS = ["run_id", "model", "method", "method_params", "placement", "connector", "train_dataset",
+FACTOR_COLUMNS = ["run_id", "model", "method", "method_params", "placement", "connector", "vision", "train_dataset",
                   "train_size", "seed", "lr", "connector_lr", "epochs"]
 _DTYPES = {"train_size": "Int64", "seed": "Int64", "epoch": "Int64", "n": "Int64", "value": "float64",
            "lr": "float64", "connector_lr": "float64", "epochs": "float64"}
@@ -44,6 +44,7 @@ def _factor_row(rid: str, spec: dict) -> dict:
     return {"run_id": rid, "model": run["model"], "method": run["method"],
             "method_params": json.dumps(run.get("method_params", {}), sort_keys=True),
             "placement": run.get("placement") or "default", "connector": run["connector"],
+            "vision": run.get("vision", "frozen"),
             "train_dataset": Path(run["dataset"]).name, "train_size": run.get("train_size"), "seed": run["seed"],
             "lr": run["lr"], "connector_lr": run["connector_lr"], "epochs": run["epochs"]}
 

@@ -74,6 +74,8 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     run = dataclasses.asdict(params.run)
     method = get_method(params.run.method)
     run.pop("method_presets")
+    if run["vision"] == "frozen":  # the study's setting: keeps the ids of runs made before the option existed
+        del run["vision"], run["vision_lr"]
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
@@ -95,13 +97,22 @@ def run_id(spec: dict[str, Any]) -> str:
 
 
 def _param_groups(model, params: Params) -> list[dict]:
-    from .methods.placement import is_connector_param
+    from .methods.placement import get_module_map, is_connector_param, is_vision_param
 
-    connector, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (connector if is_connector_param(name, model) else rest).append(p)
-    return [{"params": rest, "lr": params.resolved_lr()}, {"params": connector, "lr": params.run.connector_lr}]
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    module_map = get_module_map(model) if trainable else None
+    connector, vision, rest = [], [], []
+    for name, p in trainable:
+        if is_connector_param(name, model, module_map):
+            connector.append(p)
+        elif is_vision_param(name, model, module_map):
+            vision.append(p)
+        else:
+            rest.append(p)
+    groups = [{"params": rest, "lr": params.resolved_lr()}, {"params": connector, "lr": params.run.connector_lr}]
+    if vision:
+        groups.append({"params": vision, "lr": params.run.vision_lr})
+    return groups
 
 
 _BASE_CACHE: dict[str, tuple[Any, Any]] = {}
@@ -210,7 +221,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
 
     set_seed(run.seed)  # method weights (e.g. LoRA's A) are initialised from the run's seed, not the process's state
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
-                         layers=run.layers)
+                         layers=run.layers, vision=run.vision)
     from .train import get_accelerator
 
     acc = get_accelerator()

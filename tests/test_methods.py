@@ -429,3 +429,73 @@ def test_a_placement_matching_nothing_names_the_patterns():
     with pytest.raises(ValueError, match=r"no module map for model_type 'gpt2'.*Known maps"):
         get_module_map(model_type="gpt2", names=["transformer.blocks.0.attn"])
     assert re.fullmatch(MODULE_MAPS["llava-hf"].blocks, "model.language_model.layers.3")
+
+
+VISION_ROWS = [("lora", {"r": 4, "alpha": 8}, "frozen"), ("adapter", {"bottleneck_size": 8}, "tuned"),
+               ("prefix", {"num_virtual_tokens": 4}, "frozen"), ("full", {}, "tuned")]
+
+
+@pytest.mark.parametrize("method, params, connector", VISION_ROWS, ids=[f"{m}-{c}" for m, _, c in VISION_ROWS])
+def test_vision_tuned_adds_exactly_the_vision_encoder_and_reloads(tiny, tmp_path, method, params, connector):
+    from safetensors.torch import load_file
+
+    from mllm_study.methods import VISION_FILE, vision_param_names
+
+    base0, _, batch, _ = tiny
+    vision = {n for n, _ in base0.named_parameters() if n.startswith("model.vision_tower.")}
+    frozen = apply_method(copy.deepcopy(base0), method, params, None, connector)
+    model = apply_method(copy.deepcopy(base0), method, params, None, connector, vision="tuned")
+    assert model.mllm_method["vision"] == "tuned" and frozen.mllm_method["vision"] == "frozen"
+    added = _trainable(model) - _trainable(frozen)
+    assert _trainable(frozen) <= _trainable(model) and len(added) == len(vision)
+    base_name = {n: "model.vision_tower." + n.split(".vision_tower.", 1)[1] for n in added}  # peft prefixes vary
+    assert set(base_name.values()) == vision
+    assert bool(connector_param_names(model, trainable_only=True)) == (connector == "tuned")
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(3):
+        _loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    own = dict(base0.named_parameters())
+    trained = {base_name[n]: p for n, p in model.named_parameters() if n in added}
+    assert any(not torch.equal(p, own[n]) for n, p in trained.items())
+    logits = _logits(model, batch)
+    save_method(model, tmp_path / "saved")
+    assert set(load_file(str(tmp_path / "saved" / VISION_FILE))) == vision
+    loaded = load_method(copy.deepcopy(base0), tmp_path / "saved")
+    assert not _trainable(loaded) and len(vision_param_names(loaded)) == len(vision)
+    torch.testing.assert_close(_logits(loaded, batch), logits, rtol=0, atol=1e-6)
+    # the frozen save has no vision file, and a tuned record without it is refused by name
+    (tmp_path / "saved" / VISION_FILE).unlink()
+    with pytest.raises(ValueError, match="tuned vision encoder but has no vision_encoder.safetensors"):
+        load_method(copy.deepcopy(base0), tmp_path / "saved")
+
+
+def test_vision_option_errors(tiny):
+    base0 = tiny[0]
+    with pytest.raises(ValueError, match="vision must be 'frozen' or 'tuned'"):
+        apply_method(copy.deepcopy(base0), "lora", {}, None, "frozen", vision="half")
+    with pytest.raises(ValueError, match="method 'none' trains nothing"):
+        apply_method(copy.deepcopy(base0), "none", {}, None, "frozen", vision="tuned")
+
+
+def test_param_groups_give_the_vision_encoder_its_own_lr(tiny):
+    from mllm_study.config import load_params
+    from mllm_study.runs import _param_groups
+
+    base0 = tiny[0]
+    params = load_params(profile="smoke", overrides={"run.vision": "tuned", "run.vision_lr": 3e-6,
+                                                      "run.connector": "tuned"})
+    model = apply_method(copy.deepcopy(base0), "lora", {"r": 4, "alpha": 8}, None, "tuned", vision="tuned")
+    groups = _param_groups(model, params)
+    vision = [p for n, p in model.named_parameters() if is_vision_param(n, model)]
+    connector = [p for n, p in model.named_parameters() if p.requires_grad and is_connector_param(n, model)]
+    assert [len(g["params"]) for g in groups[1:]] == [len(connector), len(vision)]
+    assert groups[2]["lr"] == 3e-6 and groups[1]["lr"] == params.run.connector_lr
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in vision}
+    frozen = apply_method(copy.deepcopy(base0), "lora", {"r": 4, "alpha": 8}, None, "tuned")
+    assert len(_param_groups(frozen, params)) == 2  # no vision group: the optimiser is exactly as before

@@ -29,6 +29,7 @@ def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir,
     spec = json.loads((run_dir / "spec.json").read_text())
     assert spec["run"]["method_params"] == {"r": 4, "alpha": 8, "dropout": 0.05}  # defaults merged in
     assert spec["run"]["connector"] == "tuned" and spec["base_model"].startswith("tiny-llava-")
+    assert "vision" not in spec["run"] and "vision_lr" not in spec["run"]  # frozen: ids as before the option
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metric"] == "accuracy" and metrics["n"] == 16 and 0.0 <= metrics["value"] <= 1.0
     assert [r["metric"] for r in metrics["results"]] == ["accuracy"] and metrics["results"][0]["split"] == "test"
@@ -48,6 +49,48 @@ def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir,
     assert not capsys.readouterr().out.strip().endswith(str(run_dir))
 
 
+def test_vision_tuned_run_trains_saves_and_reloads_the_vision_encoder(smoke_params, smoke_model_dir, capsys):
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mllm_study.data import Collator, load_split
+    from mllm_study.methods import VISION_FILE, load_method, vision_param_names
+    from mllm_study.models import load_checkpoint
+    from mllm_study.runs import resolve_dataset
+    from mllm_study.train import forward_inputs
+
+    args = ["run", *_smoke_args(smoke_params), "--method", "lora", "--dataset", "iconqa_txt", "--vision", "tuned",
+            "--vision-lr", "1e-3", "--method-params", "{r: 4, alpha: 8}", "--test-size", "8"]
+    assert main(args) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+    spec = json.loads((run_dir / "spec.json").read_text())
+    assert spec["run"]["vision"] == "tuned" and spec["run"]["vision_lr"] == 1e-3
+    record = json.loads((run_dir / "adapter/mllm_method.json").read_text())
+    assert record["vision"] == "tuned" and record["connector"] == "frozen"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    base, processor = load_checkpoint(smoke_model_dir)
+    names = vision_param_names(base)
+    # r * (in + out) per adapted linear (every linear of the LM's blocks) + the whole vision encoder
+    lora = 4 * sum(m.in_features + m.out_features for n, m in base.named_modules()
+                   if n.startswith("model.language_model.layers.") and isinstance(m, torch.nn.Linear))
+    vision = sum(p.numel() for n, p in base.named_parameters() if n in set(names))
+    assert vision > 0 and metrics["train"]["trainable_params"] == lora + vision
+    saved = load_file(str(run_dir / "adapter" / VISION_FILE))
+    assert set(saved) == set(names)
+    own = dict(base.named_parameters())
+    assert any(not torch.equal(saved[n], own[n]) for n in names)  # the vision encoder did train
+    # reloading onto a fresh base restores the trained vision encoder: same logits as the saved weights give
+    model = load_method(load_checkpoint(smoke_model_dir)[0], run_dir / "adapter")
+    records = load_split(resolve_dataset("iconqa_txt", smoke_params, False), "test", 4, seed=0)
+    batch = forward_inputs(model, Collator(processor, mode="generate")(records))
+    loaded = dict(model.base_model.model.named_parameters())
+    assert all(torch.equal(loaded[n], saved[n]) for n in names)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).logits).all()
+
+
 def test_none_method_evaluates_without_training(smoke_params, smoke_model_dir, capsys):
     assert main(["run", *_smoke_args(smoke_params), "--method", "none", "--dataset", "vqav2", "--test-size", "8"]) == 0
     out = capsys.readouterr().out
@@ -60,6 +103,8 @@ def test_none_method_evaluates_without_training(smoke_params, smoke_model_dir, c
     (["--set", "run.learning_rate=1"], r"unknown key 'run.learning_rate'"),
     (["--set", "run.batch_size=big"], r"'run.batch_size': expected int, got str 'big'"),
     (["--connector", "half"], r"run.connector must be 'frozen' or 'tuned'"),
+    (["--vision", "half"], r"run.vision must be 'frozen' or 'tuned'"),
+    (["--method", "none", "--vision", "tuned"], r"run.vision 'tuned' needs a method that trains"),
     (["--method-params", "{rank: 8}"], r"unknown parameter\(s\) \['rank'\] for method 'lora'"),
     (["--method-params", "[1, 2]"], r"--method-params must be a YAML mapping"),
     (["--train-size", "100000"], r"asked for 100000 records but the split has only"),

@@ -18,10 +18,10 @@ from .adapter import AdapterSettings, merge_and_unload, unload_adapters
 from .passthrough import list_tuners
 from .placement import (MODULE_MAPS, PLACEMENTS, ModuleMap, connector_param_names, get_module_map,
                         is_connector_param, register_module_map, resolve_targets)
-from .registry import (CONNECTOR_MODULE, METHODS, Method, apply_method, get_method, list_methods, lm_target_regex,
-                       load_method, register_method, save_method)
+from .registry import (CONNECTOR_MODULE, METHODS, VISION_FILE, Method, apply_method, get_method, list_methods,
+                       lm_target_regex, load_method, register_method, save_method, vision_param_names)
 
 __all__ = ["METHODS", "Method", "apply_method", "get_method", "list_methods", "register_method", "save_method",
            "load_method", "lm_target_regex", "CONNECTOR_MODULE", "connector_param_names", "is_connector_param",
            "get_module_map", "resolve_targets", "register_module_map", "ModuleMap", "MODULE_MAPS", "PLACEMENTS",
-           "AdapterSettings", "unload_adapters", "merge_and_unload", "list_tuners"]
+           "AdapterSettings", "unload_adapters", "merge_and_unload", "list_tuners", "VISION_FILE", "vision_param_names"]

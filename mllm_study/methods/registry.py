@@ -9,6 +9,11 @@ A method turns a frozen base model into a trainable one. Its ``defaults`` are th
 which :func:`save_method` writes beside the weights (``mllm_method.json``) so :func:`load_method` can rebuild it on
 a fresh base model. Folder layout = peft's: ``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md
 for peft methods), for the peft methods, the bottleneck adapter and full fine-tuning alike.
+
+The vision encoder stays frozen unless ``vision="tuned"`` (the paper's appendix also tries tuning it): then every
+vision-encoder parameter trains (the connector still follows ``connector``), and :func:`save_method` writes them
+beside the method's weights (``vision_encoder.safetensors``, parameter names of the unwrapped model) so that
+:func:`load_method` restores them.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from .placement import (MODULE_MAPS, PLACEMENTS, connector_param_names, connecto
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods", "apply_method", "save_method",
            "load_method", "lm_target_regex", "lm_targets", "peft_modules_to_save", "connector_param_names",
-           "is_connector_param", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS", "RECORD_FILE"]
+           "is_connector_param", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS", "RECORD_FILE", "VISION_FILE",
+           "vision_param_names"]
 
 CONNECTOR_MODULE = "multi_modal_projector"  # LLaVA's connector; other architectures: placement.connector_modules
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 RECORD_FILE = "mllm_method.json"  # what apply_method applied, written by save_method beside the weights
+VISION_FILE = "vision_encoder.safetensors"  # the vision encoder's weights when it was tuned
 
 
 @dataclass
@@ -125,8 +132,8 @@ def _check_placement(method: Method, placement: str | None) -> str | None:
 
 def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | None = None,
                  placement: str | None = None, connector: str = "frozen",
-                 layers: Sequence[int] | None = None) -> torch.nn.Module:
-    """Freeze the base model and apply method ``name`` (the vision encoder always stays frozen).
+                 layers: Sequence[int] | None = None, vision: str = "frozen") -> torch.nn.Module:
+    """Freeze the base model and apply method ``name`` (the vision encoder stays frozen unless ``vision="tuned"``).
 
     Args:
         model: a transformers image-text-to-text model (any architecture with a module map).
@@ -135,6 +142,8 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         placement: attention | mlp | both, or None / "default" for the method's own (adapter: mlp, LoRA: both).
         connector: ``frozen`` or ``tuned`` (fully trained, saved with the method's weights).
         layers: decoder-block indices to adapt (None = all).
+        vision: ``frozen`` (the study's setting) or ``tuned`` (every vision-encoder parameter trains, saved with the
+            method's weights). Not with method ``none``, which trains nothing.
 
     Returns:
         The trainable model (a peft ``PeftModel`` for peft methods, the same model otherwise) carrying
@@ -143,6 +152,10 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
     method = get_method(name)
     if connector not in ("frozen", "tuned"):
         raise ValueError(f"connector must be 'frozen' or 'tuned' (got {connector!r})")
+    if vision not in ("frozen", "tuned"):
+        raise ValueError(f"vision must be 'frozen' or 'tuned' (got {vision!r})")
+    if vision == "tuned" and name == "none":
+        raise ValueError("vision 'tuned' needs a method that trains; method 'none' trains nothing")
     if not method.free_params:
         unknown = set(params or {}) - set(method.defaults)
         if unknown:
@@ -156,24 +169,40 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
     for p in model.parameters():
         p.requires_grad = False
     out = method.apply(model, merged, placement, connector, layers)
+    if vision == "tuned":
+        for p_name, p in out.named_parameters():
+            if is_vision_param(p_name, out):
+                p.requires_grad = True
     if name != "none":
-        _check_trainable(out, name, connector)
+        _check_trainable(out, name, connector, vision)
     try:
         map_name = get_module_map(out).name
     except ValueError:  # only "none" gets here on an architecture without a map
         map_name = None
     record = {"method": name, "params": merged, "placement": placement, "connector": connector, "layers": layers,
-              "module_map": map_name}
+              "module_map": map_name, "vision": vision}
     object.__setattr__(out, "mllm_method", record)
     return out
 
 
-def _check_trainable(model: torch.nn.Module, name: str, connector: str) -> None:
-    """Guard the study's invariants: the vision encoder frozen, the connector trained exactly when tuned."""
+def vision_param_names(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
+    """Names of the vision encoder's parameters in ``model`` (the connector excluded), as ``named_parameters``."""
     module_map = get_module_map(model)
-    vision = [n for n, p in model.named_parameters() if p.requires_grad and is_vision_param(n, model, module_map)]
-    if vision:
-        raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {vision[:3]}")
+    return [n for n, p in model.named_parameters()
+            if (p.requires_grad or not trainable_only) and is_vision_param(n, model, module_map)]
+
+
+def _check_trainable(model: torch.nn.Module, name: str, connector: str, vision: str = "frozen") -> None:
+    """Guard the study's invariants: the vision encoder trained exactly when tuned (all of it), the connector
+    trained exactly when tuned."""
+    trainable = set(vision_param_names(model, trainable_only=True))
+    if vision == "frozen" and trainable:
+        raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {sorted(trainable)[:3]}")
+    if vision == "tuned":
+        frozen = [n for n in vision_param_names(model) if n not in trainable]
+        if not trainable or frozen:
+            raise RuntimeError(f"method {name!r}: vision 'tuned' but {len(frozen)} vision-encoder parameters are "
+                               f"frozen (e.g. {frozen[:3]}) and {len(trainable)} train")
     tuned = connector_param_names(model, trainable_only=True)
     if (connector == "tuned") != bool(tuned):
         raise RuntimeError(f"method {name!r}: connector {connector!r} but {len(tuned)} connector parameters train")
@@ -205,8 +234,35 @@ def save_method(model: torch.nn.Module, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     method = get_method(record["method"])
     (method.save or _peft_save)(model, path)
+    if record.get("vision") == "tuned":
+        _save_vision(model, path)
     (path / RECORD_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
     return path
+
+
+def _save_vision(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    base = unwrap_model(model)
+    state = {n: p.detach().to("cpu").clone().contiguous() for n, p in base.named_parameters()
+             if n in set(vision_param_names(base))}
+    tmp = path / f".{VISION_FILE}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path / VISION_FILE)
+
+
+def _load_vision(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    if not (path / VISION_FILE).exists():
+        raise ValueError(f"{path} records a tuned vision encoder but has no {VISION_FILE}")
+    base = unwrap_model(model)
+    state = load_file(str(path / VISION_FILE))
+    expected = set(vision_param_names(base))
+    if set(state) != expected:
+        raise ValueError(f"{path / VISION_FILE} does not fit this model's vision encoder: "
+                         f"{len(set(state) - expected)} unknown and {len(expected - set(state))} missing names")
+    load_into(base, state)
 
 
 def load_method(base_model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
@@ -220,6 +276,8 @@ def load_method(base_model: torch.nn.Module, path: str | Path) -> torch.nn.Modul
     record = json.loads((path / RECORD_FILE).read_text())
     method = get_method(record["method"])
     model = (method.load or _peft_load)(base_model, path, record)
+    if record.get("vision") == "tuned":
+        _load_vision(model, path)
     for p in model.parameters():
         p.requires_grad = False
     object.__setattr__(model, "mllm_method", record)
