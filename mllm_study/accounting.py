@@ -21,8 +21,8 @@ Conventions (STUDY.md):
   Prefix vectors are keys/values, not weights: for inference they lengthen every attention context
   (n_ctx + num_virtual_tokens) instead; for training they count in P_trainable (the formula's literal reading).
   n_ctx = 2048 by default (the paper's maximum length).
-- FLOPs per image: the vision tower (always frozen) runs on its patches and the connector on the image tokens:
-  train = 2 * P_vision * n_patches + (2 or 4 when tuned) * P_connector * n_image_tokens,
+- FLOPs per image: the vision tower (frozen in the study) runs on its patches and the connector on the image
+  tokens: train = (2, or 4 when tuned) * P_vision * n_patches + (2, or 4 when tuned) * P_connector * n_image_tokens,
   inference = 2 * (P_vision * n_patches + P_connector * n_image_tokens). LLaVA-1.5: 577 patches (CLS included),
   576 image tokens; Qwen2-VL (dynamic resolution): a 448x448 image is assumed, 1024 patches, 256 tokens.
 """
@@ -109,6 +109,7 @@ class ParamsRow:
     train_flops_per_image: float
     infer_flops_per_image: float
     n_ctx: int
+    vision: str = "frozen"  # the vision encoder: frozen (the study) or tuned (all of it trains)
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
@@ -116,7 +117,8 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
 
 
 def count_method(model_name: str, method: str, params: dict | None = None, placement: str | None = None,
-                 connector: str = "frozen", layers: Sequence[int] | None = None, n_ctx: int = 2048) -> ParamsRow:
+                 connector: str = "frozen", layers: Sequence[int] | None = None, n_ctx: int = 2048,
+                 vision: str = "frozen") -> ParamsRow:
     """Apply ``method`` to a meta-device build of ``model_name`` and count parameters and FLOPs."""
     from accelerate import init_empty_weights
 
@@ -133,7 +135,7 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
                         if _under(n, module_map.vision) and not _under(n, module_map.connector))
     connector_params = sum(p.numel() for n, p in base.named_parameters() if _under(n, module_map.connector))
     with init_empty_weights(include_buffers=False):
-        model = apply_method(base, method, params, placement, connector, layers)
+        model = apply_method(base, method, params, placement, connector, layers, vision=vision)
     record = model.mllm_method
 
     trainable = all_params = 0
@@ -161,6 +163,7 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
     virtual = int(record["params"].get("num_virtual_tokens", 0)) if record["method"] == "prefix" else 0
     n_patches, n_image = _image_tokens(config)
     conn_factor = 4 if connector == "tuned" else 2
+    vision_factor = 4 if vision == "tuned" else 2  # forward 2, plus 2 for the weight gradients when tuned
     del model, base
     return ParamsRow(
         model=model_name, method=method, placement=record["placement"], connector=connector, trainable=trainable,
@@ -168,14 +171,18 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
         trainable_percent=100.0 * trainable / all_params,
         train_flops_per_token=2.0 * p_frozen + 4.0 * p_trainable,
         infer_flops_per_token=2.0 * (p_infer + text.num_hidden_layers * text.hidden_size * (n_ctx + virtual)),
-        train_flops_per_image=2.0 * vision_params * n_patches + conn_factor * connector_params * n_image,
-        infer_flops_per_image=2.0 * (vision_params * n_patches + connector_params * n_image), n_ctx=n_ctx)
+        train_flops_per_image=float(vision_factor * vision_params * n_patches
+                                    + conn_factor * connector_params * n_image),
+        infer_flops_per_image=2.0 * (vision_params * n_patches + connector_params * n_image), n_ctx=n_ctx,
+        vision=vision)
 
 
 def params_rows(model_name: str, methods: Sequence[tuple[str, dict, str | None]] = PAPER_METHODS,
-                connectors: Sequence[str] = ("frozen", "tuned"), n_ctx: int = 2048) -> list[ParamsRow]:
-    """Rows for every method (name, params, placement) x connector."""
-    return [count_method(model_name, m, p, pl, c, n_ctx=n_ctx) for m, p, pl in methods for c in connectors]
+                connectors: Sequence[str] = ("frozen", "tuned"), n_ctx: int = 2048,
+                visions: Sequence[str] = ("frozen",)) -> list[ParamsRow]:
+    """Rows for every method (name, params, placement) x connector x vision encoder setting."""
+    return [count_method(model_name, m, p, pl, c, n_ctx=n_ctx, vision=v) for m, p, pl in methods
+            for v in visions for c in connectors]
 
 
 def format_params_table(model_name: str, methods: Sequence[tuple[str, dict, str | None]] = PAPER_METHODS,
@@ -184,14 +191,20 @@ def format_params_table(model_name: str, methods: Sequence[tuple[str, dict, str 
     """A plain-text table of :func:`params_rows` (the paper's four methods x connector by default)."""
     rows = rows if rows is not None else params_rows(model_name, methods, connectors, n_ctx)
     base = rows[0].all_params - rows[0].peft_params if rows else 0
-    head = ["method", "placement", "connector", "trainable", "trainable %", "PEFT params", "train GF/tok",
-            "infer GF/tok", "train GF/img", "infer GF/img"]
-    body = [[r.method, r.placement or "-", r.connector, f"{r.trainable:,}", f"{r.trainable_percent:.3f}",
-             f"{r.peft_params:,}", f"{r.train_flops_per_token / 1e9:.2f}", f"{r.infer_flops_per_token / 1e9:.2f}",
-             f"{r.train_flops_per_image / 1e9:.1f}", f"{r.infer_flops_per_image / 1e9:.1f}"] for r in rows]
+    show_vision = any(r.vision != "frozen" for r in rows)  # the column appears only when a row tunes it
+    labels = ["method", "placement", "connector"] + (["vision"] if show_vision else [])
+    head = labels + ["trainable", "trainable %", "PEFT params", "train GF/tok", "infer GF/tok", "train GF/img",
+                     "infer GF/img"]
+    body = [[r.method, r.placement or "-", r.connector] + ([r.vision] if show_vision else [])
+            + [f"{r.trainable:,}", f"{r.trainable_percent:.3f}", f"{r.peft_params:,}",
+               f"{r.train_flops_per_token / 1e9:.2f}", f"{r.infer_flops_per_token / 1e9:.2f}",
+               f"{r.train_flops_per_image / 1e9:.1f}", f"{r.infer_flops_per_image / 1e9:.1f}"] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list) -> str:
+        return "  ".join(str(c).rjust(w) if i >= len(labels) else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [f"{model_name}: {base:,} base parameters; FLOPs per LM token at n_ctx={n_ctx} and per image "
            f"(GF = 1e9 FLOPs; conventions in mllm_study/accounting.py)", line(head), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
@@ -199,7 +212,8 @@ def format_params_table(model_name: str, methods: Sequence[tuple[str, dict, str 
 
 
 def main_params(argv: Sequence[str] | None = None) -> int:
-    """``mllm-study params --model llava-1.5-7b [--methods lora,adapter] [--connector tuned] [--json]``."""
+    """``mllm-study params --model llava-1.5-7b [--methods lora,adapter] [--connector tuned] [--vision tuned]
+    [--json]``."""
     parser = argparse.ArgumentParser(prog="mllm-study params", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llava-1.5-7b",
                         help=f"a config in mllm_study/configs ({', '.join(list_model_configs())}) or a config.json")
@@ -207,6 +221,8 @@ def main_params(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated methods (default: the paper's lora, ia3, prefix, adapter)")
     parser.add_argument("--placement", default=None, help="attention | mlp | both (default: each method's paper one)")
     parser.add_argument("--connector", default="frozen,tuned", help="frozen, tuned or both (comma-separated)")
+    parser.add_argument("--vision", default="frozen",
+                        help="the vision encoder: frozen (the study), tuned, or both (comma-separated)")
     parser.add_argument("--method-params", default=None, help="JSON parameters applied to every method")
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
@@ -217,7 +233,7 @@ def main_params(argv: Sequence[str] | None = None) -> int:
     methods = [(n, {**paper.get(n, (n, {}, None))[1], **extra},
                 args.placement if args.placement else paper.get(n, (n, {}, None))[2]) for n in names]
     start = time.perf_counter()
-    rows = params_rows(args.model, methods, args.connector.split(","), args.n_ctx)
+    rows = params_rows(args.model, methods, args.connector.split(","), args.n_ctx, args.vision.split(","))
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
     else:

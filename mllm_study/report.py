@@ -98,19 +98,20 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
     """Parameter and FLOP accounting (:mod:`mllm_study.accounting`) for each distinct method setting in ``scores``.
 
     Returns:
-        method, method_params, placement, connector, peft_params, trainable_percent_acc, train_flops_per_token,
+        method, method_params, placement, connector, vision, peft_params, trainable_percent_acc, train_flops_per_token,
         infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
     """
     from .accounting import count_method
 
-    keys = ["method", "method_params", "placement", "connector"]
+    scores = scores if "vision" in scores.columns else scores.assign(vision="frozen")
+    keys = ["method", "method_params", "placement", "connector", "vision"]
     rows = []
     for key in scores[keys].drop_duplicates().itertuples(index=False):
-        method, params, placement, connector = key
+        method, params, placement, connector, vision = key
         r = count_method(model_config, method, json.loads(params), None if placement == "default" else placement,
-                         connector, n_ctx=n_ctx)
+                         connector, n_ctx=n_ctx, vision=vision)
         rows.append({"method": method, "method_params": params, "placement": placement, "connector": connector,
-                     "peft_params": r.peft_params, "trainable_percent_acc": r.trainable_percent,
+                     "vision": vision, "peft_params": r.peft_params, "trainable_percent_acc": r.trainable_percent,
                      "train_flops_per_token": r.train_flops_per_token,
                      "infer_flops_per_token": r.infer_flops_per_token,
                      "train_flops_per_image": r.train_flops_per_image,

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from mllm_study.accounting import (PAPER_METHODS, count_method, format_params_table, list_model_configs,
+from mllm_study.accounting import (PAPER_METHODS, ParamsRow, count_method, format_params_table, list_model_configs,
                                    load_model_config, main_params, params_rows)
 
 # LLaVA-1.5-7B (llava-hf): Vicuna-7B h=4096, intermediate 11008, 32 layers, vocab 32064; CLIP-L/336 + 2-layer MLP.
@@ -95,3 +95,25 @@ def test_main_params_json(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 1 and rows[0]["trainable"] == IA3_7B and rows[0]["placement"] == "both"
     assert [m for m, _, _ in PAPER_METHODS] == ["lora", "ia3", "prefix", "adapter"]
+
+
+# CLIP ViT-L/14-336 in closed form: class embedding 1024, patch conv 3*14*14*1024, 577 positions * 1024,
+# pre/post layer norms 2 * 2048, and 24 blocks of q,k,v,o (1024^2 + 1024 each), fc1 (1024*4096 + 4096),
+# fc2 (4096*1024 + 1024) and two layer norms (2 * 2048).
+VISION_7B = 1024 + 3 * 14 * 14 * 1024 + 577 * 1024 + 2 * 2048 \
+    + 24 * (4 * (1024 * 1024 + 1024) + (1024 * 4096 + 4096) + (4096 * 1024 + 1024) + 2 * 2048)
+
+
+def test_a_tuned_vision_encoder_is_counted(capsys):
+    assert VISION_7B == 303_507_456
+    assert main_params(["--model", "llava-1.5-7b", "--methods", "ia3", "--connector", "frozen",
+                        "--vision", "frozen,tuned", "--json"]) == 0
+    frozen, tuned = json.loads(capsys.readouterr().out)
+    assert (frozen["vision"], tuned["vision"]) == ("frozen", "tuned")
+    assert tuned["trainable"] - frozen["trainable"] == VISION_7B and tuned["all_params"] == frozen["all_params"]
+    # its weight gradients: 4 instead of 2 FLOPs per vision parameter and patch (577 patches); tokens unchanged
+    assert tuned["train_flops_per_image"] - frozen["train_flops_per_image"] == 2 * VISION_7B * 577
+    assert tuned["train_flops_per_token"] == frozen["train_flops_per_token"]
+    table = format_params_table("llava-1.5-7b", rows=[ParamsRow(**frozen), ParamsRow(**tuned)])
+    assert table.splitlines()[1].split()[:4] == ["method", "placement", "connector", "vision"]
+    assert table.splitlines()[-1].split()[3:5] == ["tuned", f"{IA3_7B + VISION_7B:,}"]
