@@ -12,15 +12,15 @@ from mllm_study.accounting import (PAPER_METHODS, ParamsRow, count_method, forma
                                    load_model_config, main_params, params_rows)
 
 # LLaVA-1.5-7B (llava-hf): Vicuna-7B h=4096, intermediate 11008, 32 layers, vocab 32064; CLIP-L/336 + 2-layer MLP.
-H, I, L, V = 4096, 11008, 32, 32064
+H, FF, L, V = 4096, 11008, 32, 32064
 BASE_7B = 7_063_427_072  # sum of the llava-hf checkpoint's tensors
 CONNECTOR_7B = 1024 * H + H + H * H + H  # linear_1 (1024 -> 4096) + linear_2 (4096 -> 4096), with biases = 20,979,712
-LORA_7B = 128 * (4 * (H + H) + 2 * (H + I) + (I + H)) * L  # r (in + out) over q,k,v,o, gate,up, down = 319,815,680
-IA3_7B = (H + H + I) * L  # k and v outputs, down_proj input = 614,400
+LORA_7B = 128 * (4 * (H + H) + 2 * (H + FF) + (FF + H)) * L  # r (in + out) over q,k,v,o, gate,up, down = 319,815,680
+IA3_7B = (H + H + FF) * L  # k and v outputs, down_proj input = 614,400
 PREFIX_7B = 20 * 2 * L * H  # virtual tokens x (key, value) x layers x width = 5,242,880
 ADAPTER_7B = 3 * 2 * H * 256 * L  # gate-in, up-in, down-out adapters of width 4096, r=256 = 201,326,592
 # non-embedding LM parameters: per layer 4 h^2 (attention) + 3 h i (MLP) + 2 h (norms); final norm; lm_head
-P_LM_7B = L * (4 * H * H + 3 * H * I + 2 * H) + H + V * H
+P_LM_7B = L * (4 * H * H + 3 * H * FF + 2 * H) + H + V * H
 
 
 @pytest.fixture(scope="module")

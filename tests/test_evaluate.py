@@ -46,7 +46,7 @@ def test_likelihood_scoring_picks_one_of_the_options(smoke_model, smoke_world):
     assert all(p in r["choices"] for p, r in zip(picks, records))
     sqa = load_split(smoke_world / "sqa", "test")[:4]
     letters = choose_by_likelihood(model, processor, sqa, "mc_accuracy", progress=False)
-    assert all(l in "ABCDE"[: len(r["choices"])] for l, r in zip(letters, sqa))
+    assert all(x in "ABCDE"[: len(r["choices"])] for x, r in zip(letters, sqa))
 
 
 def _write(path, rows):

@@ -206,7 +206,7 @@ def test_group_by_length_trains(smoke_base, smoke_world):
     model, processor = smoke_base
     losses, _, _, result = _train(model, Collator(processor, "train"), _train_records(smoke_world),
                                   group_by_length=True)
-    assert result.steps == 6 and all(l == l for l in losses)
+    assert result.steps == 6 and all(x == x for x in losses)
 
 
 def test_mixed_precision_setting(monkeypatch):

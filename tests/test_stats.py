@@ -81,7 +81,9 @@ def test_bootstrap_matches_scipy_same_resamples(method):
 
 
 def test_bootstrap_non_vectorised_statistic_matches_scipy():
-    med = lambda v: float(np.median(v))  # no `axis` argument -> row-by-row fallback
+    def med(v):  # no `axis` argument -> row-by-row fallback
+        return float(np.median(v))
+
     iv = st.bootstrap_ci(X20, statistic=med, n_resamples=500, seed=3, method="bca")
     ref = ss.bootstrap((X20,), med, vectorized=False, n_resamples=500, method="bca",
                        rng=np.random.default_rng(3)).confidence_interval
