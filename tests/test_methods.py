@@ -469,7 +469,7 @@ def test_vision_tuned_adds_exactly_the_vision_encoder_and_reloads(tiny, tmp_path
     loaded = load_method(copy.deepcopy(base0), tmp_path / "saved")
     assert not _trainable(loaded) and len(vision_param_names(loaded)) == len(vision)
     torch.testing.assert_close(_logits(loaded, batch), logits, rtol=0, atol=1e-6)
-    # the frozen save has no vision file, and a tuned record without it is refused by name
+    # a save that records a tuned vision encoder but lacks its file is refused, naming the file
     (tmp_path / "saved" / VISION_FILE).unlink()
     with pytest.raises(ValueError, match="tuned vision encoder but has no vision_encoder.safetensors"):
         load_method(copy.deepcopy(base0), tmp_path / "saved")

@@ -28,7 +28,7 @@ import torch
 
 __all__ = ["ModuleMap", "MODULE_MAPS", "PLACEMENTS", "register_module_map", "get_module_map", "unwrap_model",
            "placement_roles", "target_regex", "resolve_targets", "connector_modules", "connector_param_names",
-           "is_connector_param", "is_vision_param", "connector_save_names"]
+           "is_connector_param", "is_vision_param", "connector_save_names", "vision_param_names"]
 
 PLACEMENTS = ("attention", "mlp", "both")
 
@@ -256,14 +256,23 @@ def is_vision_param(name: str, model: torch.nn.Module, module_map: ModuleMap | N
     return _under(base_name, module_map.vision) and not _under(base_name, module_map.connector)
 
 
+def _param_names(model: torch.nn.Module, belongs, trainable_only: bool) -> list[str]:
+    module_map = get_module_map(model)
+    return [n for n, p in model.named_parameters()
+            if (p.requires_grad or not trainable_only) and belongs(n, model, module_map)]
+
+
 def connector_param_names(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
     """Names of the connector's parameters in ``model`` (for a separate learning-rate group).
 
     runs.py can build its groups with it: ``connector = set(connector_param_names(model, trainable_only=True))``.
     """
-    module_map = get_module_map(model)
-    return [n for n, p in model.named_parameters()
-            if (p.requires_grad or not trainable_only) and is_connector_param(n, model, module_map)]
+    return _param_names(model, is_connector_param, trainable_only)
+
+
+def vision_param_names(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
+    """Names of the vision encoder's parameters in ``model`` (the connector excluded), as ``named_parameters``."""
+    return _param_names(model, is_vision_param, trainable_only)
 
 
 def connector_save_names(model: torch.nn.Module) -> list[str]:

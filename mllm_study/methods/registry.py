@@ -27,8 +27,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .placement import (MODULE_MAPS, PLACEMENTS, connector_param_names, connector_save_names, get_module_map,
-                        is_connector_param, is_vision_param, placement_roles, resolve_targets, target_regex,
-                        unwrap_model)
+                        is_connector_param, placement_roles, resolve_targets, target_regex, unwrap_model,
+                        vision_param_names)
 
 __all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods", "apply_method", "save_method",
            "load_method", "lm_target_regex", "lm_targets", "peft_modules_to_save", "connector_param_names",
@@ -170,8 +170,9 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         p.requires_grad = False
     out = method.apply(model, merged, placement, connector, layers)
     if vision == "tuned":
+        names = set(vision_param_names(out))
         for p_name, p in out.named_parameters():
-            if is_vision_param(p_name, out):
+            if p_name in names:
                 p.requires_grad = True
     if name != "none":
         _check_trainable(out, name, connector, vision)
@@ -185,21 +186,16 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
     return out
 
 
-def vision_param_names(model: torch.nn.Module, trainable_only: bool = False) -> list[str]:
-    """Names of the vision encoder's parameters in ``model`` (the connector excluded), as ``named_parameters``."""
-    module_map = get_module_map(model)
-    return [n for n, p in model.named_parameters()
-            if (p.requires_grad or not trainable_only) and is_vision_param(n, model, module_map)]
-
-
 def _check_trainable(model: torch.nn.Module, name: str, connector: str, vision: str = "frozen") -> None:
     """Guard the study's invariants: the vision encoder trained exactly when tuned (all of it), the connector
     trained exactly when tuned."""
-    trainable = set(vision_param_names(model, trainable_only=True))
+    params = dict(model.named_parameters())
+    names = vision_param_names(model)
+    trainable = [n for n in names if params[n].requires_grad]
     if vision == "frozen" and trainable:
-        raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {sorted(trainable)[:3]}")
+        raise RuntimeError(f"method {name!r} made vision-encoder parameters trainable: {trainable[:3]}")
     if vision == "tuned":
-        frozen = [n for n in vision_param_names(model) if n not in trainable]
+        frozen = [n for n in names if not params[n].requires_grad]
         if not trainable or frozen:
             raise RuntimeError(f"method {name!r}: vision 'tuned' but {len(frozen)} vision-encoder parameters are "
                                f"frozen (e.g. {frozen[:3]}) and {len(trainable)} train")
@@ -244,8 +240,8 @@ def _save_vision(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
     base = unwrap_model(model)
-    state = {n: p.detach().to("cpu").clone().contiguous() for n, p in base.named_parameters()
-             if n in set(vision_param_names(base))}
+    names = set(vision_param_names(base))
+    state = {n: p.detach().to("cpu").clone().contiguous() for n, p in base.named_parameters() if n in names}
     tmp = path / f".{VISION_FILE}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(path / VISION_FILE)
