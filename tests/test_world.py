@@ -109,7 +109,38 @@ def vqa_gold(scene: dict, q: str) -> str:
     raise AssertionError(f"unparsed question {q!r}")
 
 
+def unformat(rec: dict) -> tuple[str, str]:
+    """(the plain question, its answer text) of a seen-family record, whatever answer format it is asked in."""
+    lines, fmt = question(rec).split("\n"), rec.get("format")
+    if fmt == "letters":
+        assert lines[0].startswith("Context: ") and lines[1].startswith("Question: ")
+        assert lines[2] == "Options: " + ", ".join(f"{'ABC'[i]}. {c}" for i, c in enumerate(rec["choices"]))
+        assert rec["references"] == [gpt(rec)]
+        return lines[1][len("Question: "):], rec["choices"]["ABC".index(gpt(rec))]
+    if fmt == "choices":
+        assert lines[1] == f"Choices: {', '.join(rec['choices'])}. Choose an option from the choices to answer the " \
+                           "question." and rec["choices"].count(gpt(rec)) == 1
+    elif fmt == "blank":
+        assert lines[1] == "Fill in the blanks in () or answer this question." and gpt(rec).isdigit()
+        for statement, plain in ((r"The number of (.+) in the picture is \(\)\.", r"How many \1 are there?"),
+                                 (r"The (.+) has \(\) corners\.", r"How many corners does the \1 have?"),
+                                 (r"The number written in the image is \(\)\.", "What number is shown?")):
+            if re.fullmatch(statement, lines[0]):
+                return re.sub(statement, plain, lines[0]), gpt(rec)
+        raise AssertionError(f"blank statement without a rewrite rule: {lines[0]!r}")
+    elif fmt == "vizwiz":
+        assert lines[1].startswith('When the information is insufficient, respond with "Unanswerable".')
+    else:
+        assert fmt is None
+    assert len(lines) == 2
+    return lines[0], gpt(rec)
+
+
 def check_vqa_references(rec: dict, gold: str) -> None:
+    q, answer = unformat(rec)
+    assert answer == gold
+    if rec.get("format"):
+        return  # format variants (pre-training split only) carry no ten human answers
     refs = rec["references"]
     assert len(refs) == 10
     assert gpt(rec) == gold
@@ -195,9 +226,8 @@ def test_layout_follows_data_format(world):
 # ------------------------------------------------------------------------------- answers from the scene graph
 def test_vqav2_answers(world):
     for rec in all_records(world[0], "vqav2"):
-        q, suffix = question(rec).split("\n")
-        assert suffix == "Answer the question using a single word or phrase."
-        check_vqa_references(rec, vqa_gold(rec["scene"], q))
+        assert rec.get("format") or question(rec).endswith("\nAnswer the question using a single word or phrase.")
+        check_vqa_references(rec, vqa_gold(rec["scene"], unformat(rec)[0]))
 
 
 def test_vizwiz_answers(world):
@@ -227,21 +257,21 @@ def test_okvqa_answers(world):
         "corners": (r"How many corners does the (.+) have\?", "shape"),
     }
     for rec in all_records(world[0], "okvqa"):
-        q = question(rec).split("\n")[0]
+        q = unformat(rec)[0]
         [(relation, attr, m)] = [(k, a, re.fullmatch(pat, q)) for k, (pat, a) in patterns.items()
                                  if re.fullmatch(pat, q)]
         obj = referent(rec["scene"], m[1])
         facts = KNOWLEDGE_BASE[relation][obj[attr]]
         check_vqa_references(rec, facts[0])
         assert all(a in facts or any(a == f[0] for f in KNOWLEDGE_BASE[relation].values())
-                   for a in rec["references"])
+                   for a in rec["references"]) or rec.get("format") == "letters"
 
 
 def test_ocrvqa_answers(world):
     for rec in all_records(world[0], "ocrvqa"):
-        q = question(rec).split("\n")[0]
+        q, answer = unformat(rec)
         text = rec["scene"]["text"]
-        assert gpt(rec) == text and rec["references"] == [text]
+        assert answer == text and (rec.get("format") == "letters" or rec["references"] == [text])
         assert ("word" in q) == text.isalpha() and ("number" in q) == text.isdigit()
         assert len(rec["scene"]["objects"]) <= 2
         row = rec["scene"]["text_row"]
@@ -417,3 +447,38 @@ def test_rendering_matches_scene_graph(world):
                 x0, y0, x1, y1 = scene["text_bbox"]
                 assert (px[y0:y1, x0:x1].reshape(-1, 3) == TEXT_INK).all(axis=1).sum() >= 10
     assert checked > 100
+
+
+# ---------------------------------------------------------------------------------------- validity of the world
+def test_no_question_only_shortcut():
+    """A model that reads only the question scores at most chance + 0.05 in every family (STUDY.md)."""
+    from mllm_study.world.audit import SHORTCUT_MARGIN, audit_world
+
+    audit = audit_world(seed=0, n_train=600, n_test=400)
+    assert set(audit) == set(FAMILIES) - {"flickr30k"}
+    for family, row in audit.items():
+        assert row["question_only"] <= row["chance"] + SHORTCUT_MARGIN, (family, row)
+        assert 0.0 < row["chance"] < 0.5, (family, row)
+
+
+def test_answers_balanced_per_question_template():
+    """Within each question type, gold answers spread evenly over the answer space (no dominant answer)."""
+    for family in ("vqav2", "iconqa_blank", "iconqa_txt", "sqa", "vizwiz"):
+        by_type: dict = {}
+        for i in range(600):
+            rec, _ = build_item(family, 0, "train", i)
+            q = rec["scene"]["query"]
+            by_type.setdefault((q["type"], q.get("sub")), []).append((gpt(rec), len(q["space"])))
+        for key, rows in by_type.items():
+            top = Counter(a for a, _ in rows).most_common(1)[0][1] / len(rows)
+            expected = np.mean([1 / k for _, k in rows])
+            assert top <= expected + 0.15, (family, key, top, expected)
+
+
+def test_seen_pretrain_split_teaches_the_unseen_formats(world):
+    formats = Counter(r.get("format") for fam in ("vqav2", "okvqa", "ocrvqa")
+                      for r in load(world[0], fam, "pretrain"))
+    assert {None, "letters", "choices", "blank", "vizwiz"} <= set(formats)
+    assert formats[None] < sum(formats.values()) * 0.7
+    for fam in ("vqav2", "okvqa", "ocrvqa"):  # the columns the study scores stay plain
+        assert not any(r.get("format") for split in ("train", "test") for r in load(world[0], fam, split))

@@ -9,6 +9,7 @@ for per-type breakdowns. POPE probes live in ``pope.py``.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ from .language import (
     ALIGN_PROMPTS, CAPTION_PROMPTS, COLOR_VARIANTS, KB_KEY, KNOWLEDGE_BASE, NUMBER_WORDS, POSITION_VARIANTS,
     SHAPE_NOUNS, article, caption_set, describe_scene, object_name, plural, vqa_answers,
 )
-from .scenes import COLORS, OBJECT_TYPES, POSITIONS, SHAPES, item_rng, object_at, pick, render_scene, \
-    sample_degradation, sample_scene, shuffled
+from .scenes import COLORS, NUMBERS, OBJECT_TYPES, POSITIONS, SHAPES, WORDS, item_rng, object_at, pick, \
+    pick_weighted, render_scene, sample_degradation, sample_scene, shuffled
 
 __all__ = ["FamilyInfo", "FAMILIES", "ALIGN", "POPE", "FAMILY_ORDER", "SHORT_ANSWER", "VIZWIZ_SUFFIX",
            "family_info", "build_item"]
@@ -91,103 +92,127 @@ def family_info(name: str) -> FamilyInfo:
     return infos[name]
 
 
-def _unique(objs: list[dict], key: str) -> list[dict]:
-    """Objects whose ``key`` attribute (color/shape) is unique in the scene."""
-    counts = Counter(o[key] for o in objs)
-    return [o for o in objs if counts[o[key]] == 1]
+# ------------------------------------------------------------------------------------------ balanced sampling
+# Every generator picks its question first, then a target answer uniformly from the question's answer space, then
+# draws scenes until one gives that answer (rejection sampling). So the question text carries no information about
+# the answer: a model that ignores the image scores chance (checked by ``world.audit``).
+MAX_TRIES = 20000
 
 
-def _color_ref(rng, objs) -> tuple[dict, str]:
-    """Refer to an object in a way that does not reveal its colour: by unique shape or by position."""
-    options = [(o, f"{o['shape']}") for o in _unique(objs, "shape")] + [(o, f"object at the {o['position']}")
-                                                                       for o in objs]
-    return pick(rng, options)
+def _draw(rng: np.random.Generator, sample: Callable[[], dict], accept: Callable[[dict], bool]) -> dict:
+    """The first scene from ``sample()`` for which ``accept(scene)`` holds (deterministic given ``rng``)."""
+    for _ in range(MAX_TRIES):
+        scene = sample()
+        if accept(scene):
+            return scene
+    raise RuntimeError(f"no scene satisfied the question after {MAX_TRIES} draws")  # a bug in a generator
 
 
-def _shape_ref(rng, objs) -> tuple[dict, str]:
-    """Refer to an object without revealing its shape: by unique colour or by position."""
-    options = [(o, f"{o['color']} object") for o in _unique(objs, "color")] + [(o, f"object at the {o['position']}")
-                                                                              for o in objs]
-    return pick(rng, options)
+def _with(objs: list[dict], **attrs) -> list[dict]:
+    return [o for o in objs if all(o[k] == v for k, v in attrs.items())]
 
 
 def _count_answers(rng, n: int) -> list[str]:
     return vqa_answers(rng, str(n), (NUMBER_WORDS[n],), [str(max(n - 1, 0)), str(n + 1)])
 
 
+def _counts(lo: int, hi: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(lo, hi + 1))
+
+
+def _referent(rng: np.random.Generator, by: str) -> tuple[str, Callable[[dict], dict | None]]:
+    """A way to refer to one object that hides attribute ``by`` ("color" or "shape"), and its resolver.
+
+    Colour questions refer by shape ("the square", only when that shape is unique) or by position; shape questions
+    by colour ("the red object", unique) or by position.
+    """
+    if rng.random() < 0.5:
+        pos = pick(rng, POSITIONS)
+        return f"object at the {pos}", lambda s: object_at(s, pos)
+    if by == "color":
+        shape = pick(rng, SHAPES)
+        return shape, lambda s: (lambda f: f[0] if len(f) == 1 else None)(_with(s["objects"], shape=shape))
+    color = pick(rng, COLORS)
+    return f"{color} object", lambda s: (lambda f: f[0] if len(f) == 1 else None)(_with(s["objects"], color=color))
+
+
+def _attribute_question(rng: np.random.Generator, attr: str) -> tuple[str, str, dict, dict]:
+    """(referring phrase, target value, scene, referred object) for a question about ``attr`` of one object."""
+    ref, resolve = _referent(rng, attr)
+    target = pick(rng, COLORS if attr == "color" else SHAPES)
+    scene = _draw(rng, lambda: sample_scene(rng), lambda s: (o := resolve(s)) is not None and o[attr] == target)
+    return ref, target, scene, resolve(scene)
+
+
 # ---------------------------------------------------------------------------------------------- seen families
 def _vqav2(rng: np.random.Generator) -> dict:
-    scene = sample_scene(rng)
-    objs = scene["objects"]
-    unique_types = [o for o in objs if sum(object_name(p) == object_name(o) for p in objs) == 1]
-    qtype = pick(rng, ("color", "shape", "count", "position", "yesno") if unique_types else
-                 ("color", "shape", "count", "yesno"))
-    query = {"type": qtype}
+    qtype = pick_weighted(rng, ("color", "shape", "count", "position", "yesno"), (0.2, 0.15, 0.2, 0.15, 0.3))
+    query: dict = {"type": qtype}
     if qtype == "color":
-        obj, ref = _color_ref(rng, objs)
-        q, gold = f"What color is the {ref}?", obj["color"]
+        ref, gold, scene, _ = _attribute_question(rng, "color")
+        q, space = f"What color is the {ref}?", COLORS
         refs = vqa_answers(rng, gold, COLOR_VARIANTS[gold], COLORS)
     elif qtype == "shape":
-        obj, ref = _shape_ref(rng, objs)
-        q, gold = (f"What shape is at the {obj['position']}?" if ref.startswith("object at") else
-                   f"What shape is the {ref}?"), obj["shape"]
-        refs = vqa_answers(rng, gold, SHAPE_NOUNS[gold][1:], SHAPES)
+        ref, gold, scene, _ = _attribute_question(rng, "shape")
+        q = f"What shape is at the {ref[len('object at the '):]}?" if ref.startswith("object at") else \
+            f"What shape is the {ref}?"
+        space, refs = SHAPES, vqa_answers(rng, gold, SHAPE_NOUNS[gold][1:], SHAPES)
     elif qtype == "count":
         sub = pick(rng, ("total", "shape", "color"))
         if sub == "total":
-            q, n = "How many objects are there?", len(objs)
-        elif sub == "shape":
-            shape = pick(rng, [o["shape"] for o in objs]) if rng.random() < 0.8 else pick(rng, SHAPES)
-            q, n = f"How many {plural(shape)} are there?", sum(o["shape"] == shape for o in objs)
+            space = _counts(1, 4)
+            n = int(pick(rng, space))
+            q, scene = "How many objects are there?", sample_scene(rng, n_objects=n)
         else:
-            color = pick(rng, [o["color"] for o in objs]) if rng.random() < 0.8 else pick(rng, COLORS)
-            q, n = f"How many {color} objects are there?", sum(o["color"] == color for o in objs)
-        query["sub"], gold = sub, str(n)
-        refs = _count_answers(rng, n)
+            space = _counts(0, 3)
+            n, key = int(pick(rng, space)), pick(rng, SHAPES if sub == "shape" else COLORS)
+            q = f"How many {plural(key)} are there?" if sub == "shape" else f"How many {key} objects are there?"
+            scene = _draw(rng, lambda: sample_scene(rng), lambda s: len(_with(s["objects"], **{sub: key})) == n)
+        query["sub"], gold, refs = sub, str(n), _count_answers(rng, n)
     elif qtype == "position":
-        obj = pick(rng, unique_types)
-        q, gold = f"Where is the {object_name(obj)}?", obj["position"]
+        color, shape = pick(rng, OBJECT_TYPES)
+        gold, space = pick(rng, POSITIONS), POSITIONS
+        q = f"Where is the {color} {shape}?"
+        scene = _draw(rng, lambda: sample_scene(rng),
+                      lambda s: [o["position"] for o in _with(s["objects"], color=color, shape=shape)] == [gold])
         refs = vqa_answers(rng, gold, POSITION_VARIANTS[gold], POSITIONS)
     else:
-        sub, yes = pick(rng, ("exists", "shape_at", "color_at")), bool(rng.random() < 0.5)
+        sub = pick_weighted(rng, ("exists", "shape_at", "color_at"), (0.5, 0.25, 0.25))
+        yes, space = bool(rng.random() < 0.5), ("yes", "no")
         if sub == "exists":
-            present = {(o["color"], o["shape"]) for o in objs}
-            c, s = (pick(rng, sorted(present)) if yes else pick(rng, [t for t in OBJECT_TYPES if t not in present]))
-            q = f"Is there {article(c)} {c} {s} in the image?"
+            color, shape = pick(rng, OBJECT_TYPES)
+            q = f"Is there {article(color)} {color} {shape} in the image?"
+            scene = _draw(rng, lambda: sample_scene(rng),
+                          lambda s: bool(_with(s["objects"], color=color, shape=shape)) == yes)
         elif sub == "shape_at":
-            pos = pick(rng, POSITIONS)
-            here = object_at(scene, pos)
-            if yes and here is None:
-                here = pick(rng, objs)
-                pos = here["position"]
-            shape = here["shape"] if yes else pick(rng, [s for s in SHAPES if not here or s != here["shape"]])
+            pos, shape = pick(rng, POSITIONS), pick(rng, SHAPES)
             q = f"Is there {article(shape)} {shape} at the {pos}?"
+            scene = _draw(rng, lambda: sample_scene(rng),
+                          lambda s: ((o := object_at(s, pos)) is not None and o["shape"] == shape) == yes)
         else:
-            obj = pick(rng, objs)
-            color = obj["color"] if yes else pick(rng, [c for c in COLORS if c != obj["color"]])
-            q = f"Is the object at the {obj['position']} {color}?"
+            pos, color = pick(rng, POSITIONS), pick(rng, COLORS)
+            q = f"Is the object at the {pos} {color}?"
+            scene = _draw(rng, lambda: sample_scene(rng),
+                          lambda s: (o := object_at(s, pos)) is not None and (o["color"] == color) == yes)
         query["sub"], gold = sub, "yes" if yes else "no"
         refs = vqa_answers(rng, gold, (), ("no" if yes else "yes",))
+    query["space"] = list(space)
     scene["query"] = query
     return {"scene": scene, "prompt": f"{q}\n{SHORT_ANSWER}", "answer": gold, "references": refs}
 
 
 def _okvqa(rng: np.random.Generator) -> dict:
-    scene = sample_scene(rng)
     relation = pick(rng, tuple(KNOWLEDGE_BASE))
-    if KB_KEY[relation] == "color":
-        obj, ref = _color_ref(rng, scene["objects"])
-    else:
-        obj, ref = _shape_ref(rng, scene["objects"])
+    ref, key, scene, obj = _attribute_question(rng, KB_KEY[relation])
     q = {
         "fruit": f"Which fruit has the same color as the {ref}?",
         "feeling": f"Which feeling is often linked to the color of the {ref}?",
         "looks_like": f"Which everyday thing has the same shape as the {ref}?",
         "corners": f"How many corners does the {ref} have?",
     }[relation]
-    gold, *variants = KNOWLEDGE_BASE[relation][obj[KB_KEY[relation]]]
+    gold, *variants = KNOWLEDGE_BASE[relation][key]
     wrong = [v[0] for v in KNOWLEDGE_BASE[relation].values()]
-    scene["query"] = {"type": relation, "position": obj["position"]}
+    scene["query"] = {"type": relation, "position": obj["position"], "space": wrong}
     return {"scene": scene, "prompt": f"{q}\n{SHORT_ANSWER}", "answer": gold,
             "references": vqa_answers(rng, gold, variants, wrong)}
 
@@ -200,7 +225,7 @@ def _ocrvqa(rng: np.random.Generator) -> dict:
     else:
         q = pick(rng, ("What number is shown in the image?", "What is the number in the image?",
                        "Which number is written in the image?"))
-    scene["query"] = {"type": scene["text_kind"]}
+    scene["query"] = {"type": scene["text_kind"], "space": list(WORDS if scene["text_kind"] == "word" else NUMBERS)}
     return {"scene": scene, "prompt": f"{q}\n{SHORT_ANSWER}", "answer": scene["text"], "references": [scene["text"]]}
 
 
@@ -209,71 +234,68 @@ _RULE_PAIRS = (("hot", "cold"), ("heavy", "light"), ("soft", "hard"), ("wet", "d
 
 
 def _sqa(rng: np.random.Generator) -> dict:
-    scene = sample_scene(rng)
-    objs = scene["objects"]
-    colors_present = sorted({o["color"] for o in objs})
-    # shape rule needs a shape whose objects share one colour, so "the <property> object" has one colour
-    shape_ok = [s for s in SHAPES if len({o["color"] for o in objs if o["shape"] == s}) == 1]
-    rule = pick(rng, ("color_rule", "shape_rule", "safe", "crowded") if shape_ok else ("color_rule", "safe", "crowded"))
+    rule = pick(rng, ("color_rule", "shape_rule", "safe", "crowded"))
     pa, pb = pick(rng, _RULE_PAIRS)
     if rule == "color_rule":
-        obj, ref = _color_ref(rng, objs)
-        color = obj["color"] if rng.random() < 0.5 else pick(rng, [c for c in COLORS if c != obj["color"]])
+        ref, obj_color, scene, _ = _attribute_question(rng, "color")
+        color = obj_color if rng.random() < 0.5 else pick(rng, [c for c in COLORS if c != obj_color])
         context = f"In this world, {color} things are {pa} and all other things are {pb}."
         question = f"Is the {ref} {pa} or {pb}?"
-        gold = pa if obj["color"] == color else pb
+        gold = pa if obj_color == color else pb
         options = [pa, pb] + ([pick(rng, [p[0] for p in _RULE_PAIRS if p[0] != pa])] if rng.random() < 0.5 else [])
     elif rule == "shape_rule":
-        shape = pick(rng, shape_ok)
-        gold = next(o["color"] for o in objs if o["shape"] == shape)
+        shape, gold = pick(rng, SHAPES), pick(rng, COLORS)
+        scene = _draw(rng, lambda: sample_scene(rng), lambda s: (lambda f: bool(f) and {o["color"] for o in f} == {
+            gold})(_with(s["objects"], shape=shape)))
         context = f"In this world, {plural(shape)} are {pa} and all other shapes are {pb}."
         question = f"What color is the {pa} object?"
-        others = shuffled(rng, [c for c in colors_present if c != gold]) + shuffled(
-            rng, [c for c in COLORS if c not in colors_present])
-        options = [gold] + others[:2]
+        options = [gold] + shuffled(rng, [c for c in COLORS if c != gold])[:2]
     elif rule == "safe":
-        color = pick(rng, colors_present) if rng.random() < 0.5 else pick(rng, COLORS)
+        color, gold = pick(rng, COLORS), pick(rng, ("yes", "no"))
+        scene = _draw(rng, lambda: sample_scene(rng),
+                      lambda s: bool(_with(s["objects"], color=color)) == (gold == "no"))
         context = f"In this world, a room is safe only if it has no {color} objects."
         question, options = "Is this room safe?", ["yes", "no"]
-        gold = "no" if color in colors_present else "yes"
     else:
-        k = int(rng.integers(2, 4))
+        k, gold = int(rng.integers(2, 4)), pick(rng, ("yes", "no"))
+        scene = _draw(rng, lambda: sample_scene(rng), lambda s: (len(s["objects"]) >= k) == (gold == "yes"))
         context = f"In this world, a picture is crowded when it shows at least {k} objects."
         question, options = "Is this picture crowded?", ["yes", "no"]
-        gold = "yes" if len(objs) >= k else "no"
     choices = shuffled(rng, options)
     letter = "ABCDE"[choices.index(gold)]
     opts = ", ".join(f"{'ABCDE'[i]}. {c}" for i, c in enumerate(choices))
-    scene["query"] = {"type": rule}
+    scene["query"] = {"type": rule, "space": list("ABCDE"[:len(choices)])}
     return {"scene": scene, "prompt": f"Context: {context}\nQuestion: {question}\nOptions: {opts}",
             "answer": letter, "references": [letter], "choices": choices}
 
 
 def _vizwiz(rng: np.random.Generator) -> dict:
-    scene = sample_scene(rng)
-    objs = scene["objects"]
-    deg = scene["degradation"] = sample_degradation(rng, scene)
-    hidden = deg.get("position")  # occluded cell, if any
-    if rng.random() < 0.15:
-        qtype, q, pos = "count", "How many objects are there?", None
-        gold = "unanswerable" if hidden else str(len(objs))
-    else:
-        occupied = [o["position"] for o in objs if o["position"] != hidden]
-        if hidden and rng.random() < 0.6:
-            pos = hidden
-        elif occupied and rng.random() < 0.7:
-            pos = pick(rng, occupied)
-        else:
-            pos = pick(rng, [p for p in POSITIONS if p != hidden])
-        obj = object_at(scene, pos)
-        qtype = pick(rng, ("color", "shape", "exists")) if obj else "exists"
-        q = {"color": f"What color is the object at the {pos}?", "shape": f"What shape is at the {pos}?",
-             "exists": f"Is there an object at the {pos}?"}[qtype]
-        if pos == hidden:
-            gold = "unanswerable"
-        else:
-            gold = {"color": obj and obj["color"], "shape": obj and obj["shape"],
-                    "exists": "yes" if obj else "no"}[qtype]
+    qtype = "count" if rng.random() < 0.15 else pick(rng, ("color", "shape", "exists"))
+    pos = None if qtype == "count" else pick(rng, POSITIONS)
+    space = {"count": _counts(1, 4), "color": COLORS, "shape": SHAPES, "exists": ("yes", "no")}[qtype]
+    gold = pick(rng, (*space, "unanswerable"))  # "unanswerable" as likely as any answer: no shortcut
+
+    def sample() -> dict:
+        s = sample_scene(rng)
+        s["degradation"] = sample_degradation(rng, s)
+        return s
+
+    def accept(s: dict) -> bool:
+        hidden = s["degradation"].get("position")
+        if gold == "unanswerable":
+            return hidden is not None and (pos is None or hidden == pos)
+        if qtype == "count":
+            return hidden is None and str(len(s["objects"])) == gold
+        if hidden == pos:
+            return False
+        obj = object_at(s, pos)
+        if qtype == "exists":
+            return (obj is not None) == (gold == "yes")
+        return obj is not None and obj[qtype] == gold
+
+    scene = _draw(rng, sample, accept)
+    q = {"count": "How many objects are there?", "color": f"What color is the object at the {pos}?",
+         "shape": f"What shape is at the {pos}?", "exists": f"Is there an object at the {pos}?"}[qtype]
     if gold == "unanswerable":
         refs = vqa_answers(rng, gold, ("unsuitable",), {"color": COLORS, "shape": SHAPES}.get(qtype, ("yes", "no")))
     elif qtype == "count":
@@ -284,62 +306,59 @@ def _vizwiz(rng: np.random.Generator) -> dict:
         refs = vqa_answers(rng, gold, SHAPE_NOUNS[gold][1:], (*SHAPES, "unanswerable"))
     else:
         refs = vqa_answers(rng, gold, (), ("no" if gold == "yes" else "yes", "unanswerable"))
-    scene["query"] = {"type": qtype, "position": pos, "answerable": gold != "unanswerable"}
+    scene["query"] = {"type": qtype, "position": pos, "answerable": gold != "unanswerable",
+                      "space": [*space, "unanswerable"]}
     return {"scene": scene, "prompt": f"{q}\n{VIZWIZ_SUFFIX}", "answer": gold, "references": refs}
 
 
-def _icon_scene(rng: np.random.Generator, min_objects: int) -> tuple[dict, list[str]]:
-    pool = shuffled(rng, SHAPES)[:2]
-    return sample_scene(rng, min_objects=min_objects, shape_pool=pool), pool
-
-
 def _iconqa_txt(rng: np.random.Generator) -> dict:
-    scene, pool = _icon_scene(rng, 2)
-    counts = Counter(o["shape"] for o in scene["objects"])
-    top = counts.most_common()
-    types = ["count"]
-    if len(top) == 1 or top[0][1] > top[1][1]:
-        types.append("most")
-    if counts[pool[0]] != counts[pool[1]]:  # ties would make "no" the majority answer
-        types.append("compare")
-    qtype = pick(rng, types)
+    qtype = pick(rng, ("count", "most", "compare"))
+    pool = shuffled(rng, SHAPES)[:2]
     if qtype == "count":
-        shape = pick(rng, pool)
-        n = counts[shape]
-        start = max(0, n - int(rng.integers(0, 3)))
-        q, gold, choices = f"How many {plural(shape)} are there?", str(n), [str(start + i) for i in range(3)]
+        shape, start = pick(rng, pool), int(rng.integers(0, 3))
+        choices = [str(start + i) for i in range(3)]
+        gold = pick(rng, choices)
+        q = f"How many {plural(shape)} are there?"
+        accept = lambda s: str(len(_with(s["objects"], shape=shape))) == gold  # noqa: E731
     elif qtype == "most":
-        gold = top[0][0]
+        choices = shuffled(rng, SHAPES)[:3]
+        gold = pick(rng, choices)
+        pool = [gold, pick(rng, [s for s in SHAPES if s != gold])]
         q = "Which shape appears most often?"
-        choices = shuffled(rng, [gold] + shuffled(rng, [s for s in SHAPES if s != gold])[:2])
+        accept = lambda s: (lambda c: c[gold] > c[pool[1]])(Counter(o["shape"] for o in s["objects"]))  # noqa: E731
     else:
-        a, b = shuffled(rng, pool)
-        q, gold = f"Are there more {plural(a)} than {plural(b)}?", "yes" if counts[a] > counts[b] else "no"
-        choices = shuffled(rng, ["yes", "no"])
-    scene["query"] = {"type": qtype}
+        a, b = pool
+        gold, choices = pick(rng, ("yes", "no")), shuffled(rng, ["yes", "no"])
+        q = f"Are there more {plural(a)} than {plural(b)}?"
+        accept = lambda s: (lambda c: c[a] != c[b] and (c[a] > c[b]) == (gold == "yes"))(  # noqa: E731
+            Counter(o["shape"] for o in s["objects"]))
+    scene = _draw(rng, lambda: sample_scene(rng, min_objects=2, shape_pool=pool), accept)
+    scene["query"] = {"type": qtype, "space": choices}
     return {"scene": scene, "prompt": f"{q}\nChoices: {', '.join(choices)}. {ICONQA_TXT_SUFFIX}", "answer": gold,
             "references": [gold], "choices": choices}
 
 
+#: answer range of each fill-in-the-blank question type (targets are drawn uniformly from it)
+_BLANK_RANGES = {"shape": (0, 3), "color": (0, 2), "total": (1, 4), "empty": (0, 3), "plus_one": (1, 4)}
+
+
 def _iconqa_blank(rng: np.random.Generator) -> dict:
-    scene, pool = _icon_scene(rng, 1)
-    objs = scene["objects"]
-    qtype = pick(rng, ("shape", "color", "total", "empty", "plus_one"))
-    if qtype == "shape":
-        shape = pick(rng, pool)
-        q, n = f"Count the {plural(shape)}. There are () {plural(shape)}.", sum(o["shape"] == shape for o in objs)
-    elif qtype == "color":
-        color = pick(rng, [o["color"] for o in objs]) if rng.random() < 0.8 else pick(rng, COLORS)
-        q, n = f"There are () {color} objects in the picture.", sum(o["color"] == color for o in objs)
-    elif qtype == "total":
-        q, n = "There are () objects in the picture in total.", len(objs)
-    elif qtype == "empty":
-        q, n = "() of the four cells are empty.", 4 - len(objs)
-    else:
-        shape = pick(rng, pool)
-        q = f"If one more {shape} is added, there will be () {plural(shape)}."
-        n = sum(o["shape"] == shape for o in objs) + 1
-    scene["query"] = {"type": qtype}
+    qtype = pick(rng, tuple(_BLANK_RANGES))
+    space = _counts(*_BLANK_RANGES[qtype])
+    n = int(pick(rng, space))
+    pool = shuffled(rng, SHAPES)[:2]
+    shape, color = pick(rng, pool), pick(rng, COLORS)
+    q, value = {
+        "shape": (f"Count the {plural(shape)}. There are () {plural(shape)}.",
+                  lambda s: len(_with(s["objects"], shape=shape))),
+        "color": (f"There are () {color} objects in the picture.", lambda s: len(_with(s["objects"], color=color))),
+        "total": ("There are () objects in the picture in total.", lambda s: len(s["objects"])),
+        "empty": ("() of the four cells are empty.", lambda s: 4 - len(s["objects"])),
+        "plus_one": (f"If one more {shape} is added, there will be () {plural(shape)}.",
+                     lambda s: len(_with(s["objects"], shape=shape)) + 1),
+    }[qtype]
+    scene = _draw(rng, lambda: sample_scene(rng, min_objects=1, shape_pool=pool), lambda s: value(s) == n)
+    scene["query"] = {"type": qtype, "space": list(space)}
     return {"scene": scene, "prompt": f"{q}\n{ICONQA_BLANK_SUFFIX}", "answer": str(n), "references": [str(n)]}
 
 
@@ -355,6 +374,53 @@ def _align(rng: np.random.Generator) -> dict:
     scene = sample_scene(rng, text="any", min_objects=0) if rng.random() < 0.3 else sample_scene(rng)
     scene["query"] = {"type": "description"}
     return {"scene": scene, "prompt": pick(rng, ALIGN_PROMPTS), "answer": describe_scene(scene)}
+
+
+# ----------------------------------------------------------------------------- answer formats for stage 2
+# The seen families' pre-training split also asks its own questions in the answer formats of the unseen columns
+# (lettered options with a context line, a list of choices, the fill-in-the-blank and VizWiz instructions), so the
+# base model answers those columns in the right format zero-shot; their skills (rules in a context, icon counting,
+# blanks, unanswerable questions) stay unseen. Test and train splits keep the plain format.
+FORMAT_SHARES = {"plain": 0.4, "letters": 0.2, "choices": 0.2, "blank": 0.1, "vizwiz": 0.1}
+#: fill-in-the-blank statements of the seen number questions (IconQA-blank's own templates stay unseen)
+_BLANK_REWRITES = ((r"How many corners does the (.+) have\?", r"The \1 has () corners."),
+                   (r"How many (.+) are there\?", r"The number of \1 in the picture is ()."),
+                   (r"(What|Which) .*number.*\?", "The number written in the image is ()."))
+NEUTRAL_CONTEXTS = ("The picture shows a few simple objects.", "Look at the objects in the picture.",
+                    "This is a small picture of shapes.")
+
+
+def _in_format(rng: np.random.Generator, item: dict) -> dict:
+    """``item`` (a seen-family question) asked in one of ``FORMAT_SHARES``' formats; ``item["format"]`` says which."""
+    fmt = pick_weighted(rng, tuple(FORMAT_SHARES), tuple(FORMAT_SHARES.values()))
+    q, gold = item["prompt"].split("\n")[0], item["answer"]
+    space = [a for a in item["scene"]["query"].get("space", []) if a != gold]
+    if fmt == "blank" and not gold.isdigit():
+        fmt = "vizwiz"
+    if fmt in ("letters", "choices") and not space:
+        fmt = "plain"
+    if fmt == "plain":
+        return item
+    out = {**item, "format": fmt}
+    if fmt in ("letters", "choices"):
+        choices = shuffled(rng, [gold, *shuffled(rng, space)[:int(rng.integers(1, 3))]])
+        out["choices"] = choices
+        if fmt == "letters":
+            letter = "ABCDE"[choices.index(gold)]
+            opts = ", ".join(f"{'ABCDE'[i]}. {c}" for i, c in enumerate(choices))
+            out.update(prompt=f"Context: {pick(rng, NEUTRAL_CONTEXTS)}\nQuestion: {q}\nOptions: {opts}",
+                       answer=letter, references=[letter])
+        else:
+            out.update(prompt=f"{q}\nChoices: {', '.join(choices)}. {ICONQA_TXT_SUFFIX}", references=[gold])
+    elif fmt == "blank":
+        for pattern, statement in _BLANK_REWRITES:
+            if re.fullmatch(pattern, q):
+                q = re.sub(pattern, statement, q)
+                break
+        out.update(prompt=f"{q}\n{ICONQA_BLANK_SUFFIX}", references=[gold])
+    else:
+        out.update(prompt=f"{q}\n{VIZWIZ_SUFFIX}")
+    return out
 
 
 _GENERATORS: dict[str, Callable[[np.random.Generator], dict]] = {
@@ -381,6 +447,8 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
         item = build_pope_item(seed, split, index)
     elif family in _GENERATORS:
         item = _GENERATORS[family](item_rng(seed, family, split, index))
+        if split == "pretrain" and family in FAMILIES and FAMILIES[family].group == "seen":
+            item = _in_format(item_rng(seed, family, "format", index), item)
     else:
         raise KeyError(f"unknown family {family!r}; available: {', '.join(FAMILY_ORDER)}")
     record = {
@@ -389,7 +457,7 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
         "conversations": [{"from": "human", "value": "<image>\n" + item["prompt"]},
                           {"from": "gpt", "value": item["answer"]}],
     }
-    for key in ("references", "choices", "objects", "label"):
+    for key in ("references", "choices", "objects", "label", "format"):
         if key in item:
             record[key] = item[key]
     record["scene"] = item["scene"]

@@ -24,7 +24,7 @@ from .tasks import FAMILY_ORDER, build_item, family_info
 __all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "load_manifest"]
 
 #: Bump whenever generated content changes: cached worlds (and models pre-trained on them) are keyed by it.
-GENERATOR_VERSION = "synthetic-world v1"
+GENERATOR_VERSION = "synthetic-world v2"  # v2: balanced answers (no question-only shortcut), stage-2 formats
 
 #: Records per split and profile. ``pretrain``: align and the three seen families only; ``pope``: per strategy.
 PROFILES: dict[str, dict[str, int]] = {
@@ -76,9 +76,18 @@ def _resolve_families(families) -> list[str]:
     return [f for f in FAMILY_ORDER if f in set(families)]  # canonical order, no duplicates
 
 
+def world_code_digest() -> str:
+    """SHA-256 of the world package's source: a cached world made by other code is regenerated."""
+    digest = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(f.name.encode() + b"\n" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _matches(manifest: dict | None, profile: str, seed: int, families: list[str]) -> bool:
     return bool(manifest) and manifest.get("generator") == GENERATOR_VERSION and manifest.get("profile") == profile \
-        and manifest.get("seed") == seed and set(families) <= set(manifest.get("families", {}))
+        and manifest.get("seed") == seed and set(families) <= set(manifest.get("families", {})) \
+        and manifest.get("code") == world_code_digest()
 
 
 def _dumps_records(records: list[dict]) -> str:
@@ -120,7 +129,8 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
             fam_entries[family] = {"column": info.column, "metric": info.metric, "group": info.group,
                                    "splits": sizes}
     fingerprint = hashlib.sha256("".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()).hexdigest()
-    manifest = {"generator": GENERATOR_VERSION, "profile": profile, "seed": seed, "families": fam_entries,
+    manifest = {"generator": GENERATOR_VERSION, "code": world_code_digest(), "profile": profile, "seed": seed,
+                "families": fam_entries,
                 "n_files": len(hashes), "fingerprint": fingerprint}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
