@@ -82,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reports", help="reports folder (default: the profile's paths.reports)")
         p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
+                                        "(STUDY.md); prints the figures, exits 1 if a criterion fails")
+    _add_params_options(p)
+    p.add_argument("--runs", help="runs folder (default: the params' paths.runs)")
+    p.add_argument("--world", help="world folder (default: the params' world, generated if missing)")
+    p.add_argument("--base-model", help="base model folder with pretrain_record.json (default: the params' tiny-llava)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="also write every figure to this JSON file")
+
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
     p.add_argument("--runs", default="runs", help="runs folder")
     p.add_argument("--out", help="write CSV (or .parquet) here instead of printing")
@@ -288,6 +296,25 @@ def _cmd_results(args) -> int:
     return 0
 
 
+def _cmd_validate(args) -> int:
+    from .models import ensure_world, tiny_llava_dir
+    from .validity import run_dirs, validate
+
+    params = _params(args)
+    runs = Path(args.runs or params.paths.runs)
+    run_dirs(runs)  # a missing or empty runs folder is an error before any world is generated
+    world = Path(args.world) if args.world else ensure_world(params, not args.quiet)
+    base = Path(args.base_model) if args.base_model else (
+        tiny_llava_dir(params, world) if params.run.model == "tiny-llava" and (world / "manifest.json").exists()
+        else None)
+    result = validate(runs, world, base)
+    print(result.text())
+    if args.json_out:
+        result.write_json(args.json_out)
+        print(f"figures written to {args.json_out}")
+    return result.exit_code
+
+
 def _cmd_data(args) -> int:
     from .converters import convert
 
@@ -329,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
-                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results, "data": _cmd_data}
+                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
+                "data": _cmd_data, "validate": _cmd_validate}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:

@@ -336,21 +336,19 @@ def parse_yes_no(text: str) -> str | None:
 
 
 @register_metric("pope", True, "POPE (Li et al., EMNLP 2023), https://github.com/RUCAIBox/POPE evaluate.py, as "
-                 "LLaVA llava/eval/eval_pope.py", "1")
-def pope(predictions: list[str], references: list[list[str]], unparsed_as: str = "yes"):
+                 "LLaVA llava/eval/eval_pope.py; an answer that is neither yes nor no is scored wrong (not as a yes)",
+                 "2")
+def pope(predictions: list[str], references: list[list[str]]):
     """POPE object probing; ``value`` is the F1 of the "yes" class.
 
-    Args:
-        unparsed_as: What an answer :func:`parse_yes_no` cannot parse counts as: ``"yes"`` (default; what the POPE
-            and LLaVA scripts do -- every answer without "no"/"not" is a yes there), ``"no"``, or ``"wrong"`` (the
-            opposite of the label). Empty/None predictions always count as wrong.
-
-    ``references[i][0]`` is the label, "yes" or "no". ``per_item`` is correctness 0/1. ``extra``: accuracy,
-    precision, recall, f1, yes_ratio (share of answers counted "yes"), tp/fp/tn/fn and unparsed (count, empty
-    predictions included); precision/recall/F1 are 0 when their denominator is 0.
+    ``references[i][0]`` is the label, "yes" or "no". Answers are parsed with :func:`parse_yes_no`. Unlike the
+    POPE and LLaVA scripts (every answer without "no"/"not" is a yes there), an answer that is neither yes nor no
+    (empty included) is *unparsed*: wrong on every probe, positive or negative, and never counted as a yes.
+    ``per_item`` is correctness 0/1. ``extra``: tp/fp/tn/fn (parsed answers only), unparsed (count),
+    unparsed_positive (of them, on positive probes), parse_rate (share parsed); over all probes accuracy and
+    yes_ratio (share answered yes); precision = tp / (tp + fp), recall = tp / positive probes (an unparsed answer
+    to a positive is a miss), f1; precision/recall/F1 are 0 when their denominator is 0.
     """
-    if unparsed_as not in ("yes", "no", "wrong"):
-        raise ValueError(f"unparsed_as must be 'yes', 'no' or 'wrong', got {unparsed_as!r}")
     counts, per_item = Counter(), []
     for i, (pred, refs) in enumerate(zip(predictions, references)):
         label = refs[0].strip().lower()
@@ -359,17 +357,18 @@ def pope(predictions: list[str], references: list[list[str]], unparsed_as: str =
         answer = parse_yes_no(pred) if pred.strip() else None
         if answer is None:
             counts["unparsed"] += 1
-            wrong = unparsed_as == "wrong" or not pred.strip()
-            answer = ("no" if label == "yes" else "yes") if wrong else unparsed_as
-        counts[("tp" if label == "yes" else "fp") if answer == "yes" else ("tn" if label == "no" else "fn")] += 1
+            counts["unparsed_positive"] += label == "yes"
+        else:
+            counts[("tp" if label == "yes" else "fp") if answer == "yes" else ("tn" if label == "no" else "fn")] += 1
         per_item.append(float(answer == label))
-    tp, fp, tn, fn = (counts[k] for k in ("tp", "fp", "tn", "fn"))
+    tp, fp, tn, fn, n = counts["tp"], counts["fp"], counts["tn"], counts["fn"], len(per_item)
+    positives = tp + fn + counts["unparsed_positive"]
     precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
+    recall = tp / positives if positives else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    extra = {"accuracy": (tp + tn) / len(per_item), "precision": precision, "recall": recall, "f1": f1,
-             "yes_ratio": (tp + fp) / len(per_item)}
-    extra.update({k: float(counts[k]) for k in ("tp", "fp", "tn", "fn", "unparsed")})
+    extra = {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1, "yes_ratio": (tp + fp) / n,
+             "parse_rate": 1 - counts["unparsed"] / n}
+    extra.update({k: float(counts[k]) for k in ("tp", "fp", "tn", "fn", "unparsed", "unparsed_positive")})
     return MetricResult(f1, per_item, extra)
 
 

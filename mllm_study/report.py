@@ -211,36 +211,37 @@ def epoch_losses(runs_dir: str | Path, run_ids: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run_id", "epoch", "train_loss", "held_out_loss"])
 
 
-_POPE_CODES = {"tp": 0, "fp": 1, "tn": 2, "fn": 3}
+_POPE_CODES = {"tp": 0, "fp": 1, "tn": 2, "fn": 3, "unparsed_yes": 4, "unparsed_no": 5}
 
 
 def pope_items(items: pd.DataFrame) -> pd.DataFrame:
-    """POPE items with ``code`` (0 tp, 1 fp, 2 tn, 3 fn), parsed as the ``pope`` metric does (unparsed = "yes")."""
+    """POPE items with ``code`` (0 tp, 1 fp, 2 tn, 3 fn, 4/5 unparsed on a positive/negative probe), parsed as the
+    ``pope`` metric does: an answer :func:`~mllm_study.metrics.parse_yes_no` cannot parse (empty included) is wrong
+    whatever the label and is not a yes."""
     from .metrics import parse_yes_no
 
     df = items[items["metric"] == "pope"].copy()
     label = df["references"].map(lambda r: str(r[0] if isinstance(r, list) else r).strip().lower())
-    answer = df["prediction"].fillna("").map(lambda p: (parse_yes_no(p) or "yes") if p.strip() else "wrong")
-    answer = np.where(answer == "wrong", np.where(label == "yes", "no", "yes"), answer)
-    df["code"] = [_POPE_CODES[("tp" if lab == "yes" else "fp") if ans == "yes" else ("tn" if lab == "no" else "fn")]
-                  for lab, ans in zip(label, answer)]
+    answer = [parse_yes_no(p) if p.strip() else None for p in df["prediction"].fillna("")]
+    df["code"] = [_POPE_CODES[f"unparsed_{lab}" if ans is None else ("tp" if lab == "yes" else "fp") if ans == "yes"
+                              else ("tn" if lab == "no" else "fn")] for lab, ans in zip(label, answer)]
     return df
 
 
 def _pope_stat(name: str):
     def stat(codes, axis=-1):
         c = np.asarray(codes)
-        tp, fp, tn, fn = ((c == k).sum(axis=axis).astype(float) for k in range(4))
-        n = tp + fp + tn + fn
+        tp, fp, tn, fn, u_yes, u_no = ((c == k).sum(axis=axis).astype(float) for k in range(6))
+        n, positives = tp + fp + tn + fn + u_yes + u_no, tp + fn + u_yes
         with np.errstate(invalid="ignore", divide="ignore"):
             precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-            recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            recall = np.where(positives > 0, tp / positives, 0.0)
             f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
         return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
-                "yes_ratio": (tp + fp) / n}[name]
+                "yes_ratio": (tp + fp) / n, "parse_rate": 1 - (u_yes + u_no) / n}[name]
     return stat
 
 
 def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> stats.Interval:
-    """A POPE metric (accuracy, precision, recall, f1, yes_ratio) with a bootstrap CI over probes."""
+    """A POPE metric (accuracy, precision, recall, f1, yes_ratio, parse_rate) with a bootstrap CI over probes."""
     return stats.bootstrap_ci(np.asarray(codes, dtype=float), _pope_stat(name), n_resamples=n_resamples, seed=0)

@@ -282,32 +282,45 @@ def test_cider_auto_without_java_uses_python(monkeypatch):
     ("No, there is not.", "no"), ("There is not a cat.", "no"), ("Yes. But there is no cat.", "yes"),
     ("Yes, but no cat", "no"),  # commas are dropped, not split on (as POPE): "no" in the first sentence wins
     ("There is a dog.", None), ("There isn't a dog", None), ("nothing", None), ("", None),
+    # POPE's script: "not" anywhere in the first sentence is a no; what it calls yes otherwise is None here
+    ("There is not a dog in the image.", "no"), ("I cannot tell", None), ("a yellow left", None),
 ])
 def test_parse_yes_no(text, parsed):
     assert parse_yes_no(text) == parsed
 
 
 def test_pope_golden_counts():
-    preds = ["Yes", "yes, there is", "No.", "no", "Yes", "There is a cat", "I cannot tell", "No"]
-    labels = ["yes", "yes", "yes", "no", "no", "yes", "no", "no"]
-    # parsed: yes yes no no yes (unparsed -> yes) (unparsed -> yes) no
-    # TP = items 0, 1, 5 = 3; FN = item 2 = 1; FP = items 4, 6 = 2; TN = items 3, 7 = 2
-    # precision 3/5, recall 3/4, F1 = 2 * 0.6 * 0.75 / 1.35 = 2/3; accuracy 5/8; yes ratio (3 + 2)/8
+    # Parsed as the POPE script (first sentence, commas dropped, "no"/"not" first); where that script calls every
+    # other answer a yes, here "There is a cat", "I cannot tell" and the caption fragment are unparsed.
+    preds = ["Yes", "yes, there is", "No.", "no", "Yes", "There is a cat", "I cannot tell", "No", "a yellow left",
+             "There is not a dog. Yes."]
+    labels = ["yes", "yes", "yes", "no", "no", "yes", "no", "no", "yes", "no"]
+    # parsed: yes yes no no yes - - no - no
+    # TP = items 0, 1 = 2; FN = item 2 = 1; FP = item 4 = 1; TN = items 3, 7, 9 = 3; unparsed 5, 6, 8 (5, 8 positive)
+    # precision 2/3, recall 2/5 (5 positive probes), F1 = 2 * (2/3) * (2/5) / (2/3 + 2/5) = 1/2;
+    # accuracy (2 + 3)/10; yes ratio (2 + 1)/10 (an unparsed answer is not a yes); parse rate 7/10
     res = compute_metric("pope", preds, [[lab] for lab in labels])
-    assert res.per_item == [1, 1, 0, 1, 0, 1, 0, 1]
-    assert res.value == pytest.approx(2 / 3)
-    assert res.extra == pytest.approx({"accuracy": 5 / 8, "precision": 0.6, "recall": 0.75, "f1": 2 / 3,
-                                       "yes_ratio": 5 / 8, "tp": 3, "fp": 2, "tn": 2, "fn": 1, "unparsed": 2})
-    # unparsed_as="no": items 5 (label yes) -> FN, 6 (label no) -> TN: TP 2, FP 1, TN 3, FN 2
-    res = compute_metric("pope", preds, [[lab] for lab in labels], unparsed_as="no")
-    assert (res.extra["tp"], res.extra["fp"], res.extra["tn"], res.extra["fn"]) == (2, 1, 3, 2)
-    assert res.value == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))  # P 2/3, R 2/4 -> F1 4/7
-    # unparsed_as="wrong": both unparsed items count wrong: item 5 -> FN (was TP), item 6 -> FP (as before)
-    res = compute_metric("pope", preds, [[lab] for lab in labels], unparsed_as="wrong")
-    assert res.per_item[5:7] == [0.0, 0.0]
-    assert (res.extra["tp"], res.extra["fp"], res.extra["tn"], res.extra["fn"]) == (2, 2, 2, 2)
+    assert res.per_item == [1, 1, 0, 1, 0, 0, 0, 1, 0, 1]
+    assert res.value == pytest.approx(0.5)
+    assert res.extra == pytest.approx({"accuracy": 0.5, "precision": 2 / 3, "recall": 0.4, "f1": 0.5,
+                                       "yes_ratio": 0.3, "parse_rate": 0.7, "tp": 2, "fp": 1, "tn": 3, "fn": 1,
+                                       "unparsed": 3, "unparsed_positive": 2})
     # no positive predictions at all: precision/recall/F1 are 0, not an error
     assert compute_metric("pope", ["no", "no"], [["no"], ["no"]]).extra["f1"] == 0.0
+
+
+def test_pope_unparsed_is_wrong_on_both_labels_and_never_a_yes():
+    # The case: caption fragments to every probe. Under POPE's rule they would all be "yes" (yes ratio 1,
+    # accuracy = share of positive probes); here every one is wrong and the yes ratio is 0.
+    res = compute_metric("pope", ["a yellow left"] * 4, [["yes"], ["no"], ["yes"], ["no"]])
+    assert res.per_item == [0.0] * 4
+    assert (res.extra["accuracy"], res.extra["yes_ratio"], res.extra["parse_rate"], res.value) == (0, 0, 0, 0)
+    assert res.extra["unparsed"] == 4 and res.extra["unparsed_positive"] == 2
+    # an all-"yes" model: accuracy = share of positives, F1 of the yes class 2p/(1+p) with p = 1/2 -> 2/3
+    res = compute_metric("pope", ["Yes"] * 4, [["yes"], ["no"], ["yes"], ["no"]])
+    assert (res.extra["accuracy"], res.extra["yes_ratio"], res.extra["parse_rate"]) == (0.5, 1.0, 1.0)
+    assert res.value == pytest.approx(2 / 3)
+    assert get_metric("pope").version == "2"  # scores changed: unparsed answers no longer count as yes
 
 
 # ---- chair -------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import yaml
 
 from mllm_study import findings, report, study
 from mllm_study.config import PARAMS_DIR
+from mllm_study.metrics import compute_metric
 
 ROOT = PARAMS_DIR.parent
 GROUPS = {"sqa": "unseen", "iconqa_txt": "unseen", "vizwiz": "unseen", "okvqa": "seen", "vqav2": "seen",
@@ -123,12 +124,18 @@ def test_pope_metrics_from_items():
     items = pd.DataFrame({"metric": "pope", "prediction": ["Yes", "no", "yes", "No.", "maybe", ""],
                           "references": [["yes"], ["no"], ["no"], ["yes"], ["no"], ["yes"]]})
     codes = report.pope_items(items)["code"].tolist()
-    # yes/yes tp; no/no tn; yes/no fp; no/yes fn; unparsed "maybe" counts as yes -> fp; empty is wrong -> fn
-    assert codes == [0, 2, 1, 3, 1, 3]
+    # yes/yes tp; no/no tn; yes/no fp; no/yes fn; unparsed "maybe" on a negative -> 5; empty on a positive -> 4
+    assert codes == [0, 2, 1, 3, 5, 4]
     acc = report.pope_metric_ci(codes, "accuracy", n_resamples=200)
     assert acc.estimate == pytest.approx(2 / 6)
-    assert report.pope_metric_ci(codes, "yes_ratio").estimate == pytest.approx(3 / 6)
-    assert report.pope_metric_ci(codes, "precision").estimate == pytest.approx(1 / 3)
+    assert report.pope_metric_ci(codes, "yes_ratio").estimate == pytest.approx(2 / 6)  # unparsed is not a yes
+    assert report.pope_metric_ci(codes, "precision").estimate == pytest.approx(1 / 2)
+    assert report.pope_metric_ci(codes, "recall").estimate == pytest.approx(1 / 3)  # 3 positive probes
+    assert report.pope_metric_ci(codes, "parse_rate").estimate == pytest.approx(4 / 6)
+    # the same figures as the metric itself
+    res = compute_metric("pope", list(items["prediction"]), list(items["references"]))
+    for name in ("accuracy", "yes_ratio", "precision", "recall", "f1", "parse_rate"):
+        assert report.pope_metric_ci(codes, name, n_resamples=10).estimate == pytest.approx(res.extra[name])
 
 
 def test_epoch_losses_read_the_train_log(tmp_path):
