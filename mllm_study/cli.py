@@ -6,6 +6,7 @@ Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --con
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -81,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
         p.add_argument("--reports", help="reports folder (default: the profile's paths.reports)")
         p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("calibrate", help="choose each PEFT method's learning rate for an embedded profile: a log grid "
+                                         "scored on a validation split carved from train (params/calibration.yaml)")
+    p.add_argument("--profile", default="quick", help="smoke or quick (default); real-model profiles keep the "
+                                                      "paper's rates")
+    p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
+    p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for the grid (default: 2 on 2 cores)")
+    p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
                                         "(STUDY.md); prints the figures, exits 1 if a criterion fails")
@@ -296,6 +306,15 @@ def _cmd_results(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from .calibration import calibrate
+
+    result = calibrate(args.profile, cache=args.cache, runs=args.runs, progress=False, workers=args.workers,
+                       stream=sys.stderr if not args.quiet else io.StringIO())
+    print("\n".join(result.lines()))
+    return 0 if result.ok else 1
+
+
 def _cmd_validate(args) -> int:
     from .models import ensure_world, tiny_llava_dir
     from .validity import run_dirs, validate
@@ -357,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
                 "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
-                "data": _cmd_data, "validate": _cmd_validate}
+                "data": _cmd_data, "validate": _cmd_validate,
+                "calibrate": _cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:

@@ -55,6 +55,7 @@ class PretrainConfig:
     patch_size: int = 8
     stage1_steps: int = 800  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
     stage2_steps: int = 1400  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -70,6 +71,8 @@ class PretrainConfig:
             raise ConfigError("pretrain.image_size must be a multiple of pretrain.patch_size")
         if self.lr <= 0:
             raise ConfigError(f"pretrain.lr must be positive (got {self.lr})")
+        if not 0 <= self.stage2_align_share < 1:
+            raise ConfigError(f"pretrain.stage2_align_share must be in [0, 1) (got {self.stage2_align_share})")
 
 
 @dataclass
@@ -104,6 +107,7 @@ class RunConfig:
     eval_datasets: list = field(default_factory=list)  # also evaluate on these (families/folders; "pope" = 3 splits)
     eval_every_epoch: bool = False  # evaluate (and measure held-out loss) after every epoch, not only at the end
     max_new_tokens: int | None = None  # None = the dataset's own limit
+    eval_split: str = "test"  # test, or val: train on train minus a carved validation split and score on it
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -113,6 +117,8 @@ class RunConfig:
             raise ConfigError(f"run.vision must be 'frozen' or 'tuned' (got {self.vision!r})")
         if self.vision == "tuned" and self.method == "none":
             raise ConfigError("run.vision 'tuned' needs a method that trains; run.method 'none' trains nothing")
+        if self.eval_split not in ("test", "val"):
+            raise ConfigError(f"run.eval_split must be 'test' or 'val' (got {self.eval_split!r})")
         if self.placement not in (None, "attention", "mlp", "both"):
             raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
         for name in ("lr", "connector_lr", "vision_lr", "epochs"):
@@ -229,7 +235,8 @@ def _read_yaml(path: Path) -> dict:
 
 def list_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:
     """Profiles are the params files that are not research-question diffs or defaults."""
-    return sorted(p.stem for p in params_dir.glob("*.yaml") if p.stem != "defaults" and not p.stem.startswith("rq"))
+    return sorted(p.stem for p in params_dir.glob("*.yaml")
+                  if p.stem not in ("defaults", "calibration") and not p.stem.startswith("rq"))
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -35,7 +35,7 @@ from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard,
                         _write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
 
 __all__ = [
-    "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
+    "CARVED_SPLITS", "VAL_SIZE", "val_size", "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
     "prompt_messages", "Collator", "IGNORE_INDEX", "processor_fingerprint", "set_encoding_cache",
     "clear_encoding_cache",
 ]
@@ -92,6 +92,17 @@ def validate_record(record: Any, where: str) -> None:
         raise DataError(f"{where} (id {record['id']}): 'references' must be a non-empty list of strings")
 
 
+#: Splits carved from ``train.json``: ``val`` (its last records, for choosing learning rates without touching the
+#: test split) and ``train_minus_val`` (the rest, what a run that is scored on ``val`` trains on).
+CARVED_SPLITS = ("val", "train_minus_val")
+VAL_SIZE = 200
+
+
+def val_size(n_train: int) -> int:
+    """Size of the validation split carved from a train split of ``n_train`` records (at most a fifth of it)."""
+    return max(1, min(VAL_SIZE, n_train // 5))
+
+
 def subsample(records: list[dict], size: int | None, seed: int) -> list[dict]:
     """A seeded random subset of ``size`` records (in original order); all records when size is None."""
     if size is None:
@@ -117,7 +128,8 @@ def load_split(dataset_dir: str | Path, split: str, size: int | None = None, see
         Records with ``image_path`` (absolute str or None) and ``dataset`` (the dataset name) added.
     """
     info = load_dataset_info(dataset_dir)
-    path = Path(dataset_dir) / f"{split}.json"
+    carve = split if split in CARVED_SPLITS else None
+    path = Path(dataset_dir) / f"{'train' if carve else split}.json"
     if not path.exists():
         known = sorted(p.stem for p in Path(dataset_dir).glob("*.json") if p.stem != "dataset")
         raise DataError(f"{dataset_dir}: no split {split!r} ({path.name} missing); splits: {', '.join(known)}")
@@ -135,6 +147,9 @@ def load_split(dataset_dir: str | Path, split: str, size: int | None = None, see
         if rec["id"] in seen:
             raise DataError(f"{path}: duplicate id {rec['id']!r}")
         seen.add(rec["id"])
+    if carve:
+        n_val = val_size(len(records))
+        records = records[-n_val:] if carve == "val" else records[:-n_val]
     try:
         records = subsample(records, size, seed)
     except DataError as exc:

@@ -29,8 +29,12 @@ __all__ = [
 ]
 
 TINY_MODEL = "tiny-llava"
-RECIPE_VERSION = "1"  # bump when the pre-training code changes what it produces
+RECIPE_VERSION = "2"  # bump when the pre-training code changes what it produces (the key also hashes the code)
 SEEN_FAMILIES = ("okvqa", "ocrvqa", "vqav2")
+#: the image-use check scores these with and without the image (every column and the POPE probe)
+CHECK_FAMILIES = ("sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2", "pope")
+#: the modules whose code decides the pre-trained weights (with the world's own package): hashed into the recipe key
+RECIPE_MODULES = ("models.py", "train.py", "data.py")
 # A plain template the tiny tokenizer can represent: "user : <image> question assistant : answer </s>".
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -111,10 +115,23 @@ def ensure_world(params: Params, progress: bool = True) -> Path:
     return out
 
 
+def recipe_code_digest() -> str:
+    """SHA-256 over the source of every module that decides the pre-trained weights (world/ and RECIPE_MODULES)."""
+    root = Path(__file__).parent
+    files = sorted((root / "world").glob("*.py")) + [root / m for m in RECIPE_MODULES]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f"{f.relative_to(root)}\n".encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
 def _recipe_key(cfg: PretrainConfig, world_dir: Path) -> str:
+    import transformers
+
     manifest = json.loads((world_dir / "manifest.json").read_text())
     recipe = {"pretrain": dataclasses.asdict(cfg), "world": manifest.get("fingerprint", manifest),
-              "recipe_version": RECIPE_VERSION}
+              "recipe_version": RECIPE_VERSION, "code": recipe_code_digest(),
+              "versions": [torch.__version__, transformers.__version__]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -123,15 +140,18 @@ def tiny_llava_dir(params: Params, world_dir: Path) -> Path:
     return Path(params.paths.cache) / "models" / f"{TINY_MODEL}-{_recipe_key(params.pretrain, world_dir)}"
 
 
-def image_use_check(model, processor, world_dir: Path, size: int, progress: bool = True) -> dict[str, dict]:
-    """Score on each seen family's test split with the real images and with blank images."""
+def image_use_check(model, processor, world_dir: Path, size: int, progress: bool = True,
+                    families: tuple[str, ...] = CHECK_FAMILIES) -> dict[str, dict]:
+    """Score on each family's test split (POPE: its ``random`` split) with the real images and with blank images."""
     from .data import load_dataset_info, load_split
     from .evaluate import evaluate_records
 
     out = {}
-    for family in SEEN_FAMILIES:
+    for family in families:
+        if not (world_dir / family).is_dir():
+            continue
         info = load_dataset_info(world_dir / family)
-        records = load_split(world_dir / family, "test")
+        records = load_split(world_dir / family, "random" if family == "pope" else "test")
         records = records[:size]
         scores = {}
         for blank in (False, True):
@@ -147,7 +167,9 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
 
     Stage 1 (alignment): scene descriptions (``align``); the whole model trains, since here nothing is
     pre-trained (in LLaVA only the connector trains because CLIP and the LLM already are).
-    Stage 2 (instruction tuning): the seen families' ``pretrain`` splits; vision tower frozen, like LLaVA.
+    Stage 2 (instruction tuning): the seen families' ``pretrain`` splits (which also ask their questions in the
+    unseen columns' answer formats, see ``world.tasks.FORMAT_SHARES``) mixed with a share of stage-1 descriptions
+    (``stage2_align_share``, as LLaVA's instruction mix keeps detailed descriptions); vision tower frozen, like LLaVA.
     The folder holds the checkpoint, processor and ``pretrain_record.json`` (recipe, losses, timings, image-use check).
     """
     from .data import Collator, load_split
@@ -167,6 +189,11 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
         if steps <= 0:
             continue
         records = [r for fam in families for r in load_split(world_dir / fam, "pretrain")]
+        if name == "stage2_instruct" and cfg.stage2_align_share > 0:
+            align = load_split(world_dir / "align", "pretrain")
+            n_align = min(len(align), round(len(records) * cfg.stage2_align_share / (1 - cfg.stage2_align_share)))
+            records = records + align[:n_align]
+            families = [*families, "align"]
         for p_name, p in model.named_parameters():
             p.requires_grad = not (freeze_vision and ".vision_tower." in f".{p_name}")
         group = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]

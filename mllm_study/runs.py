@@ -76,6 +76,8 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     run.pop("method_presets")
     if run["vision"] == "frozen":  # the study's setting: keeps the ids of runs made before the option existed
         del run["vision"], run["vision_lr"]
+    if run["eval_split"] == "test":  # likewise
+        del run["eval_split"]
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
@@ -147,7 +149,7 @@ def eval_targets(params: Params, progress: bool = True) -> list[tuple[Path, str,
     from .data import load_dataset_info
 
     own = resolve_dataset(params.run.dataset, params, progress)
-    targets = [(own, "test", params.run.test_size)]
+    targets = [(own, params.run.eval_split, params.run.test_size)]
     for name in params.run.eval_datasets:
         folder = resolve_dataset(name, params, progress)
         splits = [k for k in load_dataset_info(folder).get("splits", {"test": 0}) if k not in ("train", "pretrain")]
@@ -214,8 +216,9 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     dataset_dir = resolve_dataset(run.dataset, params, progress)
     info = load_dataset_info(dataset_dir)
     targets = eval_targets(params, progress)
-    train = load_split(dataset_dir, "train", run.train_size, seed=run.seed) if run.method != "none" else []
-    held_out = load_split(dataset_dir, "test", run.test_size, seed=0) if run.eval_every_epoch else []
+    train_split = "train_minus_val" if run.eval_split == "val" else "train"
+    train = load_split(dataset_dir, train_split, run.train_size, seed=run.seed) if run.method != "none" else []
+    held_out = load_split(dataset_dir, run.eval_split, run.test_size, seed=0) if run.eval_every_epoch else []
     model, processor = base_model(params, progress)
     from .train import set_seed
 
@@ -261,7 +264,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
             save_method(model, tmp / "adapter")
         if not run.eval_every_epoch or run.method == "none":
             rows = _evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
-        own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == "test"
+        own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == run.eval_split
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
         metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],

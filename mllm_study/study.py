@@ -262,6 +262,8 @@ class StudySummary:
     runs_failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     index: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds (world, pre-training, ...)
+    calibration: list[str] = field(default_factory=list)  # the calibration's table
 
     @property
     def ok(self) -> bool:
@@ -277,6 +279,8 @@ class StudySummary:
                 out.append(f"      {r['error']}")
         for rid, reason in self.runs_failed.items():
             out.append(f"  failed run {rid}: {reason}")
+        if self.stages:
+            out.append("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.stages.items()))
         if self.index:
             out.append(f"index: {self.index}")
         return out
@@ -316,7 +320,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
     """
     from . import report as rep
-    from .sweep import run_sweep
+    from .sweep import default_workers, run_sweeps
 
     stream = stream or sys.stderr
     start = time.perf_counter()
@@ -329,21 +333,40 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     runs_dir = Path(runs or base.paths.runs).resolve()
     reports_dir = Path(reports or base.paths.reports).resolve()
     summary = StudySummary(profile=profile)
-
-    # 1. runs: every RQ's sweep (the summary needs all of them), each run once; status lines on the terminal
     rq_files = {p.stem: p for p in sorted(PARAMS_DIR.glob("rq*.yaml"))}
     needed = rq_files if SUMMARY_NOTEBOOK in stems else {s: rq_files[s] for s in stems if s in rq_files}
-    plans: dict[str, list[str]] = {}
-    for stem, path in needed.items():
-        params = rq_params(path, profile, str(cache_dir), str(runs_dir))
-        plans[stem] = plan_runs(params, cached=not train)
-        if train:
-            print(f"== {stem}: {len(plans[stem])} runs", file=stream, flush=True)
-            res = run_sweep(params, progress=progress, stream=stream)
+    rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir)) for stem, path in needed.items()}
+    workers = default_workers()
+    if train:
+        # 0. world and base model, once, in this process (before any worker starts)
+        first = next(iter(rq.values()), base)
+        if first.run.model == "tiny-llava":
+            from .models import ensure_world, pretrain_tiny_llava
+
+            world = _timed(summary, "world", lambda: ensure_world(first, progress), stream)
+            _timed(summary, "pre-training", lambda: pretrain_tiny_llava(first, world, progress), stream)
+        # 1. learning-rate calibration of the embedded profiles (its runs are cached like any other)
+        from .calibration import calibrate, has_calibration
+
+        if has_calibration(profile):
+            cal = _timed(summary, "calibration", lambda: calibrate(profile, str(cache_dir), str(runs_dir),
+                                                                   stream=stream, workers=workers), stream)
+            summary.calibration = cal.lines()
+            summary.runs_failed.update(cal.failed)
+            print("\n".join(summary.calibration), file=stream, flush=True)
+    # 2. runs: every RQ's sweep (the summary needs all of them), each run once, over the local workers
+    plans = {stem: plan_runs(params, cached=not train) for stem, params in rq.items()}
+    if train:
+        total = len({rid for ids in plans.values() for rid in ids})
+        print(f"== runs: {total} over {len(rq)} research questions, {workers} worker(s)", file=stream, flush=True)
+        results = _timed(summary, "runs", lambda: run_sweeps(list(rq.values()), workers, progress=progress,
+                                                             stream=stream), stream)
+        for stem, res in zip(rq, results):
             summary.runs_trained += len(res.ran)
             summary.runs_failed.update(res.failed)
-            print(f"   {res.line()}", file=stream, flush=True)
+            print(f"   {stem}: {res.line()}", file=stream, flush=True)
     summary.runs_total = len({rid for ids in plans.values() for rid in ids})
+    report_start = time.perf_counter()
 
     # 2. notebooks -> reports/<stem>/<profile>.html (skipped when nothing they depend on changed)
     for k, stem in enumerate(stems, 1):
@@ -364,6 +387,16 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         summary.reports[stem] = {"status": result.status, "html": str(html), "seconds": result.seconds,
                                  "cached": False, "error": result.error}
     summary.index = str(rep.write_index(reports_dir))
+    summary.stages["reports"] = time.perf_counter() - report_start
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _timed(summary: StudySummary, stage: str, fn, stream):
+    """Run one stage of the study, recording its wall time in ``summary.stages``."""
+    start = time.perf_counter()
+    print(f"== {stage}", file=stream, flush=True)
+    out = fn()
+    summary.stages[stage] = time.perf_counter() - start
+    return out
 

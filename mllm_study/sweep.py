@@ -25,7 +25,7 @@ from typing import Any
 
 from .config import ConfigError, Params, RunConfig
 
-__all__ = ["expand_sweep", "plan_sweep", "run_sweep", "SweepSummary", "claim_run", "release_run", "sweep_status",
+__all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run", "release_run", "sweep_status",
            "parse_shard", "submit_sweep"]
 
 
@@ -222,6 +222,54 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
             release_run(runs_dir, rid)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def default_workers() -> int:
+    """Local worker processes for a study: ``MLLM_STUDY_WORKERS``, else one per core up to two (one torch thread
+    each: on two cores that beats one run on two threads, see benchmarks/README.md)."""
+    env = os.environ.get("MLLM_STUDY_WORKERS")
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ConfigError(f"MLLM_STUDY_WORKERS must be a positive integer, got {env!r}")
+        return int(env)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _worker_sweeps(task: tuple[list[Params], int]) -> list[SweepSummary]:
+    """One local worker: every sweep in order, one torch thread; claims keep the workers on different runs."""
+    import torch
+
+    params_list, worker = task
+    torch.set_num_threads(1)
+    out = []
+    for params in params_list:
+        out.append(run_sweep(params, progress=False, stream=sys.stderr))
+    return out
+
+
+def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None) -> list[SweepSummary]:
+    """Run several sweeps with ``workers`` local processes that share the runs through claims (dynamic balance:
+    a worker skips a run another one holds and takes the next). One :class:`SweepSummary` per sweep, merged.
+
+    The base model must already be pre-trained (else every worker would pre-train it).
+    """
+    if workers <= 1:
+        return [run_sweep(p, progress=progress, stream=stream) for p in params_list]
+    import multiprocessing as mp
+
+    start = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(_worker_sweeps, [(params_list, k) for k in range(workers)])
+    merged = []
+    for i in range(len(params_list)):
+        runs = [p[i] for p in parts]
+        ran = list(dict.fromkeys(rid for r in runs for rid in r.ran))
+        summary = SweepSummary(total=runs[0].total, ran=ran,
+                               skipped=[rid for rid in runs[0].skipped if rid not in ran],
+                               failed={rid: why for r in runs for rid, why in r.failed.items() if rid not in ran})
+        summary.seconds = time.perf_counter() - start
+        merged.append(summary)
+    return merged
 
 
 def _sweep_task(argv: list[str]) -> int:

@@ -1,0 +1,223 @@
+"""Learning-rate calibration of the embedded profiles: a log grid per method, scored on a validation split.
+
+Usage: ``mllm-study calibrate --profile quick`` (runs or reuses ``params/calibration.yaml``'s sweep, prints the
+curves and the chosen rates) or ``result = calibrate("quick")``
+
+The paper's learning rates are for 7B models; the tiny model needs its own. For each PEFT method the sweep trains
+on ``train`` minus a validation split carved from it (``run.eval_split: val``, never the test split) at every rate
+of a log grid (rungs 1 and 3 x 10^k, ``points`` rungs centred on the profile's preset) on the calibration columns,
+and chooses the rate with the best mean validation score. A best rate on the edge of its grid extends the grid by
+one rung on that side (trained here, outside the static sweep) until it is inside. The sweep also trains each
+method at its preset rate with twice the epochs: the score change is the convergence figure (at most
+``CONVERGENCE_TOLERANCE`` in mean over the columns). The profile's presets (``run.method_presets.<m>.lr``) are
+what this command chose; it exits non-zero, naming the key to change, when they differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PARAMS_DIR, ConfigError, Params
+
+__all__ = ["CALIBRATION_FILE", "CONVERGENCE_TOLERANCE", "MAX_EXTENSIONS", "rung", "lr_grid", "Calibration",
+           "has_calibration", "calibrate", "read_calibration"]
+
+CALIBRATION_FILE = PARAMS_DIR / "calibration.yaml"
+CONVERGENCE_TOLERANCE = 0.02
+MAX_EXTENSIONS = 3
+
+
+def rung(lr: float) -> int:
+    """Index of ``lr`` on the ladder 1e-5, 3e-5, 1e-4, 3e-4, ... (rung 0 = 1e-5); rates off the ladder are errors."""
+    k = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10 ** k
+    for offset, m in ((0, 1.0), (1, 3.0)):
+        if math.isclose(mantissa, m, rel_tol=1e-6):
+            return 2 * (k + 5) + offset
+    raise ConfigError(f"learning rate {lr:g} is not on the calibration ladder (1 or 3 x 10^k)")
+
+
+def _rate(index: int) -> float:
+    k, offset = divmod(index, 2)
+    return float(f"{(1.0, 3.0)[offset]}e{k - 5}")
+
+
+def lr_grid(center: float, points: int = 5) -> list[float]:
+    """``points`` consecutive ladder rates centred on ``center``: ``lr_grid(1e-3) = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]``."""
+    c = rung(center)
+    return [_rate(c + i) for i in range(-(points // 2), points - points // 2)]
+
+
+@dataclass
+class Calibration:
+    """What the calibration measured: per method the validation curve, the chosen rate and the convergence check."""
+
+    profile: str
+    columns: list[str]
+    curves: dict[str, dict[float, dict[str, float]]] = field(default_factory=dict)  # method -> lr -> column -> score
+    chosen: dict[str, float] = field(default_factory=dict)
+    presets: dict[str, float] = field(default_factory=dict)
+    extended: dict[str, list[float]] = field(default_factory=dict)  # rates added beyond the static grid
+    doubled: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> column -> (2x epochs - 1x)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def mean(self, method: str, lr: float) -> float:
+        scores = self.curves[method][lr]
+        return sum(scores.values()) / len(scores) if scores else float("nan")
+
+    def mismatches(self) -> list[str]:
+        return [m for m in self.chosen if not math.isclose(self.chosen[m], self.presets.get(m, float("nan")))]
+
+    def unconverged(self) -> list[str]:
+        return [m for m, d in self.doubled.items()
+                if not d or abs(sum(d.values()) / len(d)) > CONVERGENCE_TOLERANCE]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.mismatches() and not self.unconverged()
+
+    def lines(self) -> list[str]:
+        out = [f"learning-rate calibration '{self.profile}' (validation split carved from train; columns "
+               f"{', '.join(self.columns)}; mean score per rate, * = chosen)"]
+        for method, curve in self.curves.items():
+            cells = [f"{lr:g}: {self.mean(method, lr):.3f}{'*' if lr == self.chosen.get(method) else ''}"
+                     for lr in sorted(curve)]
+            out.append(f"  {method:8s} " + "  ".join(cells))
+        for method, d in self.doubled.items():
+            shown = ", ".join(f"{c} {v:+.3f}" for c, v in d.items()) or "not measured"
+            out.append(f"  {method:8s} twice the epochs at {self.presets.get(method, float('nan')):g}: {shown}")
+        for method in self.mismatches():
+            out.append(f"  MISMATCH {method}: calibration chose {self.chosen[method]:g}, the profile presets "
+                       f"{self.presets.get(method, float('nan')):g}: set run.method_presets.{method}.lr: "
+                       f"{self.chosen[method]:g} in params/{self.profile}.yaml")
+        for method in self.unconverged():
+            out.append(f"  NOT CONVERGED {method}: twice the epochs moves the mean score by more than "
+                       f"{CONVERGENCE_TOLERANCE}")
+        for rid, reason in self.failed.items():
+            out.append(f"  failed run {rid}: {reason}")
+        out.append("calibration: " + ("OK" if self.ok else "FAILED"))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["curves"] = {m: {f"{lr:g}": s for lr, s in c.items()} for m, c in self.curves.items()}
+        return data
+
+
+def _score(run_dir: Path, column: str) -> float | None:
+    """The run's main validation score on its own dataset (None if not done)."""
+    from .runs import is_done, read_json
+
+    if not is_done(run_dir):
+        return None
+    rows = read_json(run_dir / "metrics.json")["results"]
+    vals = [r["value"] for r in rows if r["split"] == "val" and r["dataset"] == column and "." not in r["metric"]
+            and r.get("epoch") is None]
+    return vals[0] if vals else None
+
+
+def has_calibration(profile: str, params_file: Path = CALIBRATION_FILE) -> bool:
+    """Whether ``profile`` calibrates its learning rates (the embedded profiles do; real-model ones do not)."""
+    from .study import profile_block
+
+    return bool(profile_block(params_file, profile).get("_calibration"))
+
+
+def calibrate(profile: str, cache: str | None = None, runs: str | None = None, train: bool = True,
+              progress: bool = False, stream=None, params_file: Path = CALIBRATION_FILE,
+              workers: int | None = None) -> Calibration:
+    """Run (or reuse) the calibration sweep of ``profile``, extend grids whose best rate is on an edge, and check the
+    profile's presets and convergence. Writes ``<runs>/calibration-<profile>.json``.
+
+    Args:
+        workers: local processes for the static grid (default :func:`mllm_study.sweep.default_workers`); the base
+            model is pre-trained first, in this process.
+    """
+    from .runs import run_id, resolve_spec, write_json_atomic
+    from .study import profile_block, rq_params
+    from .sweep import default_workers, expand_sweep, run_sweep, run_sweeps
+
+    stream = stream or sys.stderr
+    params = rq_params(params_file, profile, cache, runs)
+    options = profile_block(params_file, profile).get("_calibration") or {}
+    if not options:
+        raise ConfigError(f"{params_file}: no _profiles.{profile}._calibration block: profile {profile!r} has no "
+                          f"learning-rate calibration (the real-model profiles keep the paper's rates)")
+    columns, points = list(options["columns"]), int(options.get("points", 5))
+    if train:
+        if params.run.model == "tiny-llava":  # once, here, before any worker starts
+            from .models import ensure_world, pretrain_tiny_llava
+
+            pretrain_tiny_llava(params, ensure_world(params, progress), progress)
+        summary = run_sweeps([params], workers or default_workers(), progress=progress, stream=stream)[0]
+    result = Calibration(profile=profile, columns=columns)
+    if train:
+        result.failed.update(summary.failed)
+    runs_dir = Path(params.paths.runs)
+    planned = expand_sweep(params)
+
+    def run_at(method: str, lr: float, column: str, epochs: float | None = None) -> Params:
+        template = next(p for p in planned if p.run.method == method)
+        run = dataclasses.replace(template.run, lr=lr, dataset=column,
+                                  epochs=template.run.epochs if epochs is None else epochs)
+        return dataclasses.replace(template, run=run, sweep={})
+
+    def measure(p: Params) -> float | None:
+        rid = run_id(resolve_spec(p, progress=False))
+        score = _score(runs_dir / rid, p.run.dataset)
+        if score is None and train:
+            sub = run_sweep(dataclasses.replace(p, sweep={}), progress=progress, stream=stream)
+            result.failed.update(sub.failed)
+            score = _score(runs_dir / rid, p.run.dataset)
+        return score
+
+    methods = list(dict.fromkeys(p.run.method for p in planned))
+    for method in methods:
+        preset = params.run.method_presets.get(method, {}).get("lr")
+        if preset is None:
+            raise ConfigError(f"profile {profile!r}: run.method_presets.{method}.lr is not set")
+        result.presets[method] = float(preset)
+        base_epochs = next(p.run.epochs for p in planned if p.run.method == method and p.run.lr == preset)
+        grid = lr_grid(float(preset), points)
+        curve: dict[float, dict[str, float]] = {}
+        for _ in range(MAX_EXTENSIONS + 1):
+            for lr in grid:
+                if lr in curve:
+                    continue
+                curve[lr] = {c: s for c in columns if (s := measure(run_at(method, lr, c, base_epochs))) is not None}
+            scored = [lr for lr in grid if curve[lr]]
+            if not scored:
+                break
+            best = max(scored, key=lambda lr: (sum(curve[lr].values()) / len(curve[lr]), -abs(rung(lr) -
+                                                                                            rung(preset))))
+            if best == grid[0] or best == grid[-1]:
+                new = _rate(rung(best) + (-1 if best == grid[0] else 1))
+                result.extended.setdefault(method, []).append(new)
+                grid = sorted({*grid, new})
+                continue
+            break
+        result.curves[method] = dict(sorted(curve.items()))
+        if any(curve.values()):
+            result.chosen[method] = max((lr for lr in curve if curve[lr]),
+                                        key=lambda lr: sum(curve[lr].values()) / len(curve[lr]))
+        doubled = {}
+        for c in columns:
+            once = curve.get(float(preset), {}).get(c)
+            twice = measure(run_at(method, float(preset), c, 2 * base_epochs))
+            if once is not None and twice is not None:
+                doubled[c] = twice - once
+        result.doubled[method] = doubled
+    write_json_atomic(runs_dir / f"calibration-{profile}.json", result.to_dict())
+    return result
+
+
+def read_calibration(runs_dir: str | Path, profile: str) -> dict | None:
+    """The last calibration written for ``profile`` (None when it never ran)."""
+    path = Path(runs_dir) / f"calibration-{profile}.json"
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,64 @@
+"""Learning-rate calibration: the rate ladder, the validation split carved from train, and a smoke calibration.
+
+Usage: ``.venv/bin/python -m pytest tests/test_calibration.py -q``
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mllm_study.calibration import Calibration, calibrate, has_calibration, lr_grid, rung
+from mllm_study.config import ConfigError
+from mllm_study.data import load_split, val_size
+
+
+def test_ladder_and_grid():
+    assert lr_grid(1e-3) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    assert lr_grid(3e-2, 3) == [1e-2, 3e-2, 1e-1]
+    assert rung(3e-4) == rung(1e-4) + 1 == rung(1e-3) - 1
+    with pytest.raises(ConfigError, match="not on the calibration ladder"):
+        rung(2e-4)
+    assert has_calibration("quick") and has_calibration("smoke") and not has_calibration("paper-llava-1.5-7b")
+
+
+def test_val_split_is_carved_from_train_and_disjoint(smoke_world):
+    folder = smoke_world / "iconqa_txt"
+    train = load_split(folder, "train")
+    val, rest = load_split(folder, "val"), load_split(folder, "train_minus_val")
+    assert len(val) == val_size(len(train)) > 0 and len(val) + len(rest) == len(train)
+    assert {r["id"] for r in val}.isdisjoint(r["id"] for r in rest)
+    assert {r["id"] for r in val} | {r["id"] for r in rest} == {r["id"] for r in train}
+    test_ids = {r["id"] for r in load_split(folder, "test")}
+    assert test_ids.isdisjoint(r["id"] for r in val)
+
+
+def test_calibration_verdicts():
+    cal = Calibration(profile="p", columns=["a", "b"], presets={"lora": 1e-3, "ia3": 3e-3})
+    cal.curves = {"lora": {1e-3: {"a": 0.6, "b": 0.4}}, "ia3": {1e-2: {"a": 0.7, "b": 0.7}}}
+    cal.chosen = {"lora": 1e-3, "ia3": 1e-2}
+    cal.doubled = {"lora": {"a": 0.01, "b": -0.01}, "ia3": {"a": 0.05, "b": 0.03}}
+    assert cal.mean("lora", 1e-3) == pytest.approx(0.5)
+    assert cal.mismatches() == ["ia3"] and cal.unconverged() == ["ia3"] and not cal.ok
+    text = "\n".join(cal.lines())
+    assert "set run.method_presets.ia3.lr: 0.01 in params/p.yaml" in text and "NOT CONVERGED ia3" in text
+    cal.presets["ia3"], cal.doubled["ia3"] = 1e-2, {"a": 0.0}
+    assert cal.ok
+
+
+def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_dir, tmp_path):
+    runs = tmp_path / "runs"
+    first = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)
+    assert set(first.curves) == {"lora"} and first.columns == ["iconqa_txt"]
+    assert sorted(first.curves["lora"])[:3] == [3e-4, 1e-3, 3e-3] and first.chosen["lora"] in first.curves["lora"]
+    assert set(first.doubled["lora"]) == {"iconqa_txt"}
+    done = [json.loads((d / "spec.json").read_text()) for d in runs.iterdir() if (d / "spec.json").exists()]
+    assert done and all(s["run"]["eval_split"] == "val" for s in done)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in runs.iterdir() if (d / "metrics.json").exists()]
+    assert all(row["split"] == "val" for m in metrics for row in m["results"])
+    written = json.loads((runs / "calibration-smoke.json").read_text())
+    assert written["chosen"]["lora"] == first.chosen["lora"]
+    n_runs = len(list(runs.iterdir()))
+    again = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)
+    assert again.curves == first.curves and len(list(runs.iterdir())) == n_runs  # every run reused
