@@ -95,7 +95,8 @@ class Calibration:
         for method in self.mismatches():
             out.append(f"  MISMATCH {method}: calibration chose {self.chosen[method]:g}, the profile presets "
                        f"{self.presets.get(method, float('nan')):g}: set run.method_presets.{method}.lr: "
-                       f"{self.chosen[method]:g} in params/{self.profile}.yaml")
+                       f"{self.chosen[method]:g} (params/defaults.yaml holds the embedded presets) and centre "
+                       f"params/calibration.yaml's grid on it")
         for method in self.unconverged():
             out.append(f"  NOT CONVERGED {method}: twice the epochs moves the mean score by more than "
                        f"{CONVERGENCE_TOLERANCE}")
@@ -186,6 +187,11 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         base_epochs = next(p.run.epochs for p in planned if p.run.method == method and p.run.lr == preset)
         grid = lr_grid(float(preset), points)
         curve: dict[float, dict[str, float]] = {}
+
+        def rank(lr: float, curve=curve, preset=float(preset)) -> tuple[float, int]:
+            """Best mean validation score; among equal scores the rate nearest the preset."""
+            return sum(curve[lr].values()) / len(curve[lr]), -abs(rung(lr) - rung(preset))
+
         for _ in range(MAX_EXTENSIONS + 1):
             for lr in grid:
                 if lr in curve:
@@ -194,8 +200,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             scored = [lr for lr in grid if curve[lr]]
             if not scored:
                 break
-            best = max(scored, key=lambda lr: (sum(curve[lr].values()) / len(curve[lr]), -abs(rung(lr) -
-                                                                                            rung(preset))))
+            best = max(scored, key=rank)
             if best == grid[0] or best == grid[-1]:
                 new = _rate(rung(best) + (-1 if best == grid[0] else 1))
                 result.extended.setdefault(method, []).append(new)
@@ -204,8 +209,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             break
         result.curves[method] = dict(sorted(curve.items()))
         if any(curve.values()):
-            result.chosen[method] = max((lr for lr in curve if curve[lr]),
-                                        key=lambda lr: sum(curve[lr].values()) / len(curve[lr]))
+            result.chosen[method] = max((lr for lr in curve if curve[lr]), key=rank)
         doubled = {}
         for c in columns:
             once = curve.get(float(preset), {}).get(c)

@@ -53,9 +53,10 @@ class PretrainConfig:
     vision_layers: int = 2
     image_size: int = 32
     patch_size: int = 8
-    stage1_steps: int = 800  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
-    stage2_steps: int = 1400  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    stage1_steps: int = 1200  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
+    stage2_steps: int = 3600  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
     stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)
+    stage2_tune_vision: bool = False  # train the vision tower in stage 2 too (LLaVA freezes its pre-trained CLIP)
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100

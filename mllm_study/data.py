@@ -35,7 +35,8 @@ from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard,
                         _write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
 
 __all__ = [
-    "CARVED_SPLITS", "VAL_SIZE", "val_size", "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
+    "CARVED_SPLITS", "VAL_SIZE", "val_size",
+    "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
     "prompt_messages", "Collator", "IGNORE_INDEX", "processor_fingerprint", "set_encoding_cache",
     "clear_encoding_cache",
 ]

@@ -169,7 +169,8 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     pre-trained (in LLaVA only the connector trains because CLIP and the LLM already are).
     Stage 2 (instruction tuning): the seen families' ``pretrain`` splits (which also ask their questions in the
     unseen columns' answer formats, see ``world.tasks.FORMAT_SHARES``) mixed with a share of stage-1 descriptions
-    (``stage2_align_share``, as LLaVA's instruction mix keeps detailed descriptions); vision tower frozen, like LLaVA.
+    (``stage2_align_share``, as LLaVA's instruction mix keeps detailed descriptions); the vision tower is frozen like
+    LLaVA's unless ``stage2_tune_vision`` (the tiny tower has seen only stage 1's descriptions, CLIP far more).
     The folder holds the checkpoint, processor and ``pretrain_record.json`` (recipe, losses, timings, image-use check).
     """
     from .data import Collator, load_split
@@ -184,7 +185,7 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     collator = Collator(processor, mode="train")
     record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}
     stages = [("stage1_align", ["align"], cfg.stage1_steps, False),
-              ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, True)]
+              ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, not cfg.stage2_tune_vision)]
     for name, families, steps, freeze_vision in stages:
         if steps <= 0:
             continue

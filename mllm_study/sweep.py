@@ -258,8 +258,15 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
     import multiprocessing as mp
 
     start = time.perf_counter()
-    with mp.get_context("spawn").Pool(workers) as pool:
+    pool = mp.get_context("spawn").Pool(workers)
+    try:
         parts = pool.map(_worker_sweeps, [(params_list, k) for k in range(workers)])
+        pool.close()  # not terminate(): idle workers exit on their own, no SIGTERM tracebacks
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     merged = []
     for i in range(len(params_list)):
         runs = [p[i] for p in parts]

@@ -44,7 +44,8 @@ from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
 from .runs import _file_digest, is_done, read_json, write_json_atomic
 
-__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "run_dirs", "validate", "world_columns"]
+__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs", "validate",
+           "world_columns"]
 
 QUESTION_ONLY_MARGIN = 0.05  # (a) question-only <= chance (or gold-majority) + this
 SEEN_MARGIN = 0.25  # (b) seen columns: zero-shot >= question-only + this
@@ -593,3 +594,49 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
                       "failures": c.failures} for c in criteria],
         "passed": all(c.passed for c in criteria)}
     return Validation(data, criteria)
+
+
+def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_ids: list[str] | None = None):
+    """What a report shows about its own evidence (embedded world only; None for real-model profiles).
+
+    Returns ``(criteria, figures)``: one row per criterion (passed, failures that concern ``run_ids``, all failures
+    for world- and base-model-level criteria), and per run of ``run_ids`` and evaluated column the score beside
+    chance, the question-only baseline, the parse rate and the top share, with a ``flag`` naming what is degenerate.
+    """
+    import pandas as pd
+
+    from .config import load_params
+    from .models import ensure_world, tiny_llava_dir
+
+    params = load_params(profile=profile, overrides={"paths.cache": str(cache)})
+    if params.run.model != "tiny-llava":
+        return None
+    world = ensure_world(params, progress=False)
+    v = validate(runs_dir, world, tiny_llava_dir(params, world))
+    ids = set(run_ids) if run_ids is not None else None
+    rows = []
+    for c in v.data["criteria"]:
+        mine = [f for f in c["failures"] if ids is None or c["name"] in "ab" or any(i in f for i in ids)]
+        rows.append({"criterion": f"({c['name']}) {c['title']}", "passed": c["passed"],
+                     "failures here": "; ".join(mine) if mine else "-"})
+    world_figs = v.data["world"]
+    figs = []
+    for r in v.data["runs"]:
+        if ids is not None and r["run_id"] not in ids:
+            continue
+        for col, f in r["columns"].items():
+            flags = []
+            if f.get("parse_rate") is not None and world_figs[col]["kind"] in PARSED_KINDS \
+                    and f["parse_rate"] < MIN_PARSE_RATE:
+                flags.append("low parse rate")
+            if r["method"] != "none" and f["top_share"] > max(TOP_SHARE_FLOOR, f["gold_top_share"] + TOP_SHARE_MARGIN):
+                flags.append(f"collapsed on {f['top_prediction']!r}")
+            if f.get("repeat_share") is not None and f["repeat_share"] > MAX_REPEAT_SHARE:
+                flags.append("repeated words")
+            if f.get("question_only") is not None and f["item_mean"] <= f["question_only"]:
+                flags.append("not above question-only")
+            figs.append({"run": r["run_id"], "column": col, "score": f["item_mean"],
+                         "chance": world_figs[col].get("chance"), "question-only": f.get("question_only"),
+                         "parse rate": f.get("parse_rate"), "top answer": f["top_prediction"],
+                         "top share": f["top_share"], "flag": ", ".join(flags) or "-"})
+    return pd.DataFrame(rows), pd.DataFrame(figs)

@@ -42,7 +42,7 @@ def test_calibration_verdicts():
     assert cal.mean("lora", 1e-3) == pytest.approx(0.5)
     assert cal.mismatches() == ["ia3"] and cal.unconverged() == ["ia3"] and not cal.ok
     text = "\n".join(cal.lines())
-    assert "set run.method_presets.ia3.lr: 0.01 in params/p.yaml" in text and "NOT CONVERGED ia3" in text
+    assert "set run.method_presets.ia3.lr: 0.01 (params/defaults.yaml" in text and "NOT CONVERGED ia3" in text
     cal.presets["ia3"], cal.doubled["ia3"] = 1e-2, {"a": 0.0}
     assert cal.ok
 
@@ -51,7 +51,9 @@ def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_d
     runs = tmp_path / "runs"
     first = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)
     assert set(first.curves) == {"lora"} and first.columns == ["iconqa_txt"]
-    assert sorted(first.curves["lora"])[:3] == [3e-4, 1e-3, 3e-3] and first.chosen["lora"] in first.curves["lora"]
+    grid = sorted(first.curves["lora"])
+    assert {1e-3, 3e-3, 1e-2} <= set(grid) and first.chosen["lora"] in grid
+    assert first.chosen["lora"] not in (grid[0], grid[-1]) or len(grid) == 3 + 3  # an edge optimum extends
     assert set(first.doubled["lora"]) == {"iconqa_txt"}
     done = [json.loads((d / "spec.json").read_text()) for d in runs.iterdir() if (d / "spec.json").exists()]
     assert done and all(s["run"]["eval_split"] == "val" for s in done)

@@ -59,10 +59,12 @@ def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_mo
 
     record = json.loads((smoke_model_dir / "pretrain_record.json").read_text())
     assert record["stages"]["stage1_align"]["steps"] == smoke_params.pretrain.stage1_steps
-    assert record["stages"]["stage2_instruct"]["families"] == ["okvqa", "ocrvqa", "vqav2"]
-    assert set(record["image_use_check"]) == {"okvqa", "ocrvqa", "vqav2"}
-    for res in record["image_use_check"].values():
-        assert 0.0 <= res["image"] <= 1.0 and 0.0 <= res["blank"] <= 1.0
+    assert record["stages"]["stage2_instruct"]["families"] == ["okvqa", "ocrvqa", "vqav2", "align"]
+    from mllm_study.models import CHECK_FAMILIES
+
+    assert set(record["image_use_check"]) == set(CHECK_FAMILIES)  # every column and POPE, image vs blank
+    for fam, res in record["image_use_check"].items():
+        assert 0.0 <= res["blank"] <= (1.0 if fam != "flickr30k" else 10.0)
     # second call: same folder, nothing retrained
     mtime = (smoke_model_dir / "model.safetensors").stat().st_mtime_ns
     assert pretrain_tiny_llava(smoke_params, smoke_world, progress=False) == smoke_model_dir
@@ -72,3 +74,28 @@ def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_mo
 
     other = replace(smoke_params, pretrain=replace(smoke_params.pretrain, lr=5e-4))
     assert tiny_llava_dir(other, smoke_world) != smoke_model_dir
+
+
+def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_world, smoke_model_dir, tmp_path,
+                                                            monkeypatch):
+    """Same recipe, machine and thread count: bit-identical weights; the key covers the world's and trainer's code."""
+    import hashlib
+    from dataclasses import replace
+    from pathlib import Path
+
+    import mllm_study
+    from mllm_study import models
+
+    again = replace(smoke_params, paths=replace(smoke_params.paths, cache=str(tmp_path / "cache")))
+    world = models.ensure_world(again, progress=False)
+    assert models.tiny_llava_dir(again, world).name == smoke_model_dir.name
+    second = models.pretrain_tiny_llava(again, world, progress=False)
+    digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (smoke_model_dir, second)]
+    assert digest[0] == digest[1]
+    # a change to the code of the world or of the training loop changes the recipe key
+    root = Path(mllm_study.__file__).parent
+    read = Path.read_bytes
+    for changed in (root / "world" / "tasks.py", root / "train.py"):
+        monkeypatch.setattr(Path, "read_bytes", lambda self, c=changed: read(self) + (b"#" if self == c else b""))
+        assert models.tiny_llava_dir(again, world).name != smoke_model_dir.name, changed
+        monkeypatch.setattr(Path, "read_bytes", read)
