@@ -13,11 +13,11 @@ thresholds in the module constants). Definitions:
   (pope: ``metrics.parse_yes_no`` answers), ``open`` (other vqa_score/accuracy: non-empty after the metric's
   normalisation), ``caption`` (cider: non-empty). Parse-rate criteria apply to mc, choice, number and yesno.
 - *chance*: the expected item score of a uniform guess among the offered options: mean 1/len(choices) (mc, choice),
-  1/2 (yesno); for number and open columns of the synthetic world, mean 1/len(answer space of the question type)
-  (``scene.query.space``). Real number/open columns and captions offer none; (a) then bounds question-only by
-  *gold-majority* (always the most frequent training answer, scored with the column's metric) + the margin.
-  (a) applies to the eight study columns; the POPE probe's figures are shown, not gated (its protocol ties labels
-  to object frequency by design: positives are present objects).
+  1/2 (yesno); for number and open columns of the synthetic world, the expected score, in the column's metric, of
+  a uniform guess over the question type's answer space (``scene.query.space``). Real number/open columns and
+  captions offer none; (a) then bounds question-only by *gold-majority* (always the most frequent training answer,
+  scored with the column's metric) + the margin. (a) applies to the eight study columns; the POPE probe's figures
+  are shown, not gated (its protocol ties labels to object frequency by design: positives are present objects).
 - *question-only*: per question text (the human turns without ``<image>``) the most frequent training answer (SQA:
   the gold letter), else the most frequent overall; a column without a train split (POPE) is cross-fitted, two
   folds by a hash of the item id each predicted from the other. Captions have no answer to guess: n/a.
@@ -143,6 +143,19 @@ def _score(col: Column, preds: list[str], recs: list[dict]) -> list[float]:
     return compute_metric(col.metric, preds, refs, **kwargs).per_item
 
 
+def _uniform_guess(col: Column, recs: list[dict], spaces: list[list[str]]) -> float:
+    """Expected score of a uniform guess over each item's answer space, scored with the column's own metric (a VQA
+    score gives partial credit to a guess that some of the ten human answers share, so exact-match 1/|space|
+    would understate chance)."""
+    preds = [a for sp in spaces for a in sp]
+    scores = _score(col, preds, [r for r, sp in zip(recs, spaces) for _ in sp])
+    out, k = [], 0
+    for sp in spaces:
+        out.append(fmean(scores[k:k + len(sp)]))
+        k += len(sp)
+    return fmean(out)
+
+
 def _fit(col: Column, train: list[dict]) -> tuple[str, dict[str, str]]:
     """(most frequent answer, most frequent answer per question text) of ``train``; ties: first seen."""
     by_question: dict[str, Counter] = defaultdict(Counter)
@@ -159,7 +172,7 @@ def _baselines(col: Column, train: list[dict] | None) -> None:
     spaces = [(r.get("scene") or {}).get("query", {}).get("space") for r in recs]
     chance = (fmean(1 / len(r["choices"]) for r in recs) if col.kind in ("mc", "choice")
               else 0.5 if col.kind == "yesno"
-              else fmean(1 / len(sp) for sp in spaces) if all(spaces) else None)
+              else _uniform_guess(col, recs, spaces) if all(spaces) else None)
     col.figures.update(n_train=len(train or []), n_test=len(recs), chance=chance,
                        gold_top_share=golds.most_common(1)[0][1] / len(recs), gold_majority=None, question_only=None)
     if col.kind == "caption":

@@ -397,3 +397,20 @@ def test_runs_not_done_or_from_another_world_are_skipped_and_errors_exit_2(passi
     assert main(["validate", "--runs", str(tmp_path / "empty"), "--world", str(world)]) == 2
     err = capsys.readouterr().err
     assert "no runs in" in err and len(err.strip().splitlines()) == 1
+
+
+def test_chance_of_open_columns_is_a_uniform_guess_in_the_columns_metric(smoke_world):
+    """Synthetic open/number columns: chance = expected metric score of a uniform guess over the answer space."""
+    from statistics import fmean
+
+    from mllm_study.metrics import compute_metric
+
+    cols = validity.world_columns(smoke_world)
+    blank = cols["iconqa_blank"]  # accuracy: no partial credit, the gold is one answer of the space
+    assert blank.figures["chance"] == pytest.approx(fmean(1 / len(r["scene"]["query"]["space"])
+                                                          for r in blank.records.values()))
+    vqa = cols["vqav2"]  # VQA score: a guess some human answers share gets min(1, matches / 3) credit
+    by_hand = fmean(fmean(compute_metric("vqa_score", [a], [r["references"]]).value
+                          for a in r["scene"]["query"]["space"]) for r in vqa.records.values())
+    exact = fmean(1 / len(r["scene"]["query"]["space"]) for r in vqa.records.values())
+    assert vqa.figures["chance"] == pytest.approx(by_hand) and by_hand > exact
