@@ -63,9 +63,16 @@ def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path, smoke_params
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs"
     # kill it in the middle of a run (its temporary folder exists)
-    assert _wait_for(lambda: bool(list(runs.glob(".*.tmp-*"))) or proc.poll() is not None)
+    assert _wait_for(lambda: bool(list(runs.glob(".*.tmp-*/status.json"))) or proc.poll() is not None)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    for _ in range(3):  # a signal that lands while the interpreter cannot act on it is sent again
+        try:
+            out, err = proc.communicate(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal(sig)
+    else:
+        out, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert "interrupted" in err
