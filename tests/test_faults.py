@@ -60,19 +60,15 @@ def _check_complete(runs: Path, n: int):
 def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path, smoke_params, smoke_model_dir, sig):
     f = _sweep_file(tmp_path)
     cmd = _cli(smoke_params, tmp_path, "sweep", str(f), "--quiet")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the sweep: a test run started in the background of a non-interactive shell inherits
+    # SIGINT ignored, and Python then never raises KeyboardInterrupt (the sweep would finish and exit 0)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = tmp_path / "runs"
     # kill it in the middle of a run (its temporary folder exists)
     assert _wait_for(lambda: bool(list(runs.glob(".*.tmp-*/status.json"))) or proc.poll() is not None)
     proc.send_signal(sig)
-    for _ in range(3):  # a signal that lands while the interpreter cannot act on it is sent again
-        try:
-            out, err = proc.communicate(timeout=10)
-            break
-        except subprocess.TimeoutExpired:
-            proc.send_signal(sig)
-    else:
-        out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert proc.returncode == 130, err
         assert "interrupted" in err
