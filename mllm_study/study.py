@@ -368,7 +368,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     summary.runs_total = len({rid for ids in plans.values() for rid in ids})
     report_start = time.perf_counter()
 
-    # 2. notebooks -> reports/<stem>/<profile>.html (skipped when nothing they depend on changed)
+    # 3. notebooks -> reports/<stem>/<profile>.html (skipped when nothing they depend on changed)
     for k, stem in enumerate(stems, 1):
         nb = NOTEBOOKS_DIR / f"{stem}.ipynb"
         params_file = rq_files.get(stem)

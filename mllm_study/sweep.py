@@ -25,8 +25,8 @@ from typing import Any
 
 from .config import ConfigError, Params, RunConfig
 
-__all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run", "release_run", "sweep_status",
-           "parse_shard", "submit_sweep"]
+__all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
+           "release_run", "sweep_status", "parse_shard", "submit_sweep"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -235,16 +235,12 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _worker_sweeps(task: tuple[list[Params], int]) -> list[SweepSummary]:
+def _worker_sweeps(params_list: list[Params]) -> list[SweepSummary]:
     """One local worker: every sweep in order, one torch thread; claims keep the workers on different runs."""
     import torch
 
-    params_list, worker = task
     torch.set_num_threads(1)
-    out = []
-    for params in params_list:
-        out.append(run_sweep(params, progress=False, stream=sys.stderr))
-    return out
+    return [run_sweep(params, progress=False, stream=sys.stderr) for params in params_list]
 
 
 def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None) -> list[SweepSummary]:
@@ -260,7 +256,7 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
     start = time.perf_counter()
     pool = mp.get_context("spawn").Pool(workers)
     try:
-        parts = pool.map(_worker_sweeps, [(params_list, k) for k in range(workers)])
+        parts = pool.map(_worker_sweeps, [params_list] * workers)
         pool.close()  # not terminate(): idle workers exit on their own, no SIGTERM tracebacks
     except BaseException:
         pool.terminate()
