@@ -55,8 +55,12 @@ class PretrainConfig:
     patch_size: int = 8
     stage1_steps: int = 1200  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
     stage2_steps: int = 3600  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    yesno_steps: int = 0  # a stage between 1 and 2 on the seen yes/no questions only (whole model trains)
+    stage1_qa_share: float = 0.0  # share of the seen families' questions mixed into stage 1 (curriculum)
     stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)
     stage2_tune_vision: bool = False  # train the vision tower in stage 2 too (LLaVA freezes its pre-trained CLIP)
+    image_after_text: bool = False  # the chat template puts the question before the image (models.py)
+    loss_average: str = "token"  # token | sample: how the pre-training loss averages (train.TrainSettings)
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -72,6 +76,10 @@ class PretrainConfig:
             raise ConfigError("pretrain.image_size must be a multiple of pretrain.patch_size")
         if self.lr <= 0:
             raise ConfigError(f"pretrain.lr must be positive (got {self.lr})")
+        if self.loss_average not in ("token", "sample"):
+            raise ConfigError(f"pretrain.loss_average must be token or sample (got {self.loss_average!r})")
+        if not 0 <= self.stage1_qa_share < 1:
+            raise ConfigError(f"pretrain.stage1_qa_share must be in [0, 1) (got {self.stage1_qa_share})")
         if not 0 <= self.stage2_align_share < 1:
             raise ConfigError(f"pretrain.stage2_align_share must be in [0, 1) (got {self.stage2_align_share})")
 

@@ -43,6 +43,17 @@ TINY_CHAT_TEMPLATE = (
     "{% else %}assistant : {% for c in m['content'] %}{{ c['text'] }}{% endfor %} </s> {% endif %}"
     "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
 )
+#: The same with the question before the image ("user : question <image> assistant : ..."), used when
+#: ``pretrain.image_after_text``: with two decoder layers, image tokens that can attend to the question (causal
+#: attention) can each check "am I the red circle?", which makes existence questions learnable (README).
+TINY_CHAT_TEMPLATE_TEXT_FIRST = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}user : "
+    "{% for c in m['content'] %}{% if c['type'] != 'image' %}{{ c['text'] }} {% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% endif %}{% endfor %}"
+    "{% else %}assistant : {% for c in m['content'] %}{{ c['text'] }}{% endfor %} </s> {% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}assistant :{% endif %}"
+)
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
 
@@ -60,12 +71,15 @@ def world_corpus(world_dir: str | Path) -> list[str]:
 
 
 def build_tokenizer(texts: list[str]):
-    """A lowercase word-level tokenizer over ``texts`` (deterministic: sorted by frequency, then alphabetically)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A case-sensitive word-level tokenizer over ``texts`` (deterministic: sorted by frequency, then alphabetically).
+
+    Case-sensitive so that the option letter "A" and the article "a" are different tokens (lowercased, a model that
+    learned to answer "a" to lettered options also ended captions after "a").
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -87,7 +101,8 @@ def build_tiny_llava(tokenizer, cfg: PretrainConfig, seed: int | None = None):
     # "default" drops the CLS token: (image_size / patch_size)^2 image tokens; num_additional_image_tokens=1 counts it.
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=cfg.patch_size,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                               chat_template=TINY_CHAT_TEMPLATE)
+                               chat_template=TINY_CHAT_TEMPLATE_TEXT_FIRST if cfg.image_after_text
+                               else TINY_CHAT_TEMPLATE)
     vision = CLIPVisionConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.vision_hidden_size,
                               intermediate_size=2 * cfg.vision_hidden_size, num_hidden_layers=cfg.vision_layers,
                               num_attention_heads=4)
@@ -185,11 +200,20 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     collator = Collator(processor, mode="train")
     record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}
     stages = [("stage1_align", ["align"], cfg.stage1_steps, False),
+              ("stage1b_yesno", ["vqav2"], cfg.yesno_steps, False),
               ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, not cfg.stage2_tune_vision)]
     for name, families, steps, freeze_vision in stages:
         if steps <= 0:
             continue
         records = [r for fam in families for r in load_split(world_dir / fam, "pretrain")]
+        if name == "stage1b_yesno":
+            records = [r for r in records if r["scene"]["query"].get("type") == "yesno"]
+        if name == "stage1_align" and cfg.stage1_qa_share > 0:
+            # the seen families' questions, interleaved (every family equally) up to the share
+            qa = [r for group in zip(*(load_split(world_dir / f, "pretrain") for f in SEEN_FAMILIES)) for r in group]
+            n_qa = min(len(qa), round(len(records) * cfg.stage1_qa_share / (1 - cfg.stage1_qa_share)))
+            records = records + qa[:n_qa]
+            families = [*families, *SEEN_FAMILIES]
         if name == "stage2_instruct" and cfg.stage2_align_share > 0:
             align = load_split(world_dir / "align", "pretrain")
             n_align = min(len(align), round(len(records) * cfg.stage2_align_share / (1 - cfg.stage2_align_share)))
@@ -199,7 +223,8 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
             p.requires_grad = not (freeze_vision and ".vision_tower." in f".{p_name}")
         group = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
         settings = TrainSettings(max_steps=steps, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps,
-                                 seed=cfg.seed, desc=f"pretrain {name}", progress=progress, log_every=50)
+                                 seed=cfg.seed, desc=f"pretrain {name}", progress=progress, log_every=50,
+                                 loss_average=cfg.loss_average)
         result = train_model(model, collator, records, group, settings)
         record["stages"][name] = {"families": families, "steps": result.steps, "seconds": round(result.seconds, 2),
                                   "samples": result.samples, "final_loss": result.final_loss, "log": result.log}

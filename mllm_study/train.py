@@ -78,6 +78,10 @@ class TrainSettings:
     # Compute the output layer and the loss only from the first answer position on (``logits_to_keep``). The same
     # loss up to float rounding; None = on when mixed precision is active (CUDA), off on CPU (bit-identical path).
     answer_logits: bool | None = None
+    # How the loss averages over answer tokens: "token" (one mean over every supervised token of the batch, as
+    # transformers and LLaVA do: long answers weigh more) or "sample" (each record's own mean, then the mean over
+    # records: a one-word answer weighs as much as a long description; used by the tiny model's pre-training).
+    loss_average: str = "token"
 
 
 @dataclass
@@ -209,13 +213,21 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
         return False
 
 
-def _answer_loss(logits: torch.Tensor, labels: torch.Tensor, keep: int) -> torch.Tensor:
-    """The causal-LM loss (mean over answer tokens) from the last ``keep`` positions' logits."""
+def _answer_loss(logits: torch.Tensor, labels: torch.Tensor, keep: int, average: str = "token") -> torch.Tensor:
+    """The causal-LM loss from the last ``keep`` positions' logits: the mean over answer tokens (``average="token"``)
+    or the mean over records of each record's mean over its answer tokens (``"sample"``)."""
     length = labels.shape[1]
     shift = torch.nn.functional.pad(labels[:, length - keep + 1:], (0, 1), value=_IGNORE_INDEX)
     logits = logits[:, -keep:].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device),
-                                             ignore_index=_IGNORE_INDEX)
+    shift = shift.to(logits.device)
+    if average == "token":
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1),
+                                                 ignore_index=_IGNORE_INDEX)
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shift, ignore_index=_IGNORE_INDEX,
+                                                  reduction="none")
+    counts = (shift != _IGNORE_INDEX).sum(1)
+    has = counts > 0
+    return (per_token.sum(1)[has] / counts[has]).mean()
 
 
 @contextlib.contextmanager
@@ -283,6 +295,9 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     if answer_logits is None:
         answer_logits = acc.mixed_precision != "no"
     answer_logits = bool(answer_logits) and _accepts_logits_to_keep(model)
+    if settings.loss_average not in ("token", "sample"):
+        raise ValueError(f"loss_average must be 'token' or 'sample', got {settings.loss_average!r}")
+    per_sample = settings.loss_average == "sample"
     collate = _AnswerLogitsCollate(collator) if answer_logits else collator
     pin = acc.device.type == "cuda"
     if settings.group_by_length:
@@ -318,12 +333,17 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
                 keep = batch.pop(_KEEP, None)
                 with ctx:
-                    if keep is None:
+                    if keep is None and not per_sample:
                         loss = model(**forward_inputs(model, batch)).loss
                     else:
                         inputs = forward_inputs(model, batch)
                         labels = inputs.pop("labels")
-                        loss = _answer_loss(model(**inputs, logits_to_keep=keep).logits, labels, keep)
+                        if keep is None:
+                            keep = labels.shape[1]
+                            logits = model(**inputs).logits
+                        else:
+                            logits = model(**inputs, logits_to_keep=keep).logits
+                        loss = _answer_loss(logits, labels, keep, settings.loss_average)
                     acc.backward(loss / settings.grad_accum)
                 running += loss.detach()
                 running_n += 1

@@ -99,3 +99,36 @@ def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_
         monkeypatch.setattr(Path, "read_bytes", lambda self, c=changed: read(self) + (b"#" if self == c else b""))
         assert models.tiny_llava_dir(again, world).name != smoke_model_dir.name, changed
         monkeypatch.setattr(Path, "read_bytes", read)
+
+
+def test_tokenizer_keeps_case_so_option_letters_are_not_articles():
+    tok = build_tokenizer(["A. red , B. blue", "a red circle", "user : assistant :"])
+    assert tok.convert_tokens_to_ids("A") != tok.convert_tokens_to_ids("a")
+    assert tok.decode(tok("A")["input_ids"], skip_special_tokens=True) == "A"
+
+
+@pytest.mark.parametrize("text_first", [False, True])
+def test_the_chat_template_places_the_image_as_configured(text_first):
+    _, processor = build_tiny_llava(build_tokenizer(TEXTS), PretrainConfig(image_after_text=text_first))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False)
+    question_first = "user : what color is the circle ? <image> assistant : red </s>"
+    image_first = "user : <image> what color is the circle ? assistant : red </s>"
+    assert text.strip() == (question_first if text_first else image_first)
+
+
+def test_per_sample_loss_weighs_every_record_equally():
+    from mllm_study.train import _answer_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 5)
+    labels = torch.full((2, 6), -100)
+    labels[0, 1:6] = torch.tensor([1, 2, 3, 4, 0])  # a long answer (5 tokens)
+    labels[1, 5] = 2  # a one-token answer
+    ce = torch.nn.functional.cross_entropy
+    per_record = [ce(logits[0, 0:5], labels[0, 1:6]), ce(logits[1, 4:5], labels[1, 5:6])]
+    token_mean = ce(torch.cat([logits[0, 0:5], logits[1, 4:5]]), torch.cat([labels[0, 1:6], labels[1, 5:6]]))
+    assert torch.allclose(_answer_loss(logits, labels, 6, "sample"), (per_record[0] + per_record[1]) / 2)
+    assert torch.allclose(_answer_loss(logits, labels, 6, "token"), token_mean)
+    assert not torch.allclose(token_mean, (per_record[0] + per_record[1]) / 2)
