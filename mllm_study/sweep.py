@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Params, RunConfig
+from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
            "release_run", "sweep_status", "parse_shard", "submit_sweep"]
@@ -42,8 +42,12 @@ def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{where}: unknown run key {key!r}.{hint}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    # every value converted and checked exactly like a params file's or the command line's (epochs: [5] -> 5.0,
+    # lr: [1.0e9] -> 1e9; seed: [42.5] is an error), so a grid names the same runs as `mllm-study run`
+    typed = {key: [check_value("run", key, v, f"{where}.{key}[{i}]") for i, v in enumerate(values)]
+             for key, values in grid.items()}
+    keys = list(typed)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(typed[k] for k in keys))]
 
 
 def expand_sweep(params: Params) -> list[Params]:
