@@ -291,7 +291,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
 
 def clean_stale_temporaries(runs_dir: Path) -> list[str]:
     """Remove temporary run folders (``.<id>.tmp-<pid>``, ``.<id>.old-*``) left by dead processes on this host."""
-    from .sweep import _alive
+    from .claims import pid_alive
 
     removed = []
     for d in Path(runs_dir).glob(".*.tmp-*") if Path(runs_dir).exists() else []:
@@ -299,7 +299,7 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
             pid = int(d.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if d.is_dir() and not _alive(pid):
+        if d.is_dir() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     for d in Path(runs_dir).glob(".*.old-*") if Path(runs_dir).exists() else []:

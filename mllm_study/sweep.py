@@ -4,8 +4,8 @@ Usage: ``summary = run_sweep(load_params("params/rq1_main.yaml"), shard=(0, 1))`
 
 A params file declares its design in a ``sweep`` section: ``grid`` (run keys -> lists of values, crossed) and/or
 ``grids`` (a list of such grids, whose cross products are concatenated; e.g. LoRA ranks and adapter sizes).
-Every worker claims a run by creating ``runs/.claims/<run_id>`` exclusively (atomic on POSIX and NFS v3+), so two
-workers never train the same run; a claim left by a dead process on the same host is taken over. Finished runs are
+Every worker claims a run through :mod:`.claims` (an exclusive, complete claim file; a dead owner's claim on the
+same host is taken over atomically), so two workers never train the same run. Finished runs are
 skipped; failed and half-written ones are retried.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .claims import claim_holder, claim_run, holder_alive, release_run
 from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
@@ -101,49 +102,9 @@ def plan_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool =
     return [item for k, item in enumerate(planned) if k % shard[1] == shard[0]]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_run(runs_dir: Path, rid: str) -> bool:
-    """Atomically claim ``rid`` for this process; False when another live worker holds it."""
-    claims = Path(runs_dir) / ".claims"
-    claims.mkdir(parents=True, exist_ok=True)
-    path = claims / rid
-    me = {"pid": os.getpid(), "host": platform.node(), "time": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and holder.get("pid") and not _alive(int(holder["pid"])):
-                path.unlink(missing_ok=True)  # its process died (e.g. SIGKILL): take the run over
-                continue
-            if not holder and time.time() - path.stat().st_mtime > 60:
-                path.unlink(missing_ok=True)  # an empty claim older than a minute: its writer died mid-claim
-                continue
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release_run(runs_dir: Path, rid: str) -> None:
-    (Path(runs_dir) / ".claims" / rid).unlink(missing_ok=True)
-
-
 def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:
-    """Run ids by state: done, failed, running (claimed by a live worker), remaining."""
+    """Run ids by state: done, failed, running (claimed by a worker that is alive), remaining (a damaged or
+    unreadable run directory counts as remaining: the next sweep re-runs it)."""
     from .runs import is_done, read_json
 
     out: dict[str, list[str]] = {"done": [], "failed": [], "running": [], "remaining": []}
@@ -151,12 +112,15 @@ def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:
         d = Path(runs_dir) / rid
         if is_done(d):
             out["done"].append(rid)
-        elif (Path(runs_dir) / ".claims" / rid).exists():
+            continue
+        if holder_alive(claim_holder(runs_dir, rid)):
             out["running"].append(rid)
-        elif (d / "status.json").exists() and read_json(d / "status.json").get("status") == "failed":
-            out["failed"].append(rid)
-        else:
-            out["remaining"].append(rid)
+            continue
+        try:
+            failed = read_json(d / "status.json").get("status") == "failed"
+        except (OSError, ValueError, AttributeError):
+            failed = False
+        out["failed" if failed else "remaining"].append(rid)
     return out
 
 

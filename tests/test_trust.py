@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import types
 
 import pytest
@@ -94,3 +95,68 @@ def test_non_finite_weights_after_the_last_update_fail_the_training():
         _toy_train([1.0], lr=float("nan"), max_steps=1)  # the only loss (before the update) is finite
     model, result = _toy_train([1.0, 1.0], max_steps=2)
     assert result.steps == 2 and math.isfinite(result.final_loss)
+
+
+# ---- claims without races --------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def _claim_all(runs_dir, ids, barrier, out):
+    from mllm_study.sweep import claim_run
+
+    barrier.wait()  # every worker restarts at the same moment
+    try:
+        out.put((os.getpid(), [rid for rid in ids if claim_run(runs_dir, rid)], None))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        out.put((os.getpid(), [], f"{type(exc).__name__}: {exc}"))
+
+
+def test_stale_claims_taken_over_by_workers_restarting_together_are_never_claimed_twice(tmp_path):
+    import multiprocessing as mp
+    import platform
+
+    ctx = mp.get_context("fork")
+    ids = [f"run-{i:03d}" for i in range(200)]
+    dead = _dead_pid()
+    for trial in range(10):
+        runs = tmp_path / f"t{trial}"
+        (runs / ".claims").mkdir(parents=True)
+        for rid in ids:  # claims left by a worker killed with SIGKILL
+            (runs / ".claims" / rid).write_text(json.dumps({"pid": dead, "host": platform.node(), "time": 0}))
+        barrier, out = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_claim_all, args=(runs, ids, barrier, out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert [err for _, _, err in results] == [None] * 3, results
+        won = [rid for _, claimed, _ in results for rid in claimed]
+        assert sorted(won) == ids, f"trial {trial}: {len(won) - len(set(won))} runs claimed twice"
+        owners = {pid for pid, claimed, _ in results if claimed}
+        for rid in ids:  # each claim names the worker that won it
+            assert json.loads((runs / ".claims" / rid).read_text())["pid"] in owners
+
+
+def test_release_checks_the_owner_and_status_checks_that_the_owner_lives(tmp_path, monkeypatch):
+    import platform
+
+    from mllm_study.sweep import claim_run, release_run, sweep_status
+
+    claims = tmp_path / ".claims"
+    claims.mkdir()
+    other = {"pid": os.getppid(), "host": platform.node(), "time": 0}  # alive, not us
+    (claims / "theirs").write_text(json.dumps(other))
+    release_run(tmp_path, "theirs")
+    assert (claims / "theirs").exists()  # not ours to release
+    assert claim_run(tmp_path, "mine")
+    release_run(tmp_path, "mine")
+    assert not (claims / "mine").exists()
+    (claims / "dead").write_text(json.dumps({"pid": _dead_pid(), "host": platform.node(), "time": 0}))
+    state = sweep_status(tmp_path, ["theirs", "dead"])
+    assert state["running"] == ["theirs"] and state["remaining"] == ["dead"]
