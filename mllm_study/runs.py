@@ -68,7 +68,10 @@ def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
 
 
 def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
-    """Everything that determines a run's result: run settings, the data's and base model's identities, code."""
+    """Everything that determines a run's result: the resolved run settings (:func:`.identity.canonical_run`), the
+    data's and base model's identities, and the fingerprint of the code that shapes training and predictions."""
+    from .data import load_dataset_info
+    from .identity import canonical_run, code_fingerprint
     from .methods import get_method
 
     run = dataclasses.asdict(params.run)
@@ -81,7 +84,9 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
-    spec: dict[str, Any] = {"run": run, "code_version": __version__,
+    limits = [load_dataset_info(folder).get("max_new_tokens", 16) for folder, _, _ in eval_targets(params, progress)]
+    spec: dict[str, Any] = {"run": canonical_run(run, params, method, limits),
+                            "code": {"version": __version__, "fingerprint": code_fingerprint()},
                             "data": {split: _file_digest(dataset_dir / f"{split}.json")
                                      for split in ("train", "test") if (dataset_dir / f"{split}.json").exists()}}
     if params.run.model == "tiny-llava":
@@ -92,8 +97,11 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
 
 
 def run_id(spec: dict[str, Any]) -> str:
-    """``<method>-<dataset>-s<seed>-<hash>``: readable, and the hash covers the whole resolved spec."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    """``<method>-<dataset>-s<seed>-<hash>``: readable, and the hash covers the spec's identity (every setting that
+    changes training or predictions, and the code fingerprint; see :mod:`mllm_study.identity`)."""
+    from .identity import identity
+
+    digest = hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()[:12]
     run = spec["run"]
     return f"{run['method']}-{Path(run['dataset']).name}-s{run['seed']}-{digest}"
 
@@ -225,6 +233,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     set_seed(run.seed)  # method weights (e.g. LoRA's A) are initialised from the run's seed, not the process's state
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
                          layers=run.layers, vision=run.vision)
+    _check_rank(model)
     from .train import get_accelerator
 
     acc = get_accelerator()
@@ -314,6 +323,19 @@ def is_done(run_dir: Path) -> bool:
         return read_json(run_dir / "status.json").get("status") == "done" and (run_dir / "metrics.json").exists()
     except (OSError, ValueError):
         return False
+
+
+def _check_rank(model) -> None:
+    """A low-rank update wider than the layer it adapts (LoRA ``r`` > min(in, out)) adds parameters but no
+    expressiveness: almost always a setting meant for a bigger model. ValueError naming the layer."""
+    for name, module in model.named_modules():
+        ranks = getattr(module, "r", None)
+        width = min(getattr(module, "in_features", 0) or 0, getattr(module, "out_features", 0) or 0)
+        if isinstance(ranks, dict) and width:
+            for r in ranks.values():
+                if r > width:
+                    raise ValueError(f"method_params.r = {r} exceeds the width of the layers it adapts: {name} is "
+                                     f"{module.in_features} x {module.out_features} (rank at most {width})")
 
 
 def _collator(processor):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import types
 
@@ -160,3 +161,79 @@ def test_release_checks_the_owner_and_status_checks_that_the_owner_lives(tmp_pat
     (claims / "dead").write_text(json.dumps({"pid": _dead_pid(), "host": platform.node(), "time": 0}))
     state = sweep_status(tmp_path, ["theirs", "dead"])
     assert state["running"] == ["theirs"] and state["remaining"] == ["dead"]
+
+
+# ---- run identity: same training, same id; changed code, new id -----------------------------------------------
+def _rid(smoke_params, **run):
+    from mllm_study.runs import resolve_spec, run_id
+
+    over = {"paths.cache": smoke_params.paths.cache, "paths.runs": smoke_params.paths.runs,
+            **{f"run.{k}": v for k, v in run.items()}}
+    return run_id(resolve_spec(load_params(profile="smoke", overrides=over), progress=False))
+
+
+@pytest.mark.parametrize("same", [
+    [{"method": "lora"}, {"method": "lora", "placement": "both"}],
+    [{"method": "adapter"}, {"method": "adapter", "placement": "mlp"}],
+    [{"method": "ia3"}, {"method": "ia3", "placement": "both"}],
+    [{"method": "prefix"}, {"method": "prefix", "placement": "both"}],
+    [{"eval_batch_size": 2}, {"eval_batch_size": 1}, {"eval_batch_size": 32}],
+    [{}, {"max_new_tokens": 6}],  # iconqa_txt's own limit (dataset.json)
+    [{}, {"layers": [0, 1]}, {"layers": [1, 0, 1]}],  # the smoke model has 2 decoder blocks
+    [{"method": "none"}, {"method": "none", "connector": "tuned", "lr": 0.1, "seed": 7, "epochs": 2,
+                          "placement": "mlp", "train_size": 4}],
+])
+def test_settings_that_do_not_change_training_share_one_id(smoke_params, smoke_model_dir, same):
+    ids = {_rid(smoke_params, **run) for run in same}
+    assert len(ids) == 1, ids
+
+
+def test_settings_that_change_training_or_predictions_change_the_id(smoke_params, smoke_model_dir):
+    base = _rid(smoke_params)
+    for run in ({"placement": "mlp"}, {"layers": [1]}, {"max_new_tokens": 3}, {"seed": 7}, {"lr": 0.1},
+                {"method_params": {"r": 4}}, {"connector": "tuned"}):
+        assert _rid(smoke_params, **run) != base, run
+    with pytest.raises(ValueError, match=r"method 'prefix' has no placement .*got placement 'mlp'"):
+        _rid(smoke_params, method="prefix", placement="mlp")  # refused when planning, not when the run starts
+
+
+def test_a_grid_and_the_command_line_name_the_same_run(tmp_path, smoke_params, smoke_model_dir):
+    from mllm_study.sweep import plan_sweep
+
+    p = _sweep(tmp_path, smoke_params, "sweep:\n  grid: {epochs: [5], seed: [3]}\n")
+    (rid, _), = plan_sweep(p)
+    assert rid == _rid(smoke_params, epochs=5.0, seed=3, test_size=8, train_size=16)
+
+
+def test_the_id_covers_the_code_that_shapes_training_but_not_the_metrics(tmp_path, monkeypatch):
+    import shutil
+
+    from mllm_study import identity
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(identity._PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "_PACKAGE", pkg)
+    identity.code_fingerprint.cache_clear()
+    try:
+        before = identity.code_fingerprint()
+        (pkg / "metrics.py").write_text((pkg / "metrics.py").read_text() + "\n# metrics are versioned separately\n")
+        identity.code_fingerprint.cache_clear()
+        assert identity.code_fingerprint() == before
+        for name in ("data.py", "evaluate.py", "methods/lora.py", "world/__init__.py"):
+            (pkg / name).write_text((pkg / name).read_text() + "\n# changed\n")
+            identity.code_fingerprint.cache_clear()
+            after = identity.code_fingerprint()
+            assert after != before, name
+            before = after
+    finally:
+        identity.code_fingerprint.cache_clear()
+
+
+def test_lora_rank_above_the_layer_width_is_an_error(tmp_path, smoke_params, smoke_model_dir, capsys):
+    from mllm_study.cli import main
+
+    code = main(["run", "--profile", "smoke", "--quiet", "--method", "lora", "--method-params", "{r: 512}",
+                 "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(r"error: method_params.r = 512 exceeds the width .* \(rank at most 128\)", err), err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
