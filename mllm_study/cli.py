@@ -141,7 +141,9 @@ def _cmd_pretrain(args) -> int:
     params = _params(args)
     world = ensure_world(params, not args.quiet)
     path = pretrain_tiny_llava(params, world, not args.quiet)
-    record = json.loads((path / "pretrain_record.json").read_text())
+    from .runs import read_json
+
+    record = read_json(path / "pretrain_record.json")
     for stage, info in record["stages"].items():
         print(f"{stage}: {info['steps']} steps in {info['seconds']} s, final loss {info['final_loss']:.4f}")
     print("image-use check (seen families, test split):")
@@ -163,8 +165,12 @@ def _cmd_run(args) -> int:
             raise ValueError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
         extra["run.method_params"] = mp
     params = _params(args, extra)
+    from .runs import read_json
+    from .sweep import install_sigterm
+
+    install_sigterm()  # SIGTERM like Ctrl-C: the run is recorded as failed, no temporary folder stays behind
     run_dir = execute_run(params, progress=not args.quiet, force=args.force)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     print(f"{metrics['dataset']} ({metrics['metric']}): {metrics['value']:.4f} on {metrics['n']} test items; "
           f"trained {metrics['train']['trainable_params']:,} parameters for {metrics['train']['steps']} steps")
     print(f"run directory: {run_dir}")
@@ -196,15 +202,17 @@ def _cmd_sweep(args) -> int:
         return 0
     if args.slurm:
         return _slurm_sweep(args, params, ids, state)
+    failed = False
     if args.workers > 1:
-        summary = _pool_sweep(args, shard)
+        failed = _pool_sweep(args, shard)
     else:
         summary = run_sweep(params, shard, progress=not args.quiet, retries=args.retries)
         print(summary.line())
+        failed = bool(summary.failed)  # including runs that failed before writing anything
     _print_sweep_table(params.paths.runs, ids)
     state = sweep_status(params.paths.runs, ids)
     print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()))
-    return 0 if not state["failed"] else 1
+    return 1 if failed or state["failed"] else 0
 
 
 def _slurm_sweep(args, params, ids, state) -> int:
@@ -261,7 +269,9 @@ def _pool_sweep(args, shard):
     with mp.get_context("spawn").Pool(w) as pool:
         codes = pool.map(_pool_worker, argvs)
     print(f"{w} workers finished with exit codes {codes}")
-    return None
+    if any(c not in (0, 1) for c in codes):
+        raise RuntimeError(f"a sweep worker stopped with exit code {max(codes)}")
+    return any(c == 1 for c in codes)
 
 
 def _print_sweep_table(runs_dir, ids) -> None:
@@ -293,6 +303,8 @@ def _cmd_study(args, train: bool = True) -> int:
 def _cmd_results(args) -> int:
     from .results import collect_results
 
+    if not Path(args.runs).is_dir():
+        raise FileNotFoundError(f"runs folder not found: {args.runs}")
     table, report = collect_results(args.runs)
     print(report, file=sys.stderr)
     if args.out:
@@ -303,7 +315,7 @@ def _cmd_results(args) -> int:
         print(f"{len(table)} rows -> {args.out}", file=sys.stderr)
     else:
         print(table.to_csv(index=False), end="")
-    return 0
+    return 1 if report.damaged else 0  # named above; `sweep` or `study` re-runs them
 
 
 def _cmd_calibrate(args) -> int:
@@ -382,6 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"mllm-study {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full runs folder, a path through a file, ...: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mllm-study {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mllm-study {args.command}: interrupted; finished runs are kept, the current one will re-run",

@@ -36,7 +36,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a malformed one is a ValueError that names the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
 
 
 def _file_digest(path: Path) -> str:
@@ -211,6 +216,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     """
     from .data import DataError, load_dataset_info, load_split
     from .evaluate import evaluate_loss
+    from .records import manifest, metric_versions
     from .methods.registry import apply_method, save_method
     from .train import TrainSettings, train_model, trainable_summary
 
@@ -277,11 +283,11 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
         metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
-                   "results": rows, "train": train_info}
+                   "results": rows, "train": train_info, "metric_versions": metric_versions(rows)}
         write_json_atomic(tmp / "metrics.json", metrics)
         write_json_atomic(tmp / "status.json", {
             "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "python": platform.python_version()})
+            "host": platform.node(), "python": platform.python_version(), "files": manifest(tmp)})
     except DataError:
         # bad input (e.g. an unreadable image found while training): no record is left behind; fix and re-run
         shutil.rmtree(tmp, ignore_errors=True)
@@ -318,11 +324,15 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
 
 
 def is_done(run_dir: Path) -> bool:
-    """A run directory is complete when its status says ``done`` and its metrics exist."""
+    """A run directory is complete when its status says ``done`` and every file of its manifest exists and parses
+    (:func:`mllm_study.records.run_damage`); a damaged run is not done, so it is re-run."""
+    from .records import run_damage
+
     try:
-        return read_json(run_dir / "status.json").get("status") == "done" and (run_dir / "metrics.json").exists()
+        status = read_json(Path(run_dir) / "status.json")
     except (OSError, ValueError):
         return False
+    return isinstance(status, dict) and status.get("status") == "done" and run_damage(run_dir, status) is None
 
 
 def _check_rank(model) -> None:

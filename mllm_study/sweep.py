@@ -27,7 +27,7 @@ from .claims import claim_holder, claim_run, holder_alive, release_run
 from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
-           "release_run", "sweep_status", "parse_shard", "submit_sweep"]
+           "release_run", "sweep_status", "parse_shard", "submit_sweep", "install_sigterm"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -133,11 +133,15 @@ class SweepSummary:
     skipped: list[str] = field(default_factory=list)  # already done
     failed: dict[str, str] = field(default_factory=dict)  # run id -> reason
     busy: list[str] = field(default_factory=list)  # claimed by another worker
+    damaged: dict[str, str] = field(default_factory=dict)  # run id -> what was wrong (re-run)
+    rescored: dict[str, list[str]] = field(default_factory=dict)  # run id -> metrics re-scored (no retraining)
     seconds: float = 0.0
 
     def line(self) -> str:
+        extra = "".join(f", {len(v)} {name}" for name, v in (("damaged (re-run)", self.damaged),
+                                                              ("re-scored", self.rescored)) if v)
         return (f"{self.total} runs: {len(self.ran)} ran, {len(self.skipped)} already done, {len(self.failed)} failed, "
-                f"{len(self.busy)} held by other workers ({self.seconds:.0f} s)")
+                f"{len(self.busy)} held by other workers{extra} ({self.seconds:.0f} s)")
 
 
 def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = True, retries: int = 0,
@@ -161,12 +165,18 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
     plan = plan_sweep(params, shard, progress=False)
     runs_dir = Path(params.paths.runs)
     clean_stale_temporaries(runs_dir)
-    _install_sigterm()
+    install_sigterm()
     summary = SweepSummary(total=len(plan))
     for k, (rid, run_params) in enumerate(plan, 1):
         if is_done(runs_dir / rid):
+            if _rescore(runs_dir / rid, run_params, summary, stream):
+                continue
             summary.skipped.append(rid)
             continue
+        damage = _damage(runs_dir / rid)
+        if damage:
+            summary.damaged[rid] = damage
+            print(f"[{k}/{len(plan)}] {rid}: damaged ({damage}); re-running it", file=stream, flush=True)
         if not claim_run(runs_dir, rid):
             summary.busy.append(rid)
             continue
@@ -190,6 +200,43 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
             release_run(runs_dir, rid)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _damage(run_dir: Path) -> str | None:
+    """What is wrong with a run directory whose status says done (None: intact, or not claiming to be done)."""
+    from .records import run_damage
+    from .runs import read_json
+
+    if not (run_dir / "status.json").exists():
+        return None
+    try:
+        status = read_json(run_dir / "status.json")
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    if not isinstance(status, dict) or status.get("status") != "done":
+        return None
+    return run_damage(run_dir, status)
+
+
+def _rescore(run_dir: Path, params: Params, summary: SweepSummary, stream) -> bool:
+    """Re-score a finished run whose metric versions changed (under its claim); True when it was re-scored."""
+    from .records import rescore_run, stale_metrics
+    from .runs import read_json
+
+    if not stale_metrics(read_json(run_dir / "metrics.json")):
+        return False
+    if not claim_run(run_dir.parent, run_dir.name):
+        summary.busy.append(run_dir.name)
+        return True
+    try:
+        stale = rescore_run(run_dir, params)
+    finally:
+        release_run(run_dir.parent, run_dir.name)
+    if stale:
+        summary.rescored[run_dir.name] = stale
+        print(f"  {run_dir.name}: re-scored {', '.join(stale)} (metric changed; predictions reused)", file=stream,
+              flush=True)
+    return bool(stale)
 
 
 def default_workers() -> int:
@@ -237,7 +284,9 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
         ran = list(dict.fromkeys(rid for r in runs for rid in r.ran))
         summary = SweepSummary(total=runs[0].total, ran=ran,
                                skipped=[rid for rid in runs[0].skipped if rid not in ran],
-                               failed={rid: why for r in runs for rid, why in r.failed.items() if rid not in ran})
+                               failed={rid: why for r in runs for rid, why in r.failed.items() if rid not in ran},
+                               damaged={rid: why for r in runs for rid, why in r.damaged.items()},
+                               rescored={rid: m for r in runs for rid, m in r.rescored.items()})
         summary.seconds = time.perf_counter() - start
         merged.append(summary)
     return merged
@@ -273,7 +322,7 @@ def submit_sweep(argv: list[str], n_tasks: int, folder: str | Path, local: bool 
     return executor.map_array(_sweep_task, [argv + ["--shard", f"{k}/{n_tasks}"] for k in range(n_tasks)])
 
 
-def _install_sigterm() -> None:
+def install_sigterm() -> None:
     """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the current run is recorded and released."""
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt

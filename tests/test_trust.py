@@ -237,3 +237,158 @@ def test_lora_rank_above_the_layer_width_is_an_error(tmp_path, smoke_params, smo
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"error: method_params.r = 512 exceeds the width .* \(rank at most 128\)", err), err
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+# ---- integrity: done means every file of the manifest exists and parses ---------------------------------------
+def _none_sweep(tmp_path, smoke_params):
+    return _sweep(tmp_path, smoke_params, "sweep:\n  grid: {method: [none], dataset: [vqav2, ocrvqa]}\n")
+
+
+@pytest.mark.parametrize("damage", ["truncate_metrics", "delete_predictions", "truncate_status", "delete_adapter"])
+def test_a_damaged_run_is_named_and_re_run_never_reused(tmp_path, smoke_params, smoke_model_dir, capsys, damage):
+    import io
+    import shutil
+
+    from mllm_study.cli import main
+    from mllm_study.results import collect_results
+    from mllm_study.sweep import run_sweep, sweep_status
+
+    if damage == "delete_adapter":
+        p = _sweep(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], epochs: [1]}\n")
+    else:
+        p = _none_sweep(tmp_path, smoke_params)
+    first = run_sweep(p, progress=False)
+    rid = first.ran[0]
+    d = tmp_path / "runs" / rid
+    if damage == "truncate_metrics":
+        (d / "metrics.json").write_text((d / "metrics.json").read_text()[:40])
+    elif damage == "delete_predictions":
+        (d / "predictions.jsonl").unlink()
+    elif damage == "truncate_status":
+        (d / "status.json").write_text('{"status": "do')
+    else:
+        shutil.rmtree(d / "adapter")
+    table, report = collect_results(tmp_path / "runs")
+    assert rid not in set(table["run_id"]) and rid in report.damaged and f"damaged run {rid}" in str(report)
+    assert rid in sweep_status(tmp_path / "runs", [r for r in first.ran])["remaining"]
+    code = main(["results", "--runs", str(tmp_path / "runs")])
+    assert code == 1 and f"damaged run {rid}" in capsys.readouterr().err
+    stream = io.StringIO()
+    again = run_sweep(p, progress=False, stream=stream)
+    assert again.ran == [rid] and set(again.damaged) == {rid} and f"{rid}: damaged (" in stream.getvalue()
+    table, report = collect_results(tmp_path / "runs")
+    assert report.used == len(first.ran) and not report.skipped
+
+
+def test_json_errors_name_their_file(tmp_path):
+    from mllm_study.runs import read_json
+
+    (tmp_path / "status.json").write_text('{"status": ')
+    with pytest.raises(ValueError, match=r"status.json: not valid JSON"):
+        read_json(tmp_path / "status.json")
+
+
+# ---- metrics are versioned: a changed metric re-scores stored predictions without retraining -------------------
+def test_a_changed_metric_rescores_stored_predictions_without_retraining(tmp_path, smoke_params, smoke_model_dir,
+                                                                          monkeypatch):
+    import io
+
+    from mllm_study import metrics as m
+    from mllm_study.results import collect_results
+    from mllm_study.sweep import run_sweep
+
+    p = _sweep(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], epochs: [1], dataset: [ocrvqa]}\n")
+    (rid,) = run_sweep(p, progress=False).ran
+    d = tmp_path / "runs" / rid
+    before = json.loads((d / "metrics.json").read_text())
+    assert before["metric_versions"] == {"accuracy": m.get_metric("accuracy").version}
+    log = (d / "train_log.jsonl").read_text()
+    old = m.get_metric("accuracy")
+
+    def every_item_right(predictions, references):
+        return m.MetricResult(1.0, [1.0] * len(predictions))
+
+    monkeypatch.setitem(m._REGISTRY, "accuracy", m.Metric("accuracy", True, old.reference, old.version + "-b",
+                                                          every_item_right))
+    stream = io.StringIO()
+    summary = run_sweep(p, progress=False, stream=stream)
+    assert summary.ran == [] and summary.rescored == {rid: ["accuracy"]} and "re-scored accuracy" in stream.getvalue()
+    assert (d / "train_log.jsonl").read_text() == log  # not retrained
+    after = json.loads((d / "metrics.json").read_text())
+    assert after["value"] == 1.0 and after["metric_versions"]["accuracy"] == old.version + "-b"
+    assert after["train"] == before["train"]
+    items = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+    assert items and all(i["score"] == 1.0 for i in items)
+    table, report = collect_results(tmp_path / "runs")
+    assert report.used == 1 and set(table.loc[table["metric"] == "accuracy", "value"]) == {1.0}
+    assert run_sweep(p, progress=False).skipped == [rid]  # re-scored once
+    monkeypatch.undo()  # the real metric again: the old scores come back, still without training
+    assert run_sweep(p, progress=False).rescored == {rid: ["accuracy"]}
+    assert json.loads((d / "metrics.json").read_text())["results"] == before["results"]
+
+
+# ---- exit codes and one-line errors ----------------------------------------------------------------------------
+def _cli_sweep(tmp_path, smoke_params, grid, *extra):
+    from mllm_study.cli import main
+
+    f = tmp_path / "s.yaml"
+    f.write_text(f"profile: smoke\nrun:\n  test_size: 8\n  train_size: 16\nsweep:\n  grid: {grid}\n")
+    return main(["sweep", str(f), "--quiet", "--set", f"paths.cache={smoke_params.paths.cache}",
+                 "--set", f"paths.runs={tmp_path / 'runs'}", *extra])
+
+
+def test_sweep_exits_non_zero_when_a_run_fails_before_writing_anything(tmp_path, smoke_params, smoke_model_dir,
+                                                                       capsys):
+    # r: 512 is refused when the run starts (after the base model is built): the other run still runs
+    code = _cli_sweep(tmp_path, smoke_params, "{method: [lora], method_params: [{r: 512}, {r: 2}]}")
+    out = capsys.readouterr()
+    assert code == 1 and "1 ran" in out.out and "exceeds the width" in out.err
+
+
+@pytest.mark.parametrize("grid, message", [
+    ("{seed: [42.5]}", r"sweep.grid.seed\[0\]: expected int, got float 42.5"),
+    ("{method: [prefix], placement: [mlp]}", r"method 'prefix' has no placement"),
+    ("{lr: [.nan]}", r"must be a finite number"),
+])
+def test_sweep_config_errors_exit_2_with_one_line(tmp_path, smoke_params, smoke_model_dir, capsys, grid, message):
+    code = _cli_sweep(tmp_path, smoke_params, grid)
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_and_unwritable_folders_are_one_line_errors(tmp_path, smoke_params, smoke_model_dir, capsys):
+    from mllm_study.cli import main
+
+    assert main(["results", "--runs", str(tmp_path / "nonexistent")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mllm-study results: error: runs folder not found: {tmp_path / 'nonexistent'}\n"
+    (tmp_path / "a-file").write_text("")  # a runs folder that cannot be created (root ignores read-only modes)
+    code = main(["run", "--profile", "smoke", "--quiet", "--method", "none", "--test-size", "4",
+                 "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'a-file' / 'runs'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("mllm-study run: error: Not a directory: ") and len(err.splitlines()) == 1, err
+
+
+def test_sigterm_to_run_is_handled_like_ctrl_c(tmp_path, smoke_params, smoke_model_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "MLLM_STUDY_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "mllm_study", "run", "--profile", "smoke", "--quiet", "--method", "lora",
+           "--epochs", "50", "--train-size", "32", "--set", f"paths.cache={smoke_params.paths.cache}",
+           "--set", f"paths.runs={runs}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.time() + 120
+    while time.time() < end and proc.poll() is None and not list(runs.glob(".*.tmp-*/status.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    assert not list(runs.glob(".*.tmp-*")), "temporary run folder left behind"
+    (status,) = [json.loads(p.read_text()) for p in runs.glob("*/status.json")]
+    assert status["status"] == "failed" and "KeyboardInterrupt" in status["reason"]
