@@ -1,4 +1,4 @@
-"""The ``mllm-study`` command: study, report, world, pretrain, run, sweep, results, params, data convert.
+"""The ``mllm-study`` command: study, report, world, pretrain, run, sweep, rescore, results, params, data convert.
 
 Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned``
 """
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", help="world folder (default: the params' world, generated if missing)")
     p.add_argument("--base-model", help="base model folder with pretrain_record.json (default: the params' tiny-llava)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write every figure to this JSON file")
+
+    p = sub.add_parser("rescore", help="re-score the finished runs of a params file whose metrics changed version "
+                                       "(stored predictions, no retraining; sweep and study do it too)")
+    p.add_argument("sweep_params", metavar="PARAMS", help="params YAML (its sweep: section names the runs)")
+    p.add_argument("--profile", help="profile applied under the params file (default: the file's own)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
     p.add_argument("--runs", default="runs", help="runs folder")
@@ -318,6 +324,24 @@ def _cmd_results(args) -> int:
     return 1 if report.damaged else 0  # named above; `sweep` or `study` re-runs them
 
 
+def _cmd_rescore(args) -> int:
+    from .config import parse_override
+    from .records import rescore_run
+    from .runs import is_done
+    from .sweep import plan_sweep
+
+    params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    done = [(rid, p) for rid, p in plan_sweep(params) if is_done(Path(params.paths.runs) / rid)]
+    rescored = 0
+    for rid, p in done:
+        stale = rescore_run(Path(params.paths.runs) / rid, p)
+        if stale:
+            rescored += 1
+            print(f"{rid}: re-scored {', '.join(stale)}")
+    print(f"{rescored} of {len(done)} finished runs re-scored")
+    return 0
+
+
 def _cmd_calibrate(args) -> int:
     from .calibration import calibrate
 
@@ -387,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
-                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
+                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results, "rescore": _cmd_rescore,
                 "data": _cmd_data, "validate": _cmd_validate,
                 "calibrate": _cmd_calibrate}
     try:

@@ -322,9 +322,14 @@ def test_a_changed_metric_rescores_stored_predictions_without_retraining(tmp_pat
     table, report = collect_results(tmp_path / "runs")
     assert report.used == 1 and set(table.loc[table["metric"] == "accuracy", "value"]) == {1.0}
     assert run_sweep(p, progress=False).skipped == [rid]  # re-scored once
-    monkeypatch.undo()  # the real metric again: the old scores come back, still without training
-    assert run_sweep(p, progress=False).rescored == {rid: ["accuracy"]}
+    monkeypatch.undo()  # the real metric again: `mllm-study rescore` brings the old scores back, still untrained
+    from mllm_study.cli import main
+
+    f = tmp_path / "sweep.yaml"
+    assert main(["rescore", str(f), "--set", f"paths.cache={smoke_params.paths.cache}",
+                 "--set", f"paths.runs={tmp_path / 'runs'}"]) == 0
     assert json.loads((d / "metrics.json").read_text())["results"] == before["results"]
+    assert (d / "train_log.jsonl").read_text() == log
 
 
 # ---- exit codes and one-line errors ----------------------------------------------------------------------------
