@@ -1,4 +1,4 @@
-"""The ``mllm-study`` command: study, report, world, pretrain, run, sweep, results, params, data convert.
+"""The ``mllm-study`` command: study, report, world, pretrain, run, sweep, rescore, results, params, data convert.
 
 Usage: ``mllm-study run --profile quick --method lora --dataset iconqa_txt --connector tuned``
 """
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", help="base model folder with pretrain_record.json (default: the params' tiny-llava)")
     p.add_argument("--json", dest="json_out", metavar="OUT", help="also write every figure to this JSON file")
 
+    p = sub.add_parser("rescore", help="re-score the finished runs of a params file whose metrics changed version "
+                                       "(stored predictions, no retraining; sweep and study do it too)")
+    p.add_argument("sweep_params", metavar="PARAMS", help="params YAML (its sweep: section names the runs)")
+    p.add_argument("--profile", help="profile applied under the params file (default: the file's own)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
     p.add_argument("--runs", default="runs", help="runs folder")
     p.add_argument("--out", help="write CSV (or .parquet) here instead of printing")
@@ -141,7 +147,9 @@ def _cmd_pretrain(args) -> int:
     params = _params(args)
     world = ensure_world(params, not args.quiet)
     path = pretrain_tiny_llava(params, world, not args.quiet)
-    record = json.loads((path / "pretrain_record.json").read_text())
+    from .runs import read_json
+
+    record = read_json(path / "pretrain_record.json")
     for stage, info in record["stages"].items():
         print(f"{stage}: {info['steps']} steps in {info['seconds']} s, final loss {info['final_loss']:.4f}")
     print("image-use check (seen families, test split):")
@@ -163,8 +171,12 @@ def _cmd_run(args) -> int:
             raise ValueError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
         extra["run.method_params"] = mp
     params = _params(args, extra)
+    from .runs import read_json
+    from .sweep import install_sigterm
+
+    install_sigterm()  # SIGTERM like Ctrl-C: the run is recorded as failed, no temporary folder stays behind
     run_dir = execute_run(params, progress=not args.quiet, force=args.force)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = read_json(run_dir / "metrics.json")
     print(f"{metrics['dataset']} ({metrics['metric']}): {metrics['value']:.4f} on {metrics['n']} test items; "
           f"trained {metrics['train']['trainable_params']:,} parameters for {metrics['train']['steps']} steps")
     print(f"run directory: {run_dir}")
@@ -196,15 +208,17 @@ def _cmd_sweep(args) -> int:
         return 0
     if args.slurm:
         return _slurm_sweep(args, params, ids, state)
+    failed = False
     if args.workers > 1:
-        summary = _pool_sweep(args, shard)
+        failed = _pool_sweep(args, shard)
     else:
         summary = run_sweep(params, shard, progress=not args.quiet, retries=args.retries)
         print(summary.line())
+        failed = bool(summary.failed)  # including runs that failed before writing anything
     _print_sweep_table(params.paths.runs, ids)
     state = sweep_status(params.paths.runs, ids)
     print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()))
-    return 0 if not state["failed"] else 1
+    return 1 if failed or state["failed"] else 0
 
 
 def _slurm_sweep(args, params, ids, state) -> int:
@@ -261,7 +275,9 @@ def _pool_sweep(args, shard):
     with mp.get_context("spawn").Pool(w) as pool:
         codes = pool.map(_pool_worker, argvs)
     print(f"{w} workers finished with exit codes {codes}")
-    return None
+    if any(c not in (0, 1) for c in codes):
+        raise RuntimeError(f"a sweep worker stopped with exit code {max(codes)}")
+    return any(c == 1 for c in codes)
 
 
 def _print_sweep_table(runs_dir, ids) -> None:
@@ -293,6 +309,8 @@ def _cmd_study(args, train: bool = True) -> int:
 def _cmd_results(args) -> int:
     from .results import collect_results
 
+    if not Path(args.runs).is_dir():
+        raise FileNotFoundError(f"runs folder not found: {args.runs}")
     table, report = collect_results(args.runs)
     print(report, file=sys.stderr)
     if args.out:
@@ -303,6 +321,24 @@ def _cmd_results(args) -> int:
         print(f"{len(table)} rows -> {args.out}", file=sys.stderr)
     else:
         print(table.to_csv(index=False), end="")
+    return 1 if report.damaged else 0  # named above; `sweep` or `study` re-runs them
+
+
+def _cmd_rescore(args) -> int:
+    from .config import parse_override
+    from .records import rescore_run
+    from .runs import is_done
+    from .sweep import plan_sweep
+
+    params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    done = [(rid, p) for rid, p in plan_sweep(params) if is_done(Path(params.paths.runs) / rid)]
+    rescored = 0
+    for rid, p in done:
+        stale = rescore_run(Path(params.paths.runs) / rid, p)
+        if stale:
+            rescored += 1
+            print(f"{rid}: re-scored {', '.join(stale)}")
+    print(f"{rescored} of {len(done)} finished runs re-scored")
     return 0
 
 
@@ -375,13 +411,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
-                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
+                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results, "rescore": _cmd_rescore,
                 "data": _cmd_data, "validate": _cmd_validate,
                 "calibrate": _cmd_calibrate}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         print(f"mllm-study {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full runs folder, a path through a file, ...: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mllm-study {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mllm-study {args.command}: interrupted; finished runs are kept, the current one will re-run",

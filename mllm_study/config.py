@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "load_params", "parse_override", "list_profiles",
+    "PARAMS_DIR", "load_params", "parse_override", "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -74,6 +75,7 @@ class PretrainConfig:
                 raise ConfigError(f"pretrain.{name} must be positive (got {getattr(self, name)})")
         if self.image_size % self.patch_size:
             raise ConfigError("pretrain.image_size must be a multiple of pretrain.patch_size")
+        _check_finite(self, "pretrain")
         if self.lr <= 0:
             raise ConfigError(f"pretrain.lr must be positive (got {self.lr})")
         if self.loss_average not in ("token", "sample"):
@@ -120,6 +122,7 @@ class RunConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
+        _check_finite(self, "run")
         if self.connector not in ("frozen", "tuned"):
             raise ConfigError(f"run.connector must be 'frozen' or 'tuned' (got {self.connector!r})")
         if self.vision not in ("frozen", "tuned"):
@@ -130,9 +133,11 @@ class RunConfig:
             raise ConfigError(f"run.eval_split must be 'test' or 'val' (got {self.eval_split!r})")
         if self.placement not in (None, "attention", "mlp", "both"):
             raise ConfigError(f"run.placement must be attention, mlp or both (got {self.placement!r})")
-        for name in ("lr", "connector_lr", "vision_lr", "epochs"):
+        for name in ("lr", "connector_lr", "vision_lr"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ConfigError(f"run.{name} must be >= 0 (got {getattr(self, name)})")
+        if self.epochs <= 0:  # the loop would still take one step: zero epochs is never what was meant
+            raise ConfigError(f"run.epochs must be positive (got {self.epochs})")
         for name in ("batch_size", "grad_accum", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"run.{name} must be positive (got {getattr(self, name)})")
@@ -145,6 +150,25 @@ class RunConfig:
                 raise ConfigError(f"run.method_presets.{name} must be a mapping of parameters, got {preset!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"run.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The first non-finite number (NaN, inf) inside ``value`` (nested lists and mappings), as ``where = value``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} = {value}"
+    if isinstance(value, dict):
+        return next((bad for k, v in value.items() if (bad := _non_finite(v, f"{where}.{k}"))), None)
+    if isinstance(value, (list, tuple)):
+        return next((bad for i, v in enumerate(value) if (bad := _non_finite(v, f"{where}[{i}]"))), None)
+    return None
+
+
+def _check_finite(config: Any, section: str) -> None:
+    """NaN and infinity are never valid settings (``nan < 0`` is false, so range checks alone let NaN through)."""
+    for f in dataclasses.fields(config):
+        bad = _non_finite(getattr(config, f.name), f"{section}.{f.name}")
+        if bad:
+            raise ConfigError(f"{bad}: must be a finite number")
 
 
 @dataclass
@@ -209,13 +233,24 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return float(value)
     if expected is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-4" (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if expected is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value}")
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(f"{where}: expected {getattr(expected, '__name__', expected)}, "
                           f"got {type(value).__name__} {value!r}")
     return value
+
+
+def check_value(section: str, key: str, value: Any, where: str) -> Any:
+    """Convert and check one ``section.key`` value exactly as a params file or the command line would (ints for
+    floats, YAML-1.1 strings such as ``1.0e9`` for floats); ConfigError naming ``where`` otherwise."""
+    hints = typing.get_type_hints(SECTIONS[section])
+    if key not in hints:
+        raise ConfigError(f"{where}: unknown key '{section}.{key}'.{_suggest(key, hints)}")
+    return _check_type(value, hints[key], where)
 
 
 def _merge_section(base: dict, update: dict, section: str, source: str) -> None:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
-           "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of"]
+           "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of", "rescore"]
 
 
 @dataclass
@@ -160,12 +160,7 @@ def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict]
     else:
         raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
     refs = [references_of(r) for r in records]
-    kwargs: dict[str, Any] = {}
-    if metric == "mc_accuracy":
-        kwargs["choices"] = [r.get("choices") or [] for r in records]
-    if metric == "chair":
-        kwargs["objects"] = [r.get("objects") or [] for r in records]
-    result = compute_metric(metric, preds, refs, **kwargs)
+    result = compute_metric(metric, preds, refs, **_metric_kwargs(metric, records))
     items = []
     for rec, pred, ref, score in zip(records, preds, refs, result.per_item):
         prompt = " ".join(c.get("text", "<image>") for m in prompt_messages(rec) for c in m["content"])
@@ -173,6 +168,27 @@ def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict]
                       "score": float(score)})
     return EvalResult(metric=metric, value=float(result.value), extra={k: float(v) for k, v in result.extra.items()},
                       items=items, seconds=time.perf_counter() - start)
+
+
+def _metric_kwargs(metric: str, records: list[dict]) -> dict[str, Any]:
+    """The per-item inputs a metric needs beside predictions and references (choices, objects)."""
+    kwargs: dict[str, Any] = {}
+    if metric == "mc_accuracy":
+        kwargs["choices"] = [r.get("choices") or [] for r in records]
+    if metric == "chair":
+        kwargs["objects"] = [r.get("objects") or [] for r in records]
+    return kwargs
+
+
+def rescore(records: list[dict], predictions: list[str], metric: str, info: dict):
+    """Score stored ``predictions`` of ``records`` with ``metric`` exactly as evaluation did (CHAIR with the
+    dataset's object synonyms); returns the :class:`~mllm_study.metrics.MetricResult`. Used after a metric changed."""
+    from .metrics import compute_metric
+
+    if metric == "chair" and info["metric"] == "cider":
+        return compute_metric("chair", predictions, [[""]] * len(predictions),
+                              objects=[r["objects"] for r in records], synonyms=_chair_synonyms(info))
+    return compute_metric(metric, predictions, [references_of(r) for r in records], **_metric_kwargs(metric, records))
 
 
 def _chair_synonyms(info: dict) -> dict[str, list[str]] | None:

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import pandas as pd
 
+from .records import run_damage
+
 __all__ = ["collect_results", "CollectReport", "FACTOR_COLUMNS", "item_scores"]
 
 # Columns every row carries (the run's factors), in this order, before dataset/split/epoch/metric/value.
@@ -35,8 +37,16 @@ class CollectReport:
         reasons: dict[str, int] = {}
         for r in self.skipped.values():
             reasons[r] = reasons.get(r, 0) + 1
-        detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
-        return f"read {self.used} finished runs, skipped {len(self.skipped)}" + (f" ({detail})" if detail else "")
+        detail = "; ".join(f"{n} {r}" for r, n in sorted(reasons.items()) if not r.startswith("damaged"))
+        damaged = len(self.damaged)
+        detail = "; ".join(x for x in (detail, f"{damaged} damaged" if damaged else "") if x)
+        text = f"read {self.used} finished runs, skipped {len(self.skipped)}" + (f" ({detail})" if detail else "")
+        return "\n".join([text, *(f"damaged run {rid}: {why} (a sweep re-runs it)" for rid, why in self.damaged.items())])
+
+    @property
+    def damaged(self) -> dict[str, str]:
+        """Runs whose status says done but whose files do not match their manifest -> what is wrong."""
+        return {rid: r.removeprefix("damaged: ") for rid, r in self.skipped.items() if r.startswith("damaged: ")}
 
 
 def _factor_row(rid: str, spec: dict) -> dict:
@@ -68,21 +78,26 @@ def collect_results(runs_dir: str | Path, run_ids: Iterable[str] | None = None) 
     for rid in wanted:
         d = runs_dir / rid
         try:
-            status = json.loads((d / "status.json").read_text()).get("status")
+            record = json.loads((d / "status.json").read_text())
+            status = record.get("status") if isinstance(record, dict) else None
         except FileNotFoundError:
             report.skipped[rid] = "missing" if not d.exists() else "half-written (no status)"
             continue
         except ValueError:
-            report.skipped[rid] = "corrupt status.json"
+            report.skipped[rid] = "damaged: status.json is not valid JSON"
             continue
         if status != "done":
             report.skipped[rid] = status or "unknown status"
+            continue
+        damage = run_damage(d, record)
+        if damage:
+            report.skipped[rid] = f"damaged: {damage}"
             continue
         try:
             spec = json.loads((d / "spec.json").read_text())
             metrics = json.loads((d / "metrics.json").read_text())
         except (OSError, ValueError) as exc:
-            report.skipped[rid] = f"unreadable record ({type(exc).__name__})"
+            report.skipped[rid] = f"damaged: unreadable record ({type(exc).__name__})"
             continue
         factors = _factor_row(rid, spec)
         params = {f"param_{k}": v for k, v in spec["run"].get("method_params", {}).items()}

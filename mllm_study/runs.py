@@ -36,7 +36,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """Parse a JSON file; a malformed one is a ValueError that names the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
 
 
 def _file_digest(path: Path) -> str:
@@ -68,7 +73,10 @@ def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
 
 
 def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
-    """Everything that determines a run's result: run settings, the data's and base model's identities, code."""
+    """Everything that determines a run's result: the resolved run settings (:func:`.identity.canonical_run`), the
+    data's and base model's identities, and the fingerprint of the code that shapes training and predictions."""
+    from .data import load_dataset_info
+    from .identity import canonical_run, code_fingerprint
     from .methods import get_method
 
     run = dataclasses.asdict(params.run)
@@ -81,7 +89,9 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
-    spec: dict[str, Any] = {"run": run, "code_version": __version__,
+    limits = [load_dataset_info(folder).get("max_new_tokens", 16) for folder, _, _ in eval_targets(params, progress)]
+    spec: dict[str, Any] = {"run": canonical_run(run, params, method, limits),
+                            "code": {"version": __version__, "fingerprint": code_fingerprint()},
                             "data": {split: _file_digest(dataset_dir / f"{split}.json")
                                      for split in ("train", "test") if (dataset_dir / f"{split}.json").exists()}}
     if params.run.model == "tiny-llava":
@@ -92,8 +102,11 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
 
 
 def run_id(spec: dict[str, Any]) -> str:
-    """``<method>-<dataset>-s<seed>-<hash>``: readable, and the hash covers the whole resolved spec."""
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    """``<method>-<dataset>-s<seed>-<hash>``: readable, and the hash covers the spec's identity (every setting that
+    changes training or predictions, and the code fingerprint; see :mod:`mllm_study.identity`)."""
+    from .identity import identity
+
+    digest = hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()[:12]
     run = spec["run"]
     return f"{run['method']}-{Path(run['dataset']).name}-s{run['seed']}-{digest}"
 
@@ -203,6 +216,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     """
     from .data import DataError, load_dataset_info, load_split
     from .evaluate import evaluate_loss
+    from .records import manifest, metric_versions
     from .methods.registry import apply_method, save_method
     from .train import TrainSettings, train_model, trainable_summary
 
@@ -225,6 +239,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     set_seed(run.seed)  # method weights (e.g. LoRA's A) are initialised from the run's seed, not the process's state
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
                          layers=run.layers, vision=run.vision)
+    _check_rank(model)
     from .train import get_accelerator
 
     acc = get_accelerator()
@@ -268,11 +283,11 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
         metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
-                   "results": rows, "train": train_info}
+                   "results": rows, "train": train_info, "metric_versions": metric_versions(rows)}
         write_json_atomic(tmp / "metrics.json", metrics)
         write_json_atomic(tmp / "status.json", {
             "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "python": platform.python_version()})
+            "host": platform.node(), "python": platform.python_version(), "files": manifest(tmp)})
     except DataError:
         # bad input (e.g. an unreadable image found while training): no record is left behind; fix and re-run
         shutil.rmtree(tmp, ignore_errors=True)
@@ -291,7 +306,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
 
 def clean_stale_temporaries(runs_dir: Path) -> list[str]:
     """Remove temporary run folders (``.<id>.tmp-<pid>``, ``.<id>.old-*``) left by dead processes on this host."""
-    from .sweep import _alive
+    from .claims import pid_alive
 
     removed = []
     for d in Path(runs_dir).glob(".*.tmp-*") if Path(runs_dir).exists() else []:
@@ -299,7 +314,7 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
             pid = int(d.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if d.is_dir() and not _alive(pid):
+        if d.is_dir() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d.name)
     for d in Path(runs_dir).glob(".*.old-*") if Path(runs_dir).exists() else []:
@@ -309,11 +324,28 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
 
 
 def is_done(run_dir: Path) -> bool:
-    """A run directory is complete when its status says ``done`` and its metrics exist."""
+    """A run directory is complete when its status says ``done`` and every file of its manifest exists and parses
+    (:func:`mllm_study.records.run_damage`); a damaged run is not done, so it is re-run."""
+    from .records import run_damage
+
     try:
-        return read_json(run_dir / "status.json").get("status") == "done" and (run_dir / "metrics.json").exists()
+        status = read_json(Path(run_dir) / "status.json")
     except (OSError, ValueError):
         return False
+    return isinstance(status, dict) and status.get("status") == "done" and run_damage(run_dir, status) is None
+
+
+def _check_rank(model) -> None:
+    """A low-rank update wider than the layer it adapts (LoRA ``r`` > min(in, out)) adds parameters but no
+    expressiveness: almost always a setting meant for a bigger model. ValueError naming the layer."""
+    for name, module in model.named_modules():
+        ranks = getattr(module, "r", None)
+        width = min(getattr(module, "in_features", 0) or 0, getattr(module, "out_features", 0) or 0)
+        if isinstance(ranks, dict) and width:
+            for r in ranks.values():
+                if r > width:
+                    raise ValueError(f"method_params.r = {r} exceeds the width of the layers it adapts: {name} is "
+                                     f"{module.in_features} x {module.out_features} (rank at most {width})")
 
 
 def _collator(processor):

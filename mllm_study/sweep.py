@@ -4,8 +4,8 @@ Usage: ``summary = run_sweep(load_params("params/rq1_main.yaml"), shard=(0, 1))`
 
 A params file declares its design in a ``sweep`` section: ``grid`` (run keys -> lists of values, crossed) and/or
 ``grids`` (a list of such grids, whose cross products are concatenated; e.g. LoRA ranks and adapter sizes).
-Every worker claims a run by creating ``runs/.claims/<run_id>`` exclusively (atomic on POSIX and NFS v3+), so two
-workers never train the same run; a claim left by a dead process on the same host is taken over. Finished runs are
+Every worker claims a run through :mod:`.claims` (an exclusive, complete claim file; a dead owner's claim on the
+same host is taken over atomically), so two workers never train the same run. Finished runs are
 skipped; failed and half-written ones are retried.
 """
 
@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Params, RunConfig
+from .claims import claim_holder, claim_run, holder_alive, release_run
+from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
-           "release_run", "sweep_status", "parse_shard", "submit_sweep"]
+           "release_run", "sweep_status", "parse_shard", "submit_sweep", "install_sigterm"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -42,8 +43,12 @@ def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
             raise ConfigError(f"{where}: unknown run key {key!r}.{hint}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{where}.{key} must be a non-empty list of values, got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    # every value converted and checked exactly like a params file's or the command line's (epochs: [5] -> 5.0,
+    # lr: [1.0e9] -> 1e9; seed: [42.5] is an error), so a grid names the same runs as `mllm-study run`
+    typed = {key: [check_value("run", key, v, f"{where}.{key}[{i}]") for i, v in enumerate(values)]
+             for key, values in grid.items()}
+    keys = list(typed)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(typed[k] for k in keys))]
 
 
 def expand_sweep(params: Params) -> list[Params]:
@@ -97,49 +102,9 @@ def plan_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool =
     return [item for k, item in enumerate(planned) if k % shard[1] == shard[0]]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim_run(runs_dir: Path, rid: str) -> bool:
-    """Atomically claim ``rid`` for this process; False when another live worker holds it."""
-    claims = Path(runs_dir) / ".claims"
-    claims.mkdir(parents=True, exist_ok=True)
-    path = claims / rid
-    me = {"pid": os.getpid(), "host": platform.node(), "time": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and holder.get("pid") and not _alive(int(holder["pid"])):
-                path.unlink(missing_ok=True)  # its process died (e.g. SIGKILL): take the run over
-                continue
-            if not holder and time.time() - path.stat().st_mtime > 60:
-                path.unlink(missing_ok=True)  # an empty claim older than a minute: its writer died mid-claim
-                continue
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release_run(runs_dir: Path, rid: str) -> None:
-    (Path(runs_dir) / ".claims" / rid).unlink(missing_ok=True)
-
-
 def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:
-    """Run ids by state: done, failed, running (claimed by a live worker), remaining."""
+    """Run ids by state: done, failed, running (claimed by a worker that is alive), remaining (a damaged or
+    unreadable run directory counts as remaining: the next sweep re-runs it)."""
     from .runs import is_done, read_json
 
     out: dict[str, list[str]] = {"done": [], "failed": [], "running": [], "remaining": []}
@@ -147,12 +112,15 @@ def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:
         d = Path(runs_dir) / rid
         if is_done(d):
             out["done"].append(rid)
-        elif (Path(runs_dir) / ".claims" / rid).exists():
+            continue
+        if holder_alive(claim_holder(runs_dir, rid)):
             out["running"].append(rid)
-        elif (d / "status.json").exists() and read_json(d / "status.json").get("status") == "failed":
-            out["failed"].append(rid)
-        else:
-            out["remaining"].append(rid)
+            continue
+        try:
+            failed = read_json(d / "status.json").get("status") == "failed"
+        except (OSError, ValueError, AttributeError):
+            failed = False
+        out["failed" if failed else "remaining"].append(rid)
     return out
 
 
@@ -165,11 +133,15 @@ class SweepSummary:
     skipped: list[str] = field(default_factory=list)  # already done
     failed: dict[str, str] = field(default_factory=dict)  # run id -> reason
     busy: list[str] = field(default_factory=list)  # claimed by another worker
+    damaged: dict[str, str] = field(default_factory=dict)  # run id -> what was wrong (re-run)
+    rescored: dict[str, list[str]] = field(default_factory=dict)  # run id -> metrics re-scored (no retraining)
     seconds: float = 0.0
 
     def line(self) -> str:
+        extra = "".join(f", {len(v)} {name}" for name, v in (("damaged (re-run)", self.damaged),
+                                                              ("re-scored", self.rescored)) if v)
         return (f"{self.total} runs: {len(self.ran)} ran, {len(self.skipped)} already done, {len(self.failed)} failed, "
-                f"{len(self.busy)} held by other workers ({self.seconds:.0f} s)")
+                f"{len(self.busy)} held by other workers{extra} ({self.seconds:.0f} s)")
 
 
 def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = True, retries: int = 0,
@@ -193,12 +165,18 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
     plan = plan_sweep(params, shard, progress=False)
     runs_dir = Path(params.paths.runs)
     clean_stale_temporaries(runs_dir)
-    _install_sigterm()
+    install_sigterm()
     summary = SweepSummary(total=len(plan))
     for k, (rid, run_params) in enumerate(plan, 1):
         if is_done(runs_dir / rid):
+            if _rescore(runs_dir / rid, run_params, summary, stream):
+                continue
             summary.skipped.append(rid)
             continue
+        damage = _damage(runs_dir / rid)
+        if damage:
+            summary.damaged[rid] = damage
+            print(f"[{k}/{len(plan)}] {rid}: damaged ({damage}); re-running it", file=stream, flush=True)
         if not claim_run(runs_dir, rid):
             summary.busy.append(rid)
             continue
@@ -222,6 +200,43 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
             release_run(runs_dir, rid)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _damage(run_dir: Path) -> str | None:
+    """What is wrong with a run directory whose status says done (None: intact, or not claiming to be done)."""
+    from .records import run_damage
+    from .runs import read_json
+
+    if not (run_dir / "status.json").exists():
+        return None
+    try:
+        status = read_json(run_dir / "status.json")
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    if not isinstance(status, dict) or status.get("status") != "done":
+        return None
+    return run_damage(run_dir, status)
+
+
+def _rescore(run_dir: Path, params: Params, summary: SweepSummary, stream) -> bool:
+    """Re-score a finished run whose metric versions changed (under its claim); True when it was re-scored."""
+    from .records import rescore_run, stale_metrics
+    from .runs import read_json
+
+    if not stale_metrics(read_json(run_dir / "metrics.json")):
+        return False
+    if not claim_run(run_dir.parent, run_dir.name):
+        summary.busy.append(run_dir.name)
+        return True
+    try:
+        stale = rescore_run(run_dir, params)
+    finally:
+        release_run(run_dir.parent, run_dir.name)
+    if stale:
+        summary.rescored[run_dir.name] = stale
+        print(f"  {run_dir.name}: re-scored {', '.join(stale)} (metric changed; predictions reused)", file=stream,
+              flush=True)
+    return bool(stale)
 
 
 def default_workers() -> int:
@@ -269,7 +284,9 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
         ran = list(dict.fromkeys(rid for r in runs for rid in r.ran))
         summary = SweepSummary(total=runs[0].total, ran=ran,
                                skipped=[rid for rid in runs[0].skipped if rid not in ran],
-                               failed={rid: why for r in runs for rid, why in r.failed.items() if rid not in ran})
+                               failed={rid: why for r in runs for rid, why in r.failed.items() if rid not in ran},
+                               damaged={rid: why for r in runs for rid, why in r.damaged.items()},
+                               rescored={rid: m for r in runs for rid, m in r.rescored.items()})
         summary.seconds = time.perf_counter() - start
         merged.append(summary)
     return merged
@@ -305,7 +322,7 @@ def submit_sweep(argv: list[str], n_tasks: int, folder: str | Path, local: bool 
     return executor.map_array(_sweep_task, [argv + ["--shard", f"{k}/{n_tasks}"] for k in range(n_tasks)])
 
 
-def _install_sigterm() -> None:
+def install_sigterm() -> None:
     """Turn SIGTERM (SLURM pre-emption, kill) into KeyboardInterrupt so the current run is recorded and released."""
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt

@@ -50,8 +50,8 @@ _OWN_POSITIONS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; ``step`` says when."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}")
+    def __init__(self, step: int, loss: float, what: str = "loss"):
+        super().__init__(f"{what} became {loss} at step {step}")
         self.step = step
         self.loss = loss
 
@@ -277,7 +277,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
         A :class:`TrainResult`.
 
     Raises:
-        TrainingDiverged: the loss became NaN or infinite (checked at every log point and at the end).
+        TrainingDiverged: the loss became NaN or infinite (checked at every log point and at the end; the step is
+            the first non-finite one) or the final weights are not finite.
     """
     if not records:
         raise ValueError("no training records")
@@ -325,6 +326,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                dynamic_ncols=True, leave=False)
     step, samples, micro = 0, 0, 0
     running, running_n = torch.zeros((), device=acc.device), 0
+    interval: list[tuple[int, torch.Tensor]] = []  # this log interval's (step, loss) on device: no host sync
     try:
         while step < total:
             for batch in loader:
@@ -347,6 +349,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                     acc.backward(loss / settings.grad_accum)
                 running += loss.detach()
                 running_n += 1
+                interval.append((step + 1, loss.detach()))
                 samples += batch["input_ids"].shape[0] * acc.num_processes
                 if not sync:
                     continue
@@ -361,7 +364,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                     loss = (running / running_n).item()  # the only host sync, once per log interval
                     running, running_n = torch.zeros((), device=acc.device), 0
                     if not math.isfinite(loss):
-                        raise TrainingDiverged(step, loss)
+                        raise TrainingDiverged(*_first_non_finite(interval, step, loss))
+                    interval = []
                     entry = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss,
                              "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3)}
                     log.append(entry)
@@ -383,6 +387,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                             log_file.flush()
                 if step >= total:
                     break
+        _check_weights(params, step)  # the last update is never followed by a loss: check what it left
     finally:
         bar.close()
         if log_file:
@@ -394,6 +399,19 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     return TrainResult(steps=step, samples=samples, seconds=seconds,
                        final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log,
                        mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits)
+
+
+def _first_non_finite(interval: list[tuple[int, torch.Tensor]], step: int, mean: float) -> tuple[int, float]:
+    """(step, loss) of the first non-finite loss of a log interval whose mean tripped (one host sync, on failure)."""
+    flags = torch.isfinite(torch.stack([loss for _, loss in interval])).tolist() if interval else []
+    first = next((i for i, ok in enumerate(flags) if not ok), None)
+    return (step, mean) if first is None else (interval[first][0], float(interval[first][1]))
+
+
+def _check_weights(params: list[torch.Tensor], step: int) -> None:
+    """TrainingDiverged when an update left a trained weight NaN or infinite (e.g. a non-finite learning rate)."""
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise TrainingDiverged(step, float("nan"), what="trained weights")
 
 
 def trainable_summary(model: torch.nn.Module) -> dict[str, Any]:

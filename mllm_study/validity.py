@@ -42,6 +42,7 @@ from typing import Any
 
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
+from .records import run_damage
 from .runs import _file_digest, is_done, read_json, write_json_atomic
 
 __all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs", "validate",
@@ -302,9 +303,11 @@ def read_runs(runs_dir: str | Path, world_dir: str | Path, columns: dict[str, Co
     for d in run_dirs(runs_dir):
         if not is_done(d):
             try:
-                skipped[d.name] = read_json(d / "status.json").get("status") or "unknown status"
+                status = read_json(d / "status.json").get("status") or "unknown status"
             except (OSError, ValueError):
-                skipped[d.name] = "half-written"
+                status = "half-written"
+            # done but not intact: name what is wrong (records.run_damage) rather than read it
+            skipped[d.name] = f"damaged ({run_damage(d)})" if status == "done" else status
             continue
         try:
             spec = read_json(d / "spec.json")

@@ -60,8 +60,8 @@ def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
 
 
 def test_sweep_runs_skips_and_survives_a_failing_run(tmp_path, smoke_params, smoke_model_dir):
-    # the second lr diverges (loss -> inf/NaN): recorded as failed with its step, the sweep goes on
-    p = _params(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], lr: [1.0e-3, .inf]}\n")
+    # the second lr diverges (loss or weights -> inf/NaN): recorded as failed with its step, the sweep goes on
+    p = _params(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], epochs: [3], lr: [1.0e-3, 1.0e30]}\n")
     summary = run_sweep(p, progress=False)
     assert len(summary.ran) == 1 and len(summary.failed) == 1
     (bad,) = summary.failed

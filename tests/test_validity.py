@@ -389,8 +389,9 @@ def test_runs_not_done_or_from_another_world_are_skipped_and_errors_exit_2(passi
     (write_run(copy, world, "lora-sqa-s9", "lora", "sqa", 9, {"sqa": ["a"] * N}) / "metrics.json").write_text("{")
     v = check(world, copy, base)
     assert v.data["skipped"] == {"lora-sqa-s7": "running", "lora-sqa-s8": "made on another world",
-                                 "lora-sqa-s9": "unreadable record (JSONDecodeError)"}
-    assert v.exit_code == 0 and "3 skipped (1 running, 1 made on another world, 1 unreadable" in v.text()
+                                 "lora-sqa-s9": "damaged (metrics.json: not valid JSON (Expecting property name "
+                                                "enclosed in double quotes: line 1 column 2 (char 1)))"}
+    assert v.exit_code == 0 and "3 skipped (1 running, 1 made on another world, 1 damaged (metrics.json" in v.text()
     assert main(["validate", "--runs", str(tmp_path / "missing"), "--world", str(world)]) == 2
     assert "runs folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
