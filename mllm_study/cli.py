@@ -109,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("convert", help="convert a public dataset release into the project's LLaVA JSON")
     c.add_argument("name", help="dataset: scienceqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, vqav2, "
                                 "ocrvqa, pope")
-    c.add_argument("--src", required=True, help="folder of the public release")
-    c.add_argument("--out", required=True, help="output dataset folder")
+    c.add_argument("--src", required=True, help="folder of the public release, or a Hugging Face parquet file or "
+                                                "folder (lmms-lab/...), or hf:<dataset id>[:<config>]")
+    c.add_argument("--out", required=True, help="output dataset folder (must be empty unless --overwrite)")
+    c.add_argument("--image-folder", help="folder the images are in, if they are not found under --src")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out as a whole")
     c.add_argument("--train-size", type=int)
     c.add_argument("--test-size", type=int)
     c.add_argument("--seed", type=int, default=0)
@@ -338,7 +341,7 @@ def _cmd_data(args) -> int:
     from .converters import convert
 
     info = convert(args.name, args.src, args.out, train_size=args.train_size, test_size=args.test_size,
-                   seed=args.seed)
+                   seed=args.seed, image_folder=args.image_folder, overwrite=args.overwrite)
     print(json.dumps(info, indent=1))
     return 0
 
