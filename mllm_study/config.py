@@ -21,7 +21,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "load_params", "parse_override", "list_profiles",
+    "PARAMS_DIR", "RUN_DATA_KEYS", "load_params", "parse_override", "list_profiles",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -110,6 +110,9 @@ class RunConfig:
     max_new_tokens: int | None = None  # None = the dataset's own limit
     eval_split: str = "test"  # test, or val: train on train minus a carved validation split and score on it
     seed: int = 42
+    # Named metric variants, {metric: variant}, e.g. {vqa_score: official-2021, pope: llava}; a metric not named
+    # uses its default (vqa_score official-2016, pope strict: the study's numbers). mllm_study.metrics lists them.
+    metric_variants: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.connector not in ("frozen", "tuned"):
@@ -137,6 +140,13 @@ class RunConfig:
                 raise ConfigError(f"run.method_presets.{name} must be a mapping of parameters, got {preset!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"run.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        from .metrics import resolve_variant
+
+        for metric, variant in self.metric_variants.items():
+            try:
+                resolve_variant(str(metric), variant if isinstance(variant, str) else repr(variant))
+            except ValueError as exc:
+                raise ConfigError(f"run.metric_variants.{metric}: {exc}") from None
 
 
 @dataclass
@@ -210,9 +220,20 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# ``run`` keys that are not RunConfig fields: load_params turns them into ``run.dataset`` (a cached dataset folder
+# built from a LLaVA conversation file, mllm_study/converters/llava_file.py), so run ids stay as they were.
+RUN_DATA_KEYS = {
+    "data_file": str,  # a LLaVA conversation file (JSON or JSON lines) to train on, instead of run.dataset
+    "test_data_file": str,  # conversations to score on (default: the data file's last records, not trained on)
+    "image_folder": str,  # folder the files' image paths are relative to (default: the data file's folder)
+}
+
+
 def _merge_section(base: dict, update: dict, section: str, source: str) -> None:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
+    if section == "run":
+        hints = {**hints, **RUN_DATA_KEYS}
     if not isinstance(update, dict):
         raise ConfigError(f"{source}: section '{section}' must be a mapping, got {type(update).__name__}")
     for key, value in update.items():
@@ -250,6 +271,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
     return key.strip(), value
+
+
+def _resolve_data_file(merged: dict[str, dict]) -> None:
+    """Replace ``run.data_file`` (+ ``test_data_file``, ``image_folder``) by ``run.dataset`` = its dataset folder."""
+    data = {key: merged["run"].pop(key) for key in RUN_DATA_KEYS if merged["run"].get(key) is not None}
+    if not data:
+        return
+    if "data_file" not in data:
+        raise ConfigError(f"run.{next(iter(data))} needs run.data_file (a LLaVA conversation file)")
+    from .converters.llava_file import conversation_dataset
+
+    cache = merged["paths"].get("cache", PathsConfig.cache)
+    merged["run"]["dataset"] = str(conversation_dataset(data["data_file"], data.get("image_folder"),
+                                                        data.get("test_data_file"), cache))
 
 
 def load_params(path: str | Path | None = None, profile: str | None = None,
@@ -306,6 +341,7 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
                 raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, [*SECTIONS, 'sweep'])} "
                                   f"Known sections: {', '.join(SECTIONS)}, sweep")
             _merge_section(merged[section], values or {}, section, source)
+    _resolve_data_file(merged)
     try:
         built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
     except ConfigError as exc:

@@ -107,7 +107,7 @@ def test_flickr30k_dataset_json_of_another_karpathy_split_is_rejected(tmp_path):
         convert("flickr30k", src, tmp_path / "out")
 
 
-# ------------------------------------------------------------------------------------------------ wrong or empty sources
+# ------------------------------------------------------------------------------------------ wrong or empty sources
 def test_vqa_v1_files_are_rejected_as_okvqa(tmp_path):
     src = make_vqa(tmp_path, "")  # OK-VQA's file names are VQA v1's file names
     path = src / "mscoco_train2014_annotations.json"
