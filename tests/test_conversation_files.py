@@ -141,16 +141,6 @@ def test_params_keys_become_the_dataset_folder(tmp_path):
         load_params(overrides={"run.data_file": 3})
 
 
-def test_metric_variants_key_is_validated():
-    params = load_params(overrides={"run.metric_variants": {"vqa_score": "lmms-eval", "pope": "llava"}})
-    assert params.run.metric_variants == {"vqa_score": "lmms-eval", "pope": "llava"}
-    assert load_params().run.metric_variants == {}
-    with pytest.raises(ConfigError, match=r"run\.metric_variants\.vqa_score: unknown variant 'official-2022'"):
-        load_params(overrides={"run.metric_variants": {"vqa_score": "official-2022"}})
-    with pytest.raises(ConfigError, match=r"run\.metric_variants\.vqa: unknown metric 'vqa'"):
-        load_params(overrides={"run.metric_variants": {"vqa": "official-2021"}})
-
-
 def _smoke_args(smoke_params):
     return ["--profile", "smoke", "--quiet", "--set", f"paths.cache={smoke_params.paths.cache}",
             "--set", f"paths.runs={smoke_params.paths.runs}"]
@@ -177,5 +167,3 @@ def test_run_data_errors(smoke_params, tmp_path, capsys):
     assert "give --data FILE or --dataset NAME, not both" in capsys.readouterr().err
     assert main(["run", *_smoke_args(smoke_params), "--data", str(path)]) == 2  # images not beside the file
     assert "image file not found" in capsys.readouterr().err
-    assert main(["run", *_smoke_args(smoke_params), "--metric-variant", "vqa_score"]) == 2
-    assert "--metric-variant must look like METRIC=VARIANT" in capsys.readouterr().err
