@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_options(p)
     for name, typ in RUN_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+    p.add_argument("--data", dest="data_file", metavar="FILE",
+                   help="train on a LLaVA conversation file (JSON or JSON lines) instead of --dataset")
+    p.add_argument("--test-data", dest="test_data_file", metavar="FILE",
+                   help="score on this conversation file (default: the last records of --data, not trained on)")
+    p.add_argument("--image-folder", metavar="DIR", help="folder the --data image paths are relative to")
     p.add_argument("--method-params", metavar="YAML", help="method parameters, e.g. '{r: 8, alpha: 16}'")
     p.add_argument("--force", action="store_true", help="re-run even if a finished run with this id exists")
 
@@ -115,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("convert", help="convert a public dataset release into the project's LLaVA JSON")
     c.add_argument("name", help="dataset: scienceqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, vqav2, "
                                 "ocrvqa, pope")
-    c.add_argument("--src", required=True, help="folder of the public release")
-    c.add_argument("--out", required=True, help="output dataset folder")
+    c.add_argument("--src", required=True, help="folder of the public release, or a Hugging Face parquet file or "
+                                                "folder (lmms-lab/...), or hf:<dataset id>[:<config>]")
+    c.add_argument("--out", required=True, help="output dataset folder (must be empty unless --overwrite)")
+    c.add_argument("--image-folder", help="folder the images are in, if they are not found under --src")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out as a whole")
     c.add_argument("--train-size", type=int)
     c.add_argument("--test-size", type=int)
     c.add_argument("--seed", type=int, default=0)
@@ -165,6 +173,11 @@ def _cmd_run(args) -> int:
     from .runs import execute_run
 
     extra = {f"run.{k}": getattr(args, k) for k in RUN_OPTIONS if getattr(args, k) is not None}
+    for key in ("data_file", "test_data_file", "image_folder"):
+        if getattr(args, key) is not None:
+            extra[f"run.{key}"] = getattr(args, key)
+    if args.data_file is not None and args.dataset is not None:
+        raise ValueError("give --data FILE or --dataset NAME, not both")
     if args.method_params:
         mp = yaml.safe_load(args.method_params)
         if not isinstance(mp, dict):
@@ -374,7 +387,7 @@ def _cmd_data(args) -> int:
     from .converters import convert
 
     info = convert(args.name, args.src, args.out, train_size=args.train_size, test_size=args.test_size,
-                   seed=args.seed)
+                   seed=args.seed, image_folder=args.image_folder, overwrite=args.overwrite)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -22,7 +22,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "load_params", "parse_override", "list_profiles", "check_value",
+    "PARAMS_DIR", "RUN_DATA_KEYS", "load_params", "parse_override", "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -253,9 +253,20 @@ def check_value(section: str, key: str, value: Any, where: str) -> Any:
     return _check_type(value, hints[key], where)
 
 
+# ``run`` keys that are not RunConfig fields: load_params turns them into ``run.dataset`` (a cached dataset folder
+# built from a LLaVA conversation file, mllm_study/converters/llava_file.py), so run ids stay as they were.
+RUN_DATA_KEYS = {
+    "data_file": str,  # a LLaVA conversation file (JSON or JSON lines) to train on, instead of run.dataset
+    "test_data_file": str,  # conversations to score on (default: the data file's last records, not trained on)
+    "image_folder": str,  # folder the files' image paths are relative to (default: the data file's folder)
+}
+
+
 def _merge_section(base: dict, update: dict, section: str, source: str) -> None:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
+    if section == "run":
+        hints = {**hints, **RUN_DATA_KEYS}
     if not isinstance(update, dict):
         raise ConfigError(f"{source}: section '{section}' must be a mapping, got {type(update).__name__}")
     for key, value in update.items():
@@ -293,6 +304,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
     return key.strip(), value
+
+
+def _resolve_data_file(merged: dict[str, dict]) -> None:
+    """Replace ``run.data_file`` (+ ``test_data_file``, ``image_folder``) by ``run.dataset`` = its dataset folder."""
+    data = {key: merged["run"].pop(key) for key in RUN_DATA_KEYS if merged["run"].get(key) is not None}
+    if not data:
+        return
+    if "data_file" not in data:
+        raise ConfigError(f"run.{next(iter(data))} needs run.data_file (a LLaVA conversation file)")
+    from .converters.llava_file import conversation_dataset
+
+    cache = merged["paths"].get("cache", PathsConfig.cache)
+    merged["run"]["dataset"] = str(conversation_dataset(data["data_file"], data.get("image_folder"),
+                                                        data.get("test_data_file"), cache))
 
 
 def load_params(path: str | Path | None = None, profile: str | None = None,
@@ -349,6 +374,7 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
                 raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, [*SECTIONS, 'sweep'])} "
                                   f"Known sections: {', '.join(SECTIONS)}, sweep")
             _merge_section(merged[section], values or {}, section, source)
+    _resolve_data_file(merged)
     try:
         built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
     except ConfigError as exc:

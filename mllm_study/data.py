@@ -36,7 +36,8 @@ from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard,
 
 __all__ = [
     "CARVED_SPLITS", "VAL_SIZE", "val_size",
-    "DataError", "load_dataset_info", "load_split", "validate_record", "subsample", "to_messages",
+    "DataError", "load_dataset_info", "load_split", "load_conversation_file", "validate_record", "subsample",
+    "to_messages",
     "prompt_messages", "Collator", "IGNORE_INDEX", "processor_fingerprint", "set_encoding_cache",
     "clear_encoding_cache",
 ]
@@ -166,6 +167,141 @@ def load_split(dataset_dir: str | Path, split: str, size: int | None = None, see
         rec["dataset"] = info["name"]
         out.append(rec)
     return out
+
+
+# Roles of conversation files as LLaVA, ShareGPT4V and Qwen-style (``user``/``assistant``) data write them.
+_FILE_ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+
+
+def _read_json_or_lines(path: Path) -> list:
+    """A JSON list, or JSON lines (one record per line); errors name the file (and line)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc})") from None
+        return rows
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg}); expected a JSON list or "
+                                "JSON lines of LLaVA records") from None
+    return rows
+
+
+def _file_turns(raw: dict, where: str) -> list[dict]:
+    """``conversations`` (``from``/``value``) or ``messages`` (``role``/``content``) -> human/gpt turns, LLaVA's way."""
+    if "conversations" in raw:
+        turns, role_key, text_key = raw["conversations"], "from", "value"
+    elif "messages" in raw:
+        turns, role_key, text_key = raw["messages"], "role", "content"
+    else:
+        raise DataError(f"{where}: record has neither 'conversations' nor 'messages'")
+    if not isinstance(turns, list):
+        raise DataError(f"{where}: '{'conversations' if role_key == 'from' else 'messages'}' must be a list")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            raise DataError(f"{where}: turn {i} needs '{role_key}' and '{text_key}'")
+        role, text = turn[role_key], turn[text_key]
+        if role == "system" and i == 0:  # a leading system prompt: the chat template supplies its own
+            continue
+        if role not in _FILE_ROLES:
+            raise DataError(f"{where}: turn {i} is from {role!r}; known roles: human/user, gpt/assistant "
+                            "(and a leading system turn, which is dropped)")
+        if not isinstance(text, str):
+            raise DataError(f"{where}: turn {i} '{text_key}' must be a string")
+        out.append({"from": _FILE_ROLES[role], "value": text})
+    if out and out[0]["from"] != "human":  # as llava/train/train.py preprocess: skip a first turn not from the human
+        out = out[1:]
+    for i, turn in enumerate(out):
+        if turn["from"] != ("human" if i % 2 == 0 else "gpt"):
+            raise DataError(f"{where}: turns do not alternate human/gpt (turn {i} is from {turn['from']!r} after "
+                            "dropping a leading gpt turn, as LLaVA does)")
+    if not any(t["from"] == "gpt" for t in out):
+        raise DataError(f"{where}: no gpt answer after the first human turn (nothing to train on or score against)")
+    return out
+
+
+def load_conversation_file(path: str | Path, image_folder: str | Path | None = None,
+                           check_images: bool = True) -> list[dict]:
+    """Read a LLaVA conversation file (JSON list or JSON lines) into records of this project's format.
+
+    Handles the files LLaVA-1.5 (``llava_v1_5_mix665k.json``), ShareGPT4V and LLaVA's own ``train.py`` use:
+
+    - a first turn that is not from the human is dropped, as ``llava/train/train.py`` ``preprocess`` does;
+    - roles ``user``/``assistant`` (Qwen-style, also as ``messages`` with ``role``/``content``) are read as
+      ``human``/``gpt``; a leading ``system`` turn is dropped;
+    - records without ``image`` (or with ``image`` null) are text-only; ``image`` may be a one-element list;
+    - duplicate ids are kept: later copies get ``-dup1``, ``-dup2``, ... appended, with one warning for the file;
+      a record without ``id`` gets ``<file stem>-<index>``.
+
+    Args:
+        path: the conversation file.
+        image_folder: folder ``image`` paths are relative to (default: the file's folder).
+        check_images: raise if a record's image file is missing.
+
+    Returns:
+        Records with ``id``, ``conversations`` (alternating human/gpt), ``image`` when present, and the other keys
+        of the source record (e.g. ``references``); each passes :func:`validate_record`.
+
+    Raises:
+        DataError: unreadable file, malformed record, unknown role, multi-image record or missing image; the
+            message names the file and the record.
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"conversation file not found: {path}")
+    folder = Path(image_folder) if image_folder is not None else path.parent
+    if check_images and not folder.is_dir():
+        raise DataError(f"{path}: image folder {folder} does not exist")
+    rows = _read_json_or_lines(path)
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list (or JSON lines) of LLaVA records, got {type(rows).__name__}")
+    if not rows:
+        raise DataError(f"{path}: the file has no records")
+    records, seen, renamed = [], {}, []
+    for n, raw in enumerate(rows):
+        where = f"{path} record {n}"
+        if not isinstance(raw, dict):
+            raise DataError(f"{where}: a record must be an object, got {type(raw).__name__}")
+        rid = str(raw["id"]) if raw.get("id") is not None else f"{path.stem}-{n}"
+        where = f"{where} (id {rid})"
+        image = raw.get("image")
+        if isinstance(image, list):
+            if len(image) > 1:
+                raise DataError(f"{where}: {len(image)} images; only one image per record is supported")
+            image = image[0] if image else None
+        if image is not None and not isinstance(image, str):
+            raise DataError(f"{where}: 'image' must be a path string, got {type(image).__name__}")
+        if image and check_images and not (folder / image).is_file():
+            raise DataError(f"{where}: image file not found: {folder / image} (pass --image-folder, the folder "
+                            "the 'image' paths are relative to)")
+        record = {k: v for k, v in raw.items() if k not in ("id", "image", "conversations", "messages")}
+        record = {"id": rid, **({"image": image} if image else {}), "conversations": _file_turns(raw, where),
+                  **record}
+        if rid in seen:
+            seen[rid] += 1
+            record["id"] = f"{rid}-dup{seen[rid]}"
+            renamed.append(rid)
+        else:
+            seen[rid] = 0
+        validate_record(record, where)
+        records.append(record)
+    if renamed:
+        warnings.warn(f"{path}: {len(renamed)} record(s) repeat an earlier id (e.g. {renamed[0]!r}); kept, renamed "
+                      f"with -dup1, -dup2, ... (as LLaVA, which ignores ids)", stacklevel=2)
+    return records
 
 
 def _content(text: str, with_image: bool) -> list[dict]:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
-           "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of", "rescore"]
+           "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of", "rescore",
+           "variant_for"]
 
 
 @dataclass
@@ -32,10 +33,21 @@ class EvalResult:
     extra: dict[str, float]
     items: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    variant: str | None = None  # the metric variant that scored it (None: the metric has no variants)
 
     def summary(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": self.value, **self.extra, "n": len(self.items),
-                "seconds": round(self.seconds, 3)}
+        out = {"metric": self.metric, "value": self.value, **self.extra, "n": len(self.items),
+               "seconds": round(self.seconds, 3)}
+        if self.variant is not None:
+            out["variant"] = self.variant
+        return out
+
+
+def variant_for(metric: str, metric_variants: dict[str, str] | None) -> str | None:
+    """The variant ``metric`` is scored with: ``metric_variants[metric]`` if given, else the metric's default."""
+    from .metrics import resolve_variant
+
+    return resolve_variant(metric, (metric_variants or {}).get(metric))
 
 
 def references_of(record: dict) -> list[str]:
@@ -142,15 +154,19 @@ def choose_by_likelihood(model: torch.nn.Module, processor: Any, records: list[d
 
 def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict], metric: str,
                      max_new_tokens: int, batch_size: int = 64, blank_images: bool = False,
-                     progress: bool = True, desc: str = "evaluate", scoring: str = "generate") -> EvalResult:
+                     progress: bool = True, desc: str = "evaluate", scoring: str = "generate",
+                     metric_variant: str | None = None) -> EvalResult:
     """Answer ``records`` and score them with ``metric`` (a :mod:`mllm_study.metrics` name).
 
     Args:
         scoring: ``generate`` (greedy generation, the paper's protocol and the default) or ``likelihood``
             (multiple-choice records only: pick the most likely option, see :func:`choose_by_likelihood`).
+        metric_variant: a named variant of ``metric`` (e.g. ``official-2021`` of ``vqa_score``); None = its
+            default. Checked before generating.
     """
-    from .metrics import compute_metric
+    from .metrics import compute_metric, resolve_variant
 
+    metric_variant = resolve_variant(metric, metric_variant)
     start = time.perf_counter()
     if scoring == "generate":
         preds = generate_predictions(model, processor, records, max_new_tokens, batch_size, blank_images,
@@ -160,14 +176,14 @@ def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict]
     else:
         raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
     refs = [references_of(r) for r in records]
-    result = compute_metric(metric, preds, refs, **_metric_kwargs(metric, records))
+    result = compute_metric(metric, preds, refs, variant=metric_variant, **_metric_kwargs(metric, records))
     items = []
     for rec, pred, ref, score in zip(records, preds, refs, result.per_item):
         prompt = " ".join(c.get("text", "<image>") for m in prompt_messages(rec) for c in m["content"])
         items.append({"id": rec["id"], "prompt": prompt, "prediction": pred, "references": ref,
                       "score": float(score)})
     return EvalResult(metric=metric, value=float(result.value), extra={k: float(v) for k, v in result.extra.items()},
-                      items=items, seconds=time.perf_counter() - start)
+                      items=items, seconds=time.perf_counter() - start, variant=result.variant)
 
 
 def _metric_kwargs(metric: str, records: list[dict]) -> dict[str, Any]:
@@ -204,11 +220,13 @@ def _chair_synonyms(info: dict) -> dict[str, list[str]] | None:
 
 def evaluate_dataset(model: torch.nn.Module, processor: Any, dataset_dir: str | Path, split: str = "test",
                      size: int | None = None, batch_size: int = 64, max_new_tokens: int | None = None,
-                     progress: bool = True, scoring: str = "generate") -> dict[str, EvalResult]:
+                     progress: bool = True, scoring: str = "generate",
+                     metric_variants: dict[str, str] | None = None) -> dict[str, EvalResult]:
     """Evaluate one split of a dataset folder with its paper metric (``dataset.json``'s ``metric``).
 
     Captioning datasets whose records list ground-truth ``objects`` are also scored with CHAIR (on the same
-    generated captions). Returns ``{metric_name: EvalResult}``.
+    generated captions). ``metric_variants`` ({metric: variant}, e.g. ``{"vqa_score": "lmms-eval"}``) picks
+    named metric variants; metrics it does not name use their default. Returns ``{metric_name: EvalResult}``.
     """
     from .data import load_dataset_info, load_split
     from .metrics import compute_metric
@@ -217,7 +235,8 @@ def evaluate_dataset(model: torch.nn.Module, processor: Any, dataset_dir: str | 
     records = load_split(dataset_dir, split, size, seed=0)
     limit = max_new_tokens or info.get("max_new_tokens", 16)
     main = evaluate_records(model, processor, records, info["metric"], limit, batch_size, progress=progress,
-                            desc=f"{info['name']}/{split}", scoring=scoring)
+                            desc=f"{info['name']}/{split}", scoring=scoring,
+                            metric_variant=(metric_variants or {}).get(info["metric"]))
     results = {info["metric"]: main}
     synonyms = _chair_synonyms(info)
     if info["metric"] == "cider" and synonyms and all(r.get("objects") is not None for r in records):
@@ -254,10 +273,11 @@ class PredictionFileError(ValueError):
 
 
 def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, split: str = "test",
-                      metric: str | None = None) -> EvalResult:
+                      metric: str | None = None, variant: str | None = None) -> EvalResult:
     """Score a JSON-lines predictions file (``{"id": ..., "prediction": ...}`` per line) against a dataset split.
 
     A null or empty prediction counts as wrong. Every record of the split must have exactly one prediction.
+    ``variant`` picks a named variant of the metric (None: its default); the result records which.
 
     Raises:
         PredictionFileError: unreadable lines, missing keys, unknown, duplicate or missing ids.
@@ -298,10 +318,11 @@ def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, spl
     kwargs: dict[str, Any] = {}
     if name == "mc_accuracy":
         kwargs["choices"] = [r.get("choices") or [] for r in records]
-    result = compute_metric(name, [preds[r["id"]] for r in records], refs, **kwargs)
+    result = compute_metric(name, [preds[r["id"]] for r in records], refs, variant=variant, **kwargs)
     items = [{"id": r["id"], "prediction": preds[r["id"]], "references": ref, "score": float(s)}
              for r, ref, s in zip(records, refs, result.per_item)]
-    return EvalResult(name, float(result.value), {k: float(v) for k, v in result.extra.items()}, items)
+    return EvalResult(name, float(result.value), {k: float(v) for k, v in result.extra.items()}, items,
+                      variant=result.variant)
 
 
 @torch.no_grad()

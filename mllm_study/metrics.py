@@ -21,7 +21,8 @@ from typing import Callable
 from .captions import cider_d, ptb_tokenize, tokenize_captions
 
 __all__ = ["Metric", "MetricResult", "register_metric", "get_metric", "list_metrics", "compute_metric",
-           "vqa_process_answer", "normalize_answer", "extract_choice", "parse_yes_no", "ptb_tokenize",
+           "vqa_process_answer", "normalize_answer", "extract_choice", "parse_yes_no", "parse_yes_no_llava",
+           "resolve_variant", "ptb_tokenize",
            "tokenize_captions", "cider_d", "find_objects"]
 
 
@@ -33,18 +34,24 @@ class MetricResult:
     value: float
     per_item: list[float]
     extra: dict[str, float] = field(default_factory=dict)
+    variant: str | None = None  # the named variant that produced the scores (None: the metric has no variants)
 
 
 @dataclass(frozen=True)
 class Metric:
     """A registered metric: ``reference`` cites what it follows, ``version`` changes whenever scores may change,
-    ``fn(predictions, references, **kwargs) -> MetricResult`` validates its inputs."""
+    ``fn(predictions, references, variant=None, **kwargs) -> MetricResult`` validates its inputs.
+
+    ``variants`` maps each named variant (another reference implementation's answer processing) to what it
+    follows; ``default_variant`` is the one used when none is asked for (the study's numbers)."""
 
     name: str
     higher_is_better: bool
     reference: str
     version: str
     fn: Callable[..., MetricResult]
+    variants: dict[str, str] = field(default_factory=dict)
+    default_variant: str | None = None
 
 
 _REGISTRY: dict[str, Metric] = {}
@@ -79,20 +86,45 @@ def _per_item_kwarg(value, name: str, n: int) -> list:
     return list(value)
 
 
-def register_metric(name: str, higher_is_better: bool, reference: str, version: str):
+def register_metric(name: str, higher_is_better: bool, reference: str, version: str,
+                    variants: dict[str, str] | None = None, default_variant: str | None = None):
     """Decorator registering ``fn(predictions, references, **kwargs) -> MetricResult`` as ``name`` (ValueError if
-    taken); the stored :attr:`Metric.fn` first validates the inputs like :func:`compute_metric`, None -> ""."""
+    taken); the stored :attr:`Metric.fn` first validates the inputs like :func:`compute_metric`, None -> "".
+
+    With ``variants`` ({name: what it follows}), ``fn`` also receives ``variant=`` (``default_variant`` when the
+    caller passes none) and the result records it; an unknown variant is a ValueError listing the known ones."""
+    variants = dict(variants or {})
+    if variants and default_variant not in variants:
+        raise ValueError(f"metric {name!r}: default_variant {default_variant!r} is not one of {sorted(variants)}")
+
     def decorator(fn):
         if name in _REGISTRY:
             raise ValueError(f"metric {name!r} is already registered")
 
         @functools.wraps(fn)
-        def checked(predictions, references, **kwargs) -> MetricResult:
-            return fn(*_validate(predictions, references), **kwargs)
+        def checked(predictions, references, variant: str | None = None, **kwargs) -> MetricResult:
+            chosen = resolve_variant(name, variant)
+            args = _validate(predictions, references)
+            result = fn(*args, variant=chosen, **kwargs) if variants else fn(*args, **kwargs)
+            result.variant = chosen
+            return result
 
-        _REGISTRY[name] = Metric(name, higher_is_better, reference, version, checked)
+        _REGISTRY[name] = Metric(name, higher_is_better, reference, version, checked, variants, default_variant)
         return fn
     return decorator
+
+
+def resolve_variant(name: str, variant: str | None) -> str | None:
+    """The variant metric ``name`` uses for ``variant`` (None -> its default); ValueError if it has no such one."""
+    metric = get_metric(name)
+    if variant is None:
+        return metric.default_variant
+    if variant not in metric.variants:
+        known = ", ".join(metric.variants) if metric.variants else "none (it has a single definition)"
+        close = difflib.get_close_matches(str(variant), list(metric.variants), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown variant {variant!r} of metric {name!r}; variants: {known}{hint}")
+    return variant
 
 
 def get_metric(name: str) -> Metric:
@@ -109,15 +141,18 @@ def list_metrics() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def compute_metric(name: str, predictions: list[str], references: list[list[str]], **kwargs) -> MetricResult:
+def compute_metric(name: str, predictions: list[str], references: list[list[str]], variant: str | None = None,
+                   **kwargs) -> MetricResult:
     """Score ``predictions`` (str per item; None/"" is wrong) against ``references`` (non-empty list of str per
-    item) with metric ``name``; ``kwargs`` are the metric's options, e.g. ``choices=`` for ``mc_accuracy``.
+    item) with metric ``name``; ``variant`` picks a named variant (``vqa_score``: official-2016 (default),
+    official-2021, lmms-eval, lmms-eval-vqav2; ``pope``: strict (default), llava); ``kwargs`` are the metric's
+    options, e.g. ``choices=`` for ``mc_accuracy``. The result's ``variant`` says which variant scored it.
 
     Raises:
-        ValueError: Unknown metric, different lengths, no items, an empty reference list, bad metric options.
+        ValueError: Unknown metric or variant, different lengths, no items, an empty reference list, bad options.
         TypeError: A prediction that is not str/None, a reference that is not a list of str.
     """
-    return get_metric(name).fn(predictions, references, **kwargs)
+    return get_metric(name).fn(predictions, references, variant=variant, **kwargs)
 
 
 # ---- VQA score: GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py, re-implemented ----------------
@@ -155,6 +190,34 @@ def _vqa_punctuation(text: str) -> str:
     return _VQA_PERIOD_STRIP.sub("", out, 32)  # the official code passes re.UNICODE (== 32) as `count`; kept
 
 
+def _vqa_digit_article(text: str) -> str:
+    """``processDigitArticle``: lowercase, number words -> digits, drop a/an/the, contractions map."""
+    words = [_VQA_NUMBERS.get(w, w) for w in text.lower().split()]
+    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in ("a", "an", "the"))
+
+
+def _ws(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+_LMMS_COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")  # lmms-eval's COMMA_STRIP ("1,,000" counts too)
+
+
+def _lmms_punctuation(text: str) -> str:
+    """lmms-eval ``EvalAIAnswerProcessor.process_punctuation``: the official rule with its own comma pattern."""
+    out, digit_comma = text, _LMMS_COMMA_STRIP.search(text) is not None
+    for p in _VQA_PUNCT:
+        out = out.replace(p, "" if (p + " " in text or " " + p in text or digit_comma) else " ")
+    return _VQA_PERIOD_STRIP.sub("", out, 32)
+
+
+def _lmms_process(text: str) -> str:
+    """lmms-eval ``EvalAIAnswerProcessor.__call__``: ``word_tokenize`` (lowercase, drop "," and "?", "'s" ->
+    " 's"), newlines/tabs -> spaces, strip, then punctuation and digit/article processing."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return _vqa_digit_article(_lmms_punctuation(_ws(text)))
+
+
 def vqa_process_answer(answer: str) -> str:
     """Official VQA processing of a predicted answer.
 
@@ -164,15 +227,44 @@ def vqa_process_answer(answer: str) -> str:
     ``processDigitArticle``: lowercase, none/zero..ten -> digits, drop a/an/the, contractions map ("dont" ->
     "don't"; "it's" is kept).
     """
-    words = _vqa_punctuation(answer.replace("\n", " ").replace("\t", " ").strip()).lower().split()
-    words = [_VQA_NUMBERS.get(w, w) for w in words]
-    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words if w not in ("a", "an", "the"))
+    return _vqa_digit_article(_vqa_punctuation(_ws(answer)))
+
+
+def _vqa_pair(pred: str, refs: list[str], variant: str) -> tuple[str, list[str]]:
+    """(processed prediction, processed references) of one item under a ``vqa_score`` variant."""
+    if variant == "official-2016":  # the prediction always; references only punctuation, only if they differ
+        return vqa_process_answer(pred), [_vqa_punctuation(r) for r in refs] if len(set(refs)) > 1 else refs
+    if variant == "official-2021":  # whitespace everywhere; the full processing on both only if the refs differ
+        pred, refs = _ws(pred), [_ws(r) for r in refs]
+        if len(set(refs)) > 1:
+            return _vqa_digit_article(_vqa_punctuation(pred)), [_vqa_digit_article(_vqa_punctuation(r)) for r in refs]
+        return pred, refs
+    if variant == "lmms-eval":  # the processor's __call__ on both (its ok_vqa and vizwiz_vqa tasks)
+        return _lmms_process(pred), [_lmms_process(r) for r in refs]
+    # lmms-eval-vqav2: punctuation + digit/article on both, always (its vqav2 task; no word_tokenize)
+    return (_vqa_digit_article(_lmms_punctuation(_ws(pred))),
+            [_vqa_digit_article(_lmms_punctuation(_ws(r))) for r in refs])
+
+
+_VQA_VARIANTS = {
+    "official-2016": "GT-Vision-Lab/VQA vqaEval.py as of 2016 (commit 458a8b2): the prediction gets the full "
+                     "processing; references only processPunctuation, and only when they are not all identical",
+    "official-2021": "GT-Vision-Lab/VQA vqaEval.py since 2021-03-11 (commit a013f00, 'Fixed processing answers "
+                     "bug'): newlines/tabs stripped everywhere; when the references differ, prediction and "
+                     "references get punctuation + digit/article processing, else both are compared as they are",
+    "lmms-eval": "EvolvingLMMs-Lab/lmms-eval EvalAIAnswerProcessor.__call__ on prediction and references "
+                 "(lmms_eval/tasks/ok_vqa and vizwiz_vqa utils.py; word_tokenize turns \"'s\" into \" 's\")",
+    "lmms-eval-vqav2": "EvolvingLMMs-Lab/lmms-eval lmms_eval/tasks/vqav2/utils.py: process_punctuation + "
+                       "process_digit_article on prediction and references, always",
+}
 
 
 @register_metric("vqa_score", True, "Official VQA accuracy, GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/"
-                 "vqaEval.py (https://github.com/GT-Vision-Lab/VQA); Antol et al., ICCV 2015", "1")
-def vqa_score(predictions: list[str], references: list[list[str]], normalize_references: bool = False):
-    """VQA accuracy as the official ``vqaEval.py``.
+                 "vqaEval.py (https://github.com/GT-Vision-Lab/VQA); Antol et al., ICCV 2015", "1",
+                 variants=_VQA_VARIANTS, default_variant="official-2016")
+def vqa_score(predictions: list[str], references: list[list[str]], normalize_references: bool = False,
+              variant: str = "official-2016"):
+    """VQA accuracy as the official ``vqaEval.py`` (``variant="official-2016"``, the default; others below).
 
     The prediction goes through :func:`vqa_process_answer`. The references, as in the official code, only go
     through ``processPunctuation`` -- no digit/article processing, lowercasing or stripping -- and only if they are
@@ -184,14 +276,20 @@ def vqa_score(predictions: list[str], references: list[list[str]], normalize_ref
     average the n values (n = 10 in VQA). Any n >= 2 uses this formula (so for n < 4 even a unanimous match scores
     below 1, e.g. 2/3 for n = 3); a single reference scores 1.0 on an exact match (the formula would give 0).
     An empty prediction scores 0.
+
+    Variants differ only in how prediction and references are processed before the exact match (their sources in
+    ``get_metric("vqa_score").variants``). ``official-2021``: "two" vs ten "2" scores 0 (unanimous references are
+    compared verbatim, unprocessed), "t-shirt" vs ten "t-shirt" scores 1 (2016: 0, the prediction becomes
+    "t shirt"). ``lmms-eval``: "it's" becomes "it 's" on both sides. ``normalize_references`` applies
+    :func:`vqa_process_answer` to the references before the variant's own processing.
     """
     per_item = []
     for pred, refs in zip(predictions, references):
-        answer = vqa_process_answer(pred)
-        if normalize_references:
-            refs = [vqa_process_answer(r) for r in refs]
-        elif len(set(refs)) > 1:
-            refs = [_vqa_punctuation(r) for r in refs]
+        if normalize_references and variant == "official-2016":  # exactly as before variants existed
+            answer, refs = vqa_process_answer(pred), [vqa_process_answer(r) for r in refs]
+        else:
+            answer, refs = _vqa_pair(pred, [vqa_process_answer(r) for r in refs] if normalize_references else refs,
+                                     variant)
         matches = sum(r == answer for r in refs)
         if not answer or len(refs) == 1:
             per_item.append(float(bool(answer) and matches == 1))
@@ -335,11 +433,30 @@ def parse_yes_no(text: str) -> str | None:
     return "no" if ("no" in words or "not" in words) else "yes" if "yes" in words else None
 
 
+def parse_yes_no_llava(text: str) -> str:
+    """LLaVA ``llava/eval/eval_pope.py``'s reading: keep the text before the first ".", drop commas, split on
+    single spaces; "no" if a word is exactly ``No``, ``no`` or ``not``, else "yes" (so "NO", "No!", "Not sure"
+    and "" are yes)."""
+    words = text.split(".", 1)[0].replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+_POPE_VARIANTS = {
+    "strict": "this project: parse_yes_no (case-insensitive words; an answer that is neither yes nor no is "
+              "unparsed and wrong on every probe)",
+    "llava": "haotian-liu/LLaVA llava/eval/eval_pope.py (as RUCAIBox/POPE evaluate.py): every answer without the "
+             "words 'No', 'no' or 'not' before its first period is a yes",
+}
+
+
 @register_metric("pope", True, "POPE (Li et al., EMNLP 2023), https://github.com/RUCAIBox/POPE evaluate.py, as "
                  "LLaVA llava/eval/eval_pope.py; an answer that is neither yes nor no is scored wrong (not as a yes)",
-                 "2")
-def pope(predictions: list[str], references: list[list[str]]):
+                 "2", variants=_POPE_VARIANTS, default_variant="strict")
+def pope(predictions: list[str], references: list[list[str]], variant: str = "strict"):
     """POPE object probing; ``value`` is the F1 of the "yes" class.
+
+    ``variant="strict"`` (default) reads answers as below; ``variant="llava"`` reads them as LLaVA's
+    ``eval_pope.py`` (:func:`parse_yes_no_llava`: every answer is yes or no, nothing is unparsed).
 
     ``references[i][0]`` is the label, "yes" or "no". Answers are parsed with :func:`parse_yes_no`. Unlike the
     POPE and LLaVA scripts (every answer without "no"/"not" is a yes there), an answer that is neither yes nor no
@@ -354,7 +471,10 @@ def pope(predictions: list[str], references: list[list[str]]):
         label = refs[0].strip().lower()
         if label not in ("yes", "no"):
             raise ValueError(f"references[{i}] must be ['yes'] or ['no'] for pope, got {refs!r}")
-        answer = parse_yes_no(pred) if pred.strip() else None
+        if variant == "llava":
+            answer = parse_yes_no_llava(pred)
+        else:
+            answer = parse_yes_no(pred) if pred.strip() else None
         if answer is None:
             counts["unparsed"] += 1
             counts["unparsed_positive"] += label == "yes"

@@ -392,8 +392,8 @@ def test_no_image_found_is_an_error_and_leaves_a_previous_folder_intact(tmp_path
     src = make_pope(tmp_path / "src")
     convert("pope", src, tmp_path / "out")
     before = load(tmp_path / "out")
-    with pytest.raises(FileNotFoundError, match="none of the 2 images found under .*pass image_folder="):
-        convert("pope", src, tmp_path / "out", image_folder=tmp_path)
+    with pytest.raises(FileNotFoundError, match="none of the 2 images found under .*with --image-folder"):
+        convert("pope", src, tmp_path / "out", image_folder=tmp_path, overwrite=True)
     assert load(tmp_path / "out") == before
 
 

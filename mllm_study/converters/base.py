@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import random
+import shutil
 import tempfile
 import warnings
 from collections import Counter
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 __all__ = [
     "Item", "Converter", "CONVERTERS", "register_converter", "list_converters", "get_converter", "convert",
     "find_source", "load_json", "load_json_lines", "require", "human_turn", "conversation", "most_common_answer",
-    "VQA_SUFFIX",
+    "VQA_SUFFIX", "check_out", "write_dataset_folder",
 ]
 
 # LLaVA-1.5's short-answer instruction (its mix665k VQAv2/OKVQA/OCRVQA data and its VQA evaluations use it).
@@ -234,7 +235,8 @@ def _select(items: list[Item], size: int | None, rng: random.Random, root: Path,
         kept.append((index, rel))
     if items and not kept:
         raise FileNotFoundError(f"{label}: none of the {len(missing)} images found under {root} (first expected: "
-                                f"{root / items[0].images[0]}); pass image_folder= the folder holding them")
+                                f"{root / items[0].images[0]}); pass the folder holding them with --image-folder "
+                                "(image_folder= in Python)")
     if missing:
         shown = "; ".join(f"{it.record['id']} -> {root / it.images[0]}" for it in missing[:3])
         warnings.warn(f"{label}: skipped {len(missing)} record(s) whose image is missing, e.g. {shown}", stacklevel=3)
@@ -271,7 +273,8 @@ def _check_size(name: str, value: int | None) -> None:
 
 
 def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_size: int | None = None,
-            test_size: int | None = None, seed: int = 0, image_folder: str | os.PathLike | None = None) -> dict:
+            test_size: int | None = None, seed: int = 0, image_folder: str | os.PathLike | None = None,
+            overwrite: bool = False) -> dict:
     """Convert a public dataset release at ``src`` into a dataset folder at ``out`` (docs/data_format.md).
 
     Args:
@@ -284,23 +287,35 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_
         seed: subsampling seed (also seeds per-record choices such as Flickr30k's prompt); same seed, same ids.
         image_folder: folder the record ``image`` paths are relative to; default: found under ``src``.
             Written to ``dataset.json`` as an absolute path; images are never copied.
+        overwrite: replace an ``out`` folder that is not empty (as a whole, atomically: nothing of the old
+            folder is kept). Without it a non-empty ``out`` is an error, so a reused folder never mixes datasets.
 
     Returns:
         The ``dataset.json`` dict.
 
     Raises:
-        ValueError: unknown converter, bad sizes, or a malformed source file (the message names file and key).
+        ValueError: unknown converter, bad sizes, a malformed source file (the message names file and key), a split
+            without records, or a non-empty ``out`` without ``overwrite``.
         FileNotFoundError: a source file is missing (the message names it and the expected format), or no image
             of a split exists under the image folder.
     """
     conv = get_converter(name)
+    out = Path(out).expanduser()
+    check_out(out, overwrite)
     _check_size("train_size", train_size)
     _check_size("test_size", test_size)
     if train_size is not None and "train" not in conv.splits:
         raise ValueError(f"{name} has no train split (splits: {', '.join(conv.splits)}); leave train_size unset")
     src = Path(src).expanduser()
+    from .hf_parquet import is_parquet_source
+
+    if is_parquet_source(src):  # a Hugging Face parquet release (lmms-lab/...): its own reader, images from bytes
+        from .hf_parquet import convert_parquet
+
+        return convert_parquet(conv, src, out, train_size=train_size, test_size=test_size, seed=seed)
     if not src.is_dir():
-        raise FileNotFoundError(f"{name}: source folder {src} does not exist (expected the {conv.source_format})")
+        raise FileNotFoundError(f"{name}: source folder {src} does not exist (expected the {conv.source_format}, "
+                                "or a Hugging Face parquet file or folder)")
     splits = conv.build(src, seed)
     root = Path(image_folder).expanduser().resolve() if image_folder is not None else \
         _pick_image_root(src, conv, splits)
@@ -308,22 +323,56 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_
         raise FileNotFoundError(f"{name}: image folder {root} does not exist")
     selected = {}
     for split in conv.splits:
+        items = splits.get(split, [])
+        if not items:
+            raise ValueError(f"{name} {split}: the split has no records in {src} (expected the {conv.source_format});"
+                             " nothing was written")
         override = train_size if split == "train" else test_size
         size = override if override is not None else conv.default_sizes.get(split)
         rng = random.Random(f"{name}/{split}/{seed}")
-        selected[split] = _select(splits.get(split, []), size, rng, root, f"{name} {split}")
-    # Nothing is written before every split converted; dataset.json goes first and comes back last, so a folder
-    # left by an interrupted conversion never looks complete.
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dataset.json").unlink(missing_ok=True)
-    for split, records in selected.items():
-        _atomic_write(out / f"{split}.json", _records_json(records))
-    counts = {split: len(records) for split, records in selected.items()}
+        selected[split] = _select(items, size, rng, root, f"{name} {split}")
     meta = {
         "name": conv.name, "family": conv.family, "metric": conv.metric, "group": conv.group,
-        "max_new_tokens": conv.max_new_tokens, "image_folder": str(root), "splits": counts,
+        "max_new_tokens": conv.max_new_tokens, "image_folder": str(root),
+        "splits": {split: len(records) for split, records in selected.items()},
         "source": f"{conv.source_format} at {src.resolve()} (seed {seed})",
     }
-    _atomic_write(out / "dataset.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")  # written last
+    write_dataset_folder(out, selected, meta)
     return meta
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Raise ValueError if ``out`` is a file, or a non-empty folder and ``overwrite`` is false."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"output folder {out} is not empty; pass --overwrite (overwrite=True) to replace it as a "
+                         "whole, or choose another --out")
+
+
+def write_dataset_folder(out: Path, splits: Mapping[str, list[dict]], meta: dict,
+                         fill: Callable[[Path], None] | None = None) -> None:
+    """Write ``<split>.json`` files and ``dataset.json`` into a fresh folder that then replaces ``out`` at once.
+
+    The new folder is built beside ``out`` (same file system) and swapped in by renames, so ``out`` is either the
+    old folder or the complete new one, never a mix; an interrupted write leaves only a hidden ``.<name>.tmp-*``
+    sibling. ``fill(tmp_dir)`` may add files (e.g. decoded images) before the swap.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        if fill is not None:
+            fill(tmp)
+        for split, records in splits.items():
+            _atomic_write(tmp / f"{split}.json", _records_json(records))
+        _atomic_write(tmp / "dataset.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -3,9 +3,12 @@
 Usage: ``convert("flickr30k", "flickr30k", "datasets/flickr30k")``
 
 Source layout: Karpathy's ``dataset_flickr30k.json`` (``{images: [{filename, split, sentences: [{raw, tokens,
-...}] x5, ...}]}``) in ``src`` (or ``src/karpathy``, ``src/annotations``); images ``{filename}`` under the image
-folder (default the first of ``src/flickr30k-images``, ``src/flickr30k_images``, ``src/images``, ``src`` that holds
-them). Splits: Karpathy train (29,000 images) and test (1,000); val unused.
+...}] x5, ...}], dataset: "flickr30k"}``) in ``src`` (or ``src/karpathy``, ``src/annotations``); copies that name it
+``dataset.json`` (e.g. Kaggle's) are read too, if their ``dataset`` key is ``flickr30k`` (Karpathy's COCO file is
+also called ``dataset_coco.json``/``dataset.json``: rejected with a clear error). Images ``{filename}`` under the
+image folder (default the first of ``src/flickr30k-images``, ``src/flickr30k_images``,
+``src/flickr30k_images/flickr30k_images`` -- Kaggle's nested layout --, ``src/images``, ``src`` that holds them).
+Splits: Karpathy train (29,000 images) and test (1,000); val unused.
 
 One record per **image** (the paper's 29k training items): the gpt turn is one of its 5 captions and the prompt one
 of :data:`CAPTION_PROMPTS`, both drawn by a RNG seeded with ``seed`` and the record id (so the choice does not move
@@ -41,12 +44,16 @@ _FORMAT = "Flickr30k Karpathy split (dataset_flickr30k.json, images flickr30k-im
 
 
 @register_converter("flickr30k", family="flickr30k", metric="cider", group="unseen", max_new_tokens=64,
-                    source_format=_FORMAT, image_roots=("flickr30k-images", "flickr30k_images", "images", "."))
+                    source_format=_FORMAT, image_roots=("flickr30k-images", "flickr30k_images",
+                                                        "flickr30k_images/flickr30k_images", "images", "."))
 def build_flickr30k(src: Path, seed: int) -> dict[str, list[Item]]:
     """Read the Karpathy split into train/test items (see the module docstring)."""
-    path = find_source(src, ["dataset_flickr30k.json", "karpathy/dataset_flickr30k.json",
-                             "annotations/dataset_flickr30k.json"], _FORMAT)
-    images = require(load_json(path), "images", path, "the top-level object", list)
+    path = find_source(src, [f"{folder}{name}" for name in ("dataset_flickr30k.json", "dataset.json")
+                             for folder in ("", "karpathy/", "annotations/")], _FORMAT)
+    data = load_json(path)
+    if isinstance(data, dict) and data.get("dataset", "flickr30k") != "flickr30k":
+        raise ValueError(f"{path}: this is Karpathy's {data['dataset']!r} split ('dataset' key), not flickr30k")
+    images = require(data, "images", path, "the top-level object", list)
     out: dict[str, list[Item]] = {"train": [], "test": []}
     for n, entry in enumerate(images):
         where = f"images[{n}]"

@@ -4,8 +4,11 @@ Usage: ``convert("pope", "POPE/output/coco", "datasets/pope", image_folder="coco
 
 Source layout (RUCAIBox/POPE ``output/coco``): ``coco_pope_{random,popular,adversarial}.json``, JSON lines of
 ``{question_id, image, text, label}`` (label ``yes``/``no``), in ``src`` (or ``src/output/coco``, ``src/coco``);
-images ``{image}`` (``COCO_val2014_*.jpg``) under the image folder (default: ``src``, ``src/val2014`` or
-``src/coco/val2014``; ``val2014/{image}`` is also tried, so the COCO root works as ``image_folder``).
+images ``{image}`` (``COCO_val2014_*.jpg``) under the image folder (default: the first of ``src``, ``src/val2014``,
+``src/coco/val2014``, ``src/images``, ``src/output/coco`` and, for ``src`` = ``POPE/output/coco`` or LLaVA's
+``.../pope/coco``, the ``val2014`` folders one to three levels up that holds them; ``val2014/{image}`` is also
+tried, so the COCO root works as ``image_folder``). POPE ships no images: when COCO val2014 is elsewhere, pass
+``--image-folder``.
 
 Output splits ``random``, ``popular``, ``adversarial`` (no train split; ``test_size`` subsamples each of them).
 Prompt, as LLaVA-1.5 evaluates POPE: ``<image>\\n{text}\\nAnswer the question using a single word or phrase.``;
@@ -26,7 +29,8 @@ _FORMAT = "POPE question files (coco_pope_{random,popular,adversarial}.json, JSO
 
 
 @register_converter("pope", family="pope", metric="pope", group="probe", max_new_tokens=8, source_format=_FORMAT,
-                    splits=POPE_SPLITS, image_roots=(".", "val2014", "coco/val2014", "images"))
+                    splits=POPE_SPLITS, image_roots=(".", "val2014", "coco/val2014", "images", "output/coco", "..",
+                                                     "../..", "../../..", "../../coco"))
 def build_pope(src: Path, seed: int) -> dict[str, list[Item]]:
     """Read the three POPE question files (see the module docstring)."""
     out = {}

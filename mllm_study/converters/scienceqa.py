@@ -5,7 +5,9 @@ Usage: ``convert("scienceqa", "ScienceQA/data", "datasets/scienceqa")``
 Source layout (the official release): ``problems.json`` (``{pid: {question, choices, answer (index), hint, image,
 split, ...}}``) and ``pid_splits.json`` (``{"train": [pid, ...], "val": [...], "test": [...], ...}``), found in
 ``src``, ``src/scienceqa`` or ``src/data/scienceqa``; images at ``{split}/{pid}/image.png`` under the image folder
-(``src``, ``src/data``, the parent of ``src`` or ``src/images``).
+(the first of ``src``, ``src/data``, the parent of ``src``, ``src/images``, ``src/scienceqa/images`` and
+``src/data/scienceqa/images`` that holds them: the repository's ``data/scienceqa/images/{split}/{pid}/`` is found
+from ``--src ScienceQA``, ``--src ScienceQA/data`` and ``--src ScienceQA/data/scienceqa``).
 
 Prompt (LLaVA-1.5's ScienceQA evaluation form, ``llava_test_CQM-A.json`` plus its ``--single-pred-prompt``)::
 
@@ -42,7 +44,8 @@ def sqa_prompt(question: str, choices: list[str], hint: str = "") -> str:
 
 
 @register_converter("scienceqa", family="sqa", metric="mc_accuracy", group="unseen", max_new_tokens=8,
-                    source_format=_FORMAT, image_roots=(".", "data", "..", "images"))
+                    source_format=_FORMAT, image_roots=(".", "data", "..", "images", "scienceqa/images",
+                                                           "data/scienceqa/images"))
 def build_scienceqa(src: Path, seed: int) -> dict[str, list[Item]]:
     """Read problems.json + pid_splits.json into train/test items with images (see the module docstring)."""
     problems_path = find_source(src, ["problems.json", "scienceqa/problems.json", "data/scienceqa/problems.json"],
