@@ -60,6 +60,7 @@ class PretrainConfig:
     stage1_qa_share: float = 0.0  # share of the seen families' questions mixed into stage 1 (curriculum)
     stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)
     stage2_tune_vision: bool = False  # train the vision tower in stage 2 too (LLaVA freezes its pre-trained CLIP)
+    case_sensitive: bool = False  # the word-level tokenizer keeps case (models.build_tokenizer)
     image_after_text: bool = False  # the chat template puts the question before the image (models.py)
     loss_average: str = "token"  # token | sample: how the pre-training loss averages (train.TrainSettings)
     batch_size: int = 16

@@ -70,16 +70,16 @@ def world_corpus(world_dir: str | Path) -> list[str]:
     return texts
 
 
-def build_tokenizer(texts: list[str]):
-    """A case-sensitive word-level tokenizer over ``texts`` (deterministic: sorted by frequency, then alphabetically).
-
-    Case-sensitive so that the option letter "A" and the article "a" are different tokens (lowercased, a model that
-    learned to answer "a" to lettered options also ended captions after "a").
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+def build_tokenizer(texts: list[str], case_sensitive: bool = False):
+    """A word-level tokenizer over ``texts`` (deterministic: sorted by frequency, then alphabetically); lowercasing
+    unless ``case_sensitive`` (then the option letter "A" and the article "a" are different tokens: lowercased, a
+    model that learned to answer "a" to lettered options ended some captions after "a")."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    if not case_sensitive:
+        tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
@@ -195,7 +195,7 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     out = tiny_llava_dir(params, world_dir)
     if (out / "pretrain_record.json").exists():
         return out
-    tokenizer = build_tokenizer(world_corpus(world_dir))
+    tokenizer = build_tokenizer(world_corpus(world_dir), cfg.case_sensitive)
     model, processor = build_tiny_llava(tokenizer, cfg)
     collator = Collator(processor, mode="train")
     record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}

@@ -101,10 +101,13 @@ def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_
         monkeypatch.setattr(Path, "read_bytes", read)
 
 
-def test_tokenizer_keeps_case_so_option_letters_are_not_articles():
-    tok = build_tokenizer(["A. red , B. blue", "a red circle", "user : assistant :"])
+def test_a_case_sensitive_tokenizer_keeps_option_letters_apart_from_articles():
+    texts = ["A. red , B. blue", "a red circle", "user : assistant :"]
+    tok = build_tokenizer(texts, case_sensitive=True)
     assert tok.convert_tokens_to_ids("A") != tok.convert_tokens_to_ids("a")
     assert tok.decode(tok("A")["input_ids"], skip_special_tokens=True) == "A"
+    lower = build_tokenizer(texts)  # the default: lowercased, one token for both
+    assert lower("A")["input_ids"] == lower("a")["input_ids"]
 
 
 @pytest.mark.parametrize("text_first", [False, True])

@@ -81,9 +81,7 @@ CAPTION_PROMPTS = (
     "Write a short caption for the image.",
     "What is in this image? Describe it briefly.",
 )
-ALIGN_PROMPTS = ("Describe the image.", "What is in the image?", "List everything in the image.",
-                 "What do you see in the picture?", "Describe what this picture shows.", "Tell me what is in the image.",
-                 "Give a description of the picture.", "What objects does the image contain?")
+ALIGN_PROMPTS = ("Describe the image.", "What is in the image?", "List everything in the image.")
 
 
 def article(word: str) -> str:

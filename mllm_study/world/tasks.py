@@ -156,13 +156,12 @@ def _vqav2(rng: np.random.Generator) -> dict:
     query: dict = {"type": qtype}
     if qtype == "color":
         ref, gold, scene, _ = _attribute_question(rng, "color")
-        q, space = f"{pick(rng, ('What', 'Which'))} color is the {ref}?", COLORS
+        q, space = f"What color is the {ref}?", COLORS
         refs = vqa_answers(rng, gold, COLOR_VARIANTS[gold], COLORS)
     elif qtype == "shape":
         ref, gold, scene, _ = _attribute_question(rng, "shape")
-        which = pick(rng, ("What", "Which"))
-        q = f"{which} shape is at the {ref[len('object at the '):]}?" if ref.startswith("object at") else \
-            f"{which} shape is the {ref}?"
+        q = f"What shape is at the {ref[len('object at the '):]}?" if ref.startswith("object at") else \
+            f"What shape is the {ref}?"
         space, refs = SHAPES, vqa_answers(rng, gold, SHAPE_NOUNS[gold][1:], SHAPES)
     elif qtype == "count":
         sub = pick(rng, ("total", "shape", "color"))
@@ -188,8 +187,7 @@ def _vqav2(rng: np.random.Generator) -> dict:
         yes, space = bool(rng.random() < 0.5), ("yes", "no")
         if sub == "exists":
             color, shape = pick(rng, OBJECT_TYPES)
-            q = f"Is there {article(color)} {color} {shape} in the image?" if rng.random() < 0.7 else \
-                f"Are there any {color} {plural(shape)} in the image?"
+            q = f"Is there {article(color)} {color} {shape} in the image?"
             scene = _draw(rng, lambda: sample_scene(rng),
                           lambda s: bool(_with(s["objects"], color=color, shape=shape)) == yes)
         elif sub == "shape_at":

@@ -24,8 +24,7 @@ from .tasks import FAMILY_ORDER, build_item, family_info
 __all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "load_manifest"]
 
 #: Bump whenever generated content changes: cached worlds (and models pre-trained on them) are keyed by it.
-GENERATOR_VERSION = "synthetic-world v3"  # v2: balanced answers (no question-only shortcut), stage-2 formats;
-# v3: paraphrased seen questions ("Which color/shape ...", "Are there any ...") and more description prompts
+GENERATOR_VERSION = "synthetic-world v2"  # v2: balanced answers (no question-only shortcut), stage-2 formats
 
 #: Records per split and profile. ``pretrain``: align and the three seen families only; ``pope``: per strategy.
 PROFILES: dict[str, dict[str, int]] = {
