@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-data", dest="test_data_file", metavar="FILE",
                    help="score on this conversation file (default: the last records of --data, not trained on)")
     p.add_argument("--image-folder", metavar="DIR", help="folder the --data image paths are relative to")
+    p.add_argument("--metric-variant", action="append", default=[], metavar="METRIC=VARIANT",
+                   help="score with a named metric variant, e.g. vqa_score=official-2021 or pope=llava (repeatable)")
     p.add_argument("--method-params", metavar="YAML", help="method parameters, e.g. '{r: 8, alpha: 16}'")
     p.add_argument("--force", action="store_true", help="re-run even if a finished run with this id exists")
 
@@ -178,6 +180,12 @@ def _cmd_run(args) -> int:
             extra[f"run.{key}"] = getattr(args, key)
     if args.data_file is not None and args.dataset is not None:
         raise ValueError("give --data FILE or --dataset NAME, not both")
+    if args.metric_variant:
+        pairs = [v.split("=", 1) for v in args.metric_variant]
+        if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+            raise ValueError(f"--metric-variant must look like METRIC=VARIANT (e.g. vqa_score=official-2021), "
+                             f"got {args.metric_variant!r}")
+        extra["run.metric_variants"] = dict(pairs)
     if args.method_params:
         mp = yaml.safe_load(args.method_params)
         if not isinstance(mp, dict):

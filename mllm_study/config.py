@@ -121,6 +121,9 @@ class RunConfig:
     max_new_tokens: int | None = None  # None = the dataset's own limit
     eval_split: str = "test"  # test, or val: train on train minus a carved validation split and score on it
     seed: int = 42
+    # Named metric variants, {metric: variant}, e.g. {vqa_score: official-2021, pope: llava}; a metric not named
+    # uses its default (vqa_score official-2016, pope strict: the study's numbers). mllm_study.metrics lists them.
+    metric_variants: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")
@@ -151,6 +154,13 @@ class RunConfig:
                 raise ConfigError(f"run.method_presets.{name} must be a mapping of parameters, got {preset!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"run.warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        from .metrics import resolve_variant
+
+        for metric, variant in self.metric_variants.items():
+            try:
+                resolve_variant(str(metric), variant if isinstance(variant, str) else repr(variant))
+            except (KeyError, ValueError) as exc:
+                raise ConfigError(f"run.metric_variants.{metric}: {exc}") from None
 
 
 def _non_finite(value: Any, where: str) -> str | None:

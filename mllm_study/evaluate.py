@@ -196,7 +196,7 @@ def _metric_kwargs(metric: str, records: list[dict]) -> dict[str, Any]:
     return kwargs
 
 
-def rescore(records: list[dict], predictions: list[str], metric: str, info: dict):
+def rescore(records: list[dict], predictions: list[str], metric: str, info: dict, variant: str | None = None):
     """Score stored ``predictions`` of ``records`` with ``metric`` exactly as evaluation did (CHAIR with the
     dataset's object synonyms); returns the :class:`~mllm_study.metrics.MetricResult`. Used after a metric changed."""
     from .metrics import compute_metric
@@ -204,7 +204,8 @@ def rescore(records: list[dict], predictions: list[str], metric: str, info: dict
     if metric == "chair" and info["metric"] == "cider":
         return compute_metric("chair", predictions, [[""]] * len(predictions),
                               objects=[r["objects"] for r in records], synonyms=_chair_synonyms(info))
-    return compute_metric(metric, predictions, [references_of(r) for r in records], **_metric_kwargs(metric, records))
+    return compute_metric(metric, predictions, [references_of(r) for r in records], variant=variant,
+                          **_metric_kwargs(metric, records))
 
 
 def _chair_synonyms(info: dict) -> dict[str, list[str]] | None:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["manifest", "run_damage", "metric_versions", "stale_metrics", "rescore_run"]
+__all__ = ["manifest", "run_damage", "metric_versions", "metric_variants_used", "stale_metrics", "rescore_run"]
 
 _PARSED: dict[tuple[str, int, int], str | None] = {}  # (path, mtime_ns, size) -> parse error; files do not change
 
@@ -90,6 +90,19 @@ def stale_metrics(metrics: dict) -> list[str]:
     return [name for name, version in current.items() if recorded.get(name) != version]
 
 
+def metric_variants_used(rows: list[dict], chosen: dict[str, str] | None) -> dict[str, str]:
+    """The variant each metric of ``rows`` was scored with: the run's choice, else the metric's default (metrics
+    without named variants are left out)."""
+    from .metrics import resolve_variant
+
+    out = {}
+    for name in sorted({r["metric"] for r in rows if "." not in r["metric"]}):
+        variant = resolve_variant(name, (chosen or {}).get(name))
+        if variant is not None:
+            out[name] = variant
+    return out
+
+
 def rescore_run(run_dir: Path, params) -> list[str]:
     """Re-score a finished run's stored predictions with the current metrics if any of its metrics changed.
 
@@ -124,7 +137,8 @@ def rescore_run(run_dir: Path, params) -> list[str]:
         _, records, info = targets[(dataset, split)]
         by_id = {r["id"]: r for r in records}
         ordered = [by_id[item["id"]] for item in group]
-        result = rescore(ordered, [item["prediction"] for item in group], name, info)
+        result = rescore(ordered, [item["prediction"] for item in group], name, info,
+                         variant=(metrics.get("metric_variants") or {}).get(name))
         for item, score in zip(group, result.per_item):
             item["score"] = float(score)
         by_block.setdefault((dataset, split, epoch), {})[name] = EvalResult(

@@ -86,6 +86,8 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
         del run["vision"], run["vision_lr"]
     if run["eval_split"] == "test":  # likewise
         del run["eval_split"]
+    if not run["metric_variants"]:  # the default variants: ids as before the option existed
+        del run["metric_variants"]
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
@@ -193,7 +195,7 @@ def _evaluate_all(model, processor, params: Params, targets, epoch: int | None, 
     for folder, split, size in targets:
         info = load_dataset_info(folder)
         results = evaluate_dataset(model, processor, folder, split, size, params.run.eval_batch_size,
-                                   params.run.max_new_tokens, progress)
+                                   params.run.max_new_tokens, progress, metric_variants=params.run.metric_variants)
         rows.extend(_rows(results, info, split, epoch))
         if write_items is not None:
             with open(write_items, "a") as f:
@@ -216,7 +218,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     """
     from .data import DataError, load_dataset_info, load_split
     from .evaluate import evaluate_loss
-    from .records import manifest, metric_versions
+    from .records import manifest, metric_variants_used, metric_versions
     from .methods.registry import apply_method, save_method
     from .train import TrainSettings, train_model, trainable_summary
 
@@ -283,7 +285,8 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
         metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
-                   "results": rows, "train": train_info, "metric_versions": metric_versions(rows)}
+                   "results": rows, "train": train_info, "metric_versions": metric_versions(rows),
+                   "metric_variants": metric_variants_used(rows, run.metric_variants)}
         write_json_atomic(tmp / "metrics.json", metrics)
         write_json_atomic(tmp / "status.json", {
             "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -138,3 +138,22 @@ def test_evaluate_dataset_and_score_predictions_take_and_record_the_variant(tmp_
     path.write_text("".join(json.dumps({"id": f"q{i}", "prediction": p}) + "\n" for i, p in enumerate(preds)))
     scored = evaluate.score_predictions(path, folder, variant="lmms-eval")
     assert (scored.variant, scored.value) == ("lmms-eval", 1.0)
+
+
+def test_a_run_scores_with_its_metric_variant_and_records_it(smoke_params, smoke_model_dir, tmp_path):
+    """run.metric_variants reaches the evaluation, enters metrics.json and the run id (defaults stay out of it)."""
+    import dataclasses
+    import json
+
+    from mllm_study.runs import execute_run, resolve_spec, run_id
+
+    base = dataclasses.replace(smoke_params, paths=dataclasses.replace(smoke_params.paths, runs=str(tmp_path)))
+    run = dataclasses.replace(base.run, method="none", dataset="vqav2", eval_datasets=["pope"], test_size=8)
+    default = dataclasses.replace(base, run=run)
+    llava = dataclasses.replace(base, run=dataclasses.replace(run, metric_variants={"pope": "llava"}))
+    assert "metric_variants" not in resolve_spec(default, progress=False)["run"]
+    assert run_id(resolve_spec(default, progress=False)) != run_id(resolve_spec(llava, progress=False))
+    metrics = json.loads((execute_run(llava, progress=False) / "metrics.json").read_text())
+    assert metrics["metric_variants"]["pope"] == "llava"
+    metrics = json.loads((execute_run(default, progress=False) / "metrics.json").read_text())
+    assert metrics["metric_variants"]["pope"] == "strict"
