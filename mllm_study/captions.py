@@ -5,9 +5,12 @@ Usage: ``cider_d(tokenize_captions(["a dog runs"]), [tokenize_captions(["a dog i
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import shutil
+import sys
 from collections import Counter
 
 __all__ = ["ptb_tokenize", "tokenize_captions", "cider_d"]
@@ -85,8 +88,28 @@ def tokenize_captions(captions: list[str], tokenizer: str = "auto") -> list[str]
         raise RuntimeError("tokenizer='ptb' needs java on PATH; use tokenizer='python' or 'auto'")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
     todo = {i: [{"caption": c.translate(_LINE_BREAKS)}] for i, c in enumerate(captions) if c.strip()}
-    done = PTBTokenizer().tokenize(todo) if todo else {}
+    with _quiet_stderr():  # the java tokenizer writes "PTBTokenizer tokenized ..." to the process's stderr
+        done = PTBTokenizer().tokenize(todo) if todo else {}
     return [done[i][0] if i in done else "" for i in range(len(captions))]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Send file descriptor 2 (inherited by subprocesses) to /dev/null for the duration; Python's own stderr
+    object is flushed first and keeps working afterwards."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (e.g. a closed stderr): nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def cider_d(candidates: list[str], references: list[list[str]], n: int = 4, sigma: float = 6.0) -> list[float]:

@@ -15,6 +15,13 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser"]
 
+DESCRIPTION = ("mllm-study: parameter-efficient fine-tuning of multimodal LLMs, measured. "
+               "Start with 'mllm-study study --profile quick' (the quick study on the embedded model; reports in "
+               "reports/index.html); '<command> --help' explains each command.")
+EPILOG = ("params: weight-free parameter and FLOP accounting of a method on a model "
+          "('mllm-study params --help'). Global: --quiet on a command turns off progress bars and per-run lines; "
+          "without a terminal, progress bars are off anyway.")
+
 # Options of `run` that map onto run.* params keys (flag -> key); values are parsed as YAML scalars.
 RUN_OPTIONS = {
     "model": str, "dataset": str, "method": str, "placement": str, "connector": str, "lr": float,
@@ -23,23 +30,44 @@ RUN_OPTIONS = {
 }
 
 
+#: help and choices of the `run` options (None: free text)
+RUN_HELP = {
+    "model": ("tiny-llava (the embedded model, default), a local checkpoint folder or a hub id", None),
+    "dataset": ("a synthetic world family (sqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, ocrvqa, vqav2) "
+                "or a converted dataset folder (docs/data_format.md)", None),
+    "method": ("PEFT method: lora, ia3, prefix, adapter, full, ... (mllm_study/methods; 'none' = zero-shot)", None),
+    "placement": ("where the module goes (default: the method's own)", ["attention", "mlp", "both"]),
+    "connector": ("tune the vision-language connector too (default frozen)", ["frozen", "tuned"]),
+    "lr": ("learning rate (default: the profile's preset for the method, else the paper's)", None),
+    "connector_lr": ("learning rate of a tuned connector", None),
+    "vision": ("tune the vision encoder too (default frozen)", ["frozen", "tuned"]),
+    "vision_lr": ("learning rate of a tuned vision encoder", None),
+    "epochs": ("training epochs (may be fractional; default 3, the profile may change it)", None),
+    "batch_size": ("training batch size (default 16)", None),
+    "grad_accum": ("gradient accumulation steps (default 1)", None),
+    "train_size": ("subsample the train split to this many records (seeded)", None),
+    "test_size": ("score on this many test records (fixed seed, the same for every run)", None),
+    "seed": ("training seed (default 42)", None),
+}
+
+
 def _add_params_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", metavar="FILE", help="params YAML file (diff on top of defaults and its profile)")
     p.add_argument("--profile", help="profile in params/: smoke, quick, full, ...")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one params key, e.g. --set run.lr=1e-4 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mllm-study", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="mllm-study", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("world", help="generate the synthetic world (LLaVA JSON + PNG per family and split)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--profile", default="quick", choices=["smoke", "quick", "full"], help="world size (default quick)")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0); the same seed gives the same files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("pretrain", help="build and pre-train the tiny base model (cached by recipe)")
     _add_params_options(p)
@@ -47,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train one PEFT run and evaluate it; prints its run directory")
     _add_params_options(p)
     for name, typ in RUN_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
+        text, choices = RUN_HELP[name]
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, help=text, choices=choices)
     p.add_argument("--data", dest="data_file", metavar="FILE",
                    help="train on a LLaVA conversation file (JSON or JSON lines) instead of --dataset")
     p.add_argument("--test-data", dest="test_data_file", metavar="FILE",
@@ -61,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every run a params file declares (skips finished ones, retries failed)")
     p.add_argument("sweep_params", metavar="PARAMS", help="params YAML with a sweep: section")
     p.add_argument("--profile", help="profile applied under the params file (default: the file's own)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one params key, e.g. --set run.lr=1e-4 (repeatable)")
     p.add_argument("--shard", help="i/n: run only this worker's share (e.g. 0/4 on the first of four machines)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1: a 2-core laptop)")
     p.add_argument("--retries", type=int, default=0, help="extra attempts for a failing run")
@@ -76,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-parallel", type=int, default=32, help="array tasks running at once")
     p.add_argument("--slurm-local", action="store_true", help="run the job array with submitit's local executor")
     p.add_argument("--wait", action="store_true", help="with --slurm: wait for the array and print the table")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     for name, text in (("study", "train or reuse every run of the research questions, execute their notebooks and "
                                  "render reports/<notebook>/<profile>.html and reports/index.html"),
@@ -88,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
         p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
         p.add_argument("--reports", help="reports folder (default: the profile's paths.reports)")
-        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("calibrate", help="choose each PEFT method's learning rate for an embedded profile: a log grid "
                                          "scored on a validation split carved from train (params/calibration.yaml)")
@@ -97,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
     p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
     p.add_argument("--workers", type=int, default=None, help="worker processes for the grid (default: 2 on 2 cores)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
                                         "(STUDY.md); prints the figures, exits 1 if a criterion fails")
@@ -111,13 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(stored predictions, no retraining; sweep and study do it too)")
     p.add_argument("sweep_params", metavar="PARAMS", help="params YAML (its sweep: section names the runs)")
     p.add_argument("--profile", help="profile applied under the params file (default: the file's own)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one params key, e.g. --set run.lr=1e-4 (repeatable)")
 
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
     p.add_argument("--runs", default="runs", help="runs folder")
     p.add_argument("--out", help="write CSV (or .parquet) here instead of printing")
 
-    p = sub.add_parser("data", help="real datasets")
+    sub.add_parser("params", add_help=False, help="parameter and FLOP accounting of a method on a model, no weights "
+                                                   "loaded ('mllm-study params --help' for its options)")
+
+    p = sub.add_parser("data", help="convert real datasets (VQAv2, POPE, ScienceQA, ...) into the project's format")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("convert", help="convert a public dataset release into the project's LLaVA JSON")
     c.add_argument("name", help="dataset: scienceqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, vqav2, "
@@ -322,7 +356,7 @@ def _cmd_study(args, train: bool = True) -> int:
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     summary = run_study(args.profile, only, cache=args.cache, runs=args.runs, reports=args.reports, train=train,
-                        force=args.force or not train, progress=not args.quiet)
+                        force=args.force, progress=not args.quiet)
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
 

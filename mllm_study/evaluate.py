@@ -90,7 +90,7 @@ def generate_predictions(model: torch.nn.Module, processor: Any, records: list[d
     model.eval()
     predictions: list[str] = [""] * len(records)
     batches = _sorted_batches(records, batch_size)
-    for idx in tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for idx in tqdm(batches, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True):
         batch = collator([records[i] for i in idx])
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -137,7 +137,7 @@ def choose_by_likelihood(model: torch.nn.Module, processor: Any, records: list[d
     scores: list[float] = []
     model.eval()
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(expanded), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in tqdm(range(0, len(expanded), batch_size), desc=desc, disable=None if progress else True, leave=False):
         batch = collator(expanded[start:start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")

@@ -320,7 +320,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
     """
     from . import report as rep
-    from .sweep import default_workers, run_sweeps
+    from .sweep import Progress, default_workers, run_sweeps
 
     stream = stream or sys.stderr
     start = time.perf_counter()
@@ -359,8 +359,9 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     if train:
         total = len({rid for ids in plans.values() for rid in ids})
         print(f"== runs: {total} over {len(rq)} research questions, {workers} worker(s)", file=stream, flush=True)
+        tracker = Progress.begin(runs_dir, [rid for ids in plans.values() for rid in ids])
         results = _timed(summary, "runs", lambda: run_sweeps(list(rq.values()), workers, progress=progress,
-                                                             stream=stream), stream)
+                                                             stream=stream, tracker=tracker), stream)
         for stem, res in zip(rq, results):
             summary.runs_trained += len(res.ran)
             summary.runs_failed.update(res.failed)

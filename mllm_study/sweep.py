@@ -27,7 +27,7 @@ from .claims import claim_holder, claim_run, holder_alive, release_run
 from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
-           "release_run", "sweep_status", "parse_shard", "submit_sweep", "install_sigterm"]
+           "release_run", "sweep_status", "parse_shard", "submit_sweep", "install_sigterm", "Progress"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -144,8 +144,59 @@ class SweepSummary:
                 f"{len(self.busy)} held by other workers{extra} ({self.seconds:.0f} s)")
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@dataclass
+class Progress:
+    """Progress over a whole set of runs (a sweep, or every RQ of a study, shared by its workers): one line per
+    finished run with done/total (counted from the run store, so every worker's runs count), the run's time and
+    score, the elapsed time and an ETA from the runs finished since the start.
+
+    Picklable: the workers of :func:`run_sweeps` each get a copy; the counts come from the runs folder.
+    """
+
+    runs_dir: str
+    ids: list[str]
+    start: float = field(default_factory=time.time)  # wall clock (shared across processes)
+    done_at_start: int = 0
+
+    @classmethod
+    def begin(cls, runs_dir: str | Path, ids: list[str]) -> Progress:
+        ids = list(dict.fromkeys(ids))
+        return cls(str(runs_dir), ids, time.time(), cls._done(Path(runs_dir), ids))
+
+    @staticmethod
+    def _done(runs_dir: Path, ids: list[str]) -> int:
+        from .runs import is_done
+
+        return sum(is_done(runs_dir / rid) for rid in ids)
+
+    def line(self, rid: str, seconds: float, failed: str | None = None) -> str:
+        """``[done/total] <rid> 12.3 s, accuracy 0.615 | elapsed 3:12, ETA 5:40`` (or ``failed: ...``)."""
+        from .runs import read_json
+
+        done = self._done(Path(self.runs_dir), self.ids)
+        elapsed = time.time() - self.start
+        new = done - self.done_at_start
+        eta = f"ETA {_clock(elapsed / new * (len(self.ids) - done))}" if new > 0 and done < len(self.ids) else \
+            ("ETA 0:00" if done >= len(self.ids) else "ETA -")
+        if failed:
+            what = f"failed: {failed}"
+        else:
+            try:
+                m = read_json(Path(self.runs_dir) / rid / "metrics.json")
+                what = f"{m['dataset']} {m['metric']} {float(m['value']):.3f}"
+            except (OSError, ValueError, KeyError, TypeError):
+                what = "done"
+        return f"[{done}/{len(self.ids)}] {rid} {seconds:.1f} s, {what} | elapsed {_clock(elapsed)}, {eta}"
+
+
 def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = True, retries: int = 0,
-              stream=None) -> SweepSummary:
+              stream=None, tracker: Progress | None = None) -> SweepSummary:
     """Run this shard of the sweep: skip finished runs, claim the others one by one, keep going after failures.
 
     Args:
@@ -154,6 +205,7 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
         progress: progress bars inside runs, and one status line per run.
         retries: extra attempts for a run that fails (a failed run is always retried on the next invocation).
         stream: where status lines go (default stderr).
+        tracker: counts done/total over a larger set of runs (a study's); default: this shard's runs.
 
     Returns:
         A :class:`SweepSummary`. Ctrl-C stops after recording the current run as failed (it re-runs next time).
@@ -166,6 +218,7 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
     runs_dir = Path(params.paths.runs)
     clean_stale_temporaries(runs_dir)
     install_sigterm()
+    tracker = tracker or Progress.begin(runs_dir, [rid for rid, _ in plan])
     summary = SweepSummary(total=len(plan))
     for k, (rid, run_params) in enumerate(plan, 1):
         if is_done(runs_dir / rid):
@@ -184,18 +237,20 @@ def run_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool = 
             if is_done(runs_dir / rid):  # finished by another worker between our check and our claim
                 summary.skipped.append(rid)
                 continue
-            print(f"[{k}/{len(plan)}] {rid}", file=stream, flush=True)
+            run_start = time.perf_counter()
             for attempt in range(retries + 1):
                 try:
                     execute_run(run_params, progress=progress)
                     summary.ran.append(rid)
+                    print(tracker.line(rid, time.perf_counter() - run_start), file=stream, flush=True)
                     break
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:  # recorded in the run's status.json; the sweep goes on
                     if attempt == retries:
                         summary.failed[rid] = f"{type(exc).__name__}: {exc}"
-                        print(f"  failed: {summary.failed[rid]}", file=stream, flush=True)
+                        print(tracker.line(rid, time.perf_counter() - run_start, summary.failed[rid]), file=stream,
+                              flush=True)
         finally:
             release_run(runs_dir, rid)
     summary.seconds = time.perf_counter() - start
@@ -250,28 +305,34 @@ def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _worker_sweeps(params_list: list[Params]) -> list[SweepSummary]:
+def _worker_sweeps(params_list: list[Params], tracker: Progress | None = None) -> list[SweepSummary]:
     """One local worker: every sweep in order, one torch thread; claims keep the workers on different runs."""
     import torch
 
     torch.set_num_threads(1)
-    return [run_sweep(params, progress=False, stream=sys.stderr) for params in params_list]
+    return [run_sweep(params, progress=False, stream=sys.stderr, tracker=tracker) for params in params_list]
 
 
-def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None) -> list[SweepSummary]:
+def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None,
+               tracker: Progress | None = None) -> list[SweepSummary]:
     """Run several sweeps with ``workers`` local processes that share the runs through claims (dynamic balance:
     a worker skips a run another one holds and takes the next). One :class:`SweepSummary` per sweep, merged.
+    ``tracker`` (default: over every run of the sweeps) gives the one line per finished run its done/total and ETA.
 
     The base model must already be pre-trained (else every worker would pre-train it).
     """
+    if tracker is None and params_list:
+        ids = [rid for p in params_list for rid, _ in plan_sweep(p)]
+        tracker = Progress.begin(params_list[0].paths.runs, ids)
     if workers <= 1:
-        return [run_sweep(p, progress=progress, stream=stream) for p in params_list]
+        return [run_sweep(p, progress=progress, stream=stream, tracker=tracker) for p in params_list]
+    import functools
     import multiprocessing as mp
 
     start = time.perf_counter()
     pool = mp.get_context("spawn").Pool(workers)
     try:
-        parts = pool.map(_worker_sweeps, [params_list] * workers)
+        parts = pool.map(functools.partial(_worker_sweeps, tracker=tracker), [params_list] * workers)
         pool.close()  # not terminate(): idle workers exit on their own, no SIGTERM tracebacks
     except BaseException:
         pool.terminate()

@@ -322,7 +322,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model.train()
     log: list[dict] = []
     log_file = open(log_path, "a") if log_path else None
-    bar = tqdm(total=total, desc=settings.desc, disable=not settings.progress or not acc.is_main_process,
+    bar = tqdm(total=total, desc=settings.desc, disable=None if settings.progress and acc.is_main_process else True,
                dynamic_ncols=True, leave=False)
     step, samples, micro = 0, 0, 0
     running, running_n = torch.zeros((), device=acc.device), 0

@@ -102,8 +102,8 @@ def test_none_method_evaluates_without_training(smoke_params, smoke_model_dir, c
     (["--method", "lorra"], r"unknown method 'lorra'.*Did you mean 'lora'"),
     (["--set", "run.learning_rate=1"], r"unknown key 'run.learning_rate'"),
     (["--set", "run.batch_size=big"], r"'run.batch_size': expected int, got str 'big'"),
-    (["--connector", "half"], r"run.connector must be 'frozen' or 'tuned'"),
-    (["--vision", "half"], r"run.vision must be 'frozen' or 'tuned'"),
+    (["--set", "run.connector=half"], r"run.connector must be 'frozen' or 'tuned'"),
+    (["--set", "run.vision=half"], r"run.vision must be 'frozen' or 'tuned'"),
     (["--method", "none", "--vision", "tuned"], r"run.vision 'tuned' needs a method that trains"),
     (["--method-params", "{rank: 8}"], r"unknown parameter\(s\) \['rank'\] for method 'lora'"),
     (["--method-params", "[1, 2]"], r"--method-params must be a YAML mapping"),
@@ -116,6 +116,17 @@ def test_run_errors_are_clear(smoke_params, smoke_model_dir, capsys, args, messa
     import re
 
     assert re.search(message, err), err
+
+
+def test_run_options_with_choices_list_them(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--connector", "half"])
+    assert exc.value.code == 2
+    assert "argument --connector: invalid choice: 'half'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--placement {attention,mlp,both}" in out and "PEFT method: lora, ia3" in out
 
 
 def test_params_file_errors_name_the_file(tmp_path, capsys):

@@ -61,9 +61,20 @@ def test_claims_are_exclusive_and_dead_claims_are_taken_over(tmp_path):
 
 def test_sweep_runs_skips_and_survives_a_failing_run(tmp_path, smoke_params, smoke_model_dir):
     # the second lr diverges (loss or weights -> inf/NaN): recorded as failed with its step, the sweep goes on
+    import io
+    import re
+
     p = _params(tmp_path, smoke_params, "sweep:\n  grid: {method: [lora], epochs: [3], lr: [1.0e-3, 1.0e30]}\n")
-    summary = run_sweep(p, progress=False)
+    lines = io.StringIO()
+    summary = run_sweep(p, progress=False, stream=lines)
     assert len(summary.ran) == 1 and len(summary.failed) == 1
+    # one progress line per run: done/total over the sweep, the run's seconds and score (or failure), elapsed, ETA
+    out = [x for x in lines.getvalue().splitlines() if x.startswith("[")]
+    assert len(out) == 2 and "\r" not in lines.getvalue()
+    ok = next(x for x in out if "failed" not in x)
+    assert re.fullmatch(r"\[1/2\] \S+ \d+\.\d s, iconqa_txt accuracy \d\.\d{3} \| elapsed \d+:\d\d, ETA \d+:\d\d", ok), ok
+    assert re.fullmatch(r"\[1/2\] \S+ \d+\.\d s, failed: TrainingDiverged: .* \| elapsed \d+:\d\d, ETA \d+:\d\d",
+                        next(x for x in out if "failed" in x))
     (bad,) = summary.failed
     status = json.loads((tmp_path / "runs" / bad / "status.json").read_text())
     assert status["status"] == "failed" and "TrainingDiverged" in status["reason"] and status["step"] >= 1

@@ -106,7 +106,7 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
     plan = {f: split_sizes(f, profile) for f in families}
     total = sum(n for sizes in plan.values() for n in sizes.values())
     fam_entries = {}
-    with tqdm(total=total, desc=f"world {profile}/seed{seed}", unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=f"world {profile}/seed{seed}", unit="img", disable=None if progress else True) as bar:
         for family, sizes in plan.items():
             info = family_info(family)
             for split, n in sizes.items():
