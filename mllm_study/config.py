@@ -299,6 +299,64 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+#: top-level ``_`` blocks of a params file: _profiles (per-profile designs, study.py), _datasets (dataset name ->
+#: folder, in a profile file), _report (analysis options read by the notebooks), _design (free-form notes)
+BLOCKS = ("_profiles", "_datasets", "_report", "_design")
+#: keys of a ``_profiles.<profile>`` block
+PROFILE_BLOCK_KEYS = ("world", "pretrain", "run", "paths", "sweep", "_calibration", "_report")
+#: ``_report`` options and their types
+REPORT_KEYS = {"n_ctx": int}
+
+
+def check_block(source: str, name: str, value: Any, params_dir: Path = PARAMS_DIR) -> None:
+    """Check one top-level ``_`` block of a params file: a known block, known profiles and keys, typed values;
+    ConfigError naming the file and the key otherwise."""
+    if name not in BLOCKS:
+        raise ConfigError(f"{source}: unknown block '{name}'.{_suggest(name, BLOCKS)} Known blocks: "
+                          f"{', '.join(BLOCKS)}")
+    if name == "_design" or value is None:
+        return
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: '{name}' must be a mapping, got {type(value).__name__}")
+    if name == "_datasets":
+        for key, folder in value.items():
+            if not isinstance(folder, str):
+                raise ConfigError(f"{source}: _datasets.{key} must be a folder path, got {folder!r}")
+    elif name == "_report":
+        _check_report(source, "_report", value)
+    else:
+        known = list_profiles(params_dir)
+        for profile, block in value.items():
+            where = f"{source}: _profiles.{profile}"
+            if profile not in known:
+                raise ConfigError(f"{where}: unknown profile.{_suggest(str(profile), known)} Known profiles: "
+                                  f"{', '.join(known)}")
+            if not isinstance(block, dict):
+                raise ConfigError(f"{where} must be a mapping ({', '.join(PROFILE_BLOCK_KEYS)})")
+            for section, values in block.items():
+                if section not in PROFILE_BLOCK_KEYS:
+                    raise ConfigError(f"{where}: unknown key '{section}'.{_suggest(section, PROFILE_BLOCK_KEYS)} "
+                                      f"Known keys: {', '.join(PROFILE_BLOCK_KEYS)}")
+                if section in SECTIONS:
+                    if not isinstance(values, dict):
+                        raise ConfigError(f"{where}.{section} must be a mapping")
+                    for key, v in values.items():
+                        if not (section == "run" and key in RUN_DATA_KEYS):
+                            check_value(section, key, v, f"{where}.{section}.{key}")
+                elif section == "_report":
+                    _check_report(source, f"_profiles.{profile}._report", values)
+
+
+def _check_report(source: str, where: str, values: Any) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {where} must be a mapping")
+    for key, v in values.items():
+        if key not in REPORT_KEYS:
+            raise ConfigError(f"{source}: unknown key '{where}.{key}'.{_suggest(key, REPORT_KEYS)} Known keys: "
+                              f"{', '.join(REPORT_KEYS)}")
+        _check_type(v, REPORT_KEYS[key], f"{source}: {where}.{key}")
+
+
 def list_profiles(params_dir: Path = PARAMS_DIR) -> list[str]:
     """Profiles are the params files that are not research-question diffs or defaults."""
     return sorted(p.stem for p in params_dir.glob("*.yaml")
@@ -374,7 +432,8 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
     sweep: dict = {}
     for source, data in layers:
         for section, values in data.items():
-            if section.startswith("_"):  # free-form documentation blocks (e.g. _design) are allowed
+            if section.startswith("_"):  # the study's blocks, checked here; read by study.py / calibration.py
+                check_block(source, section, values, params_dir)
                 continue
             if section == "sweep":  # a later file's design replaces an earlier one as a whole
                 if values is not None and not isinstance(values, dict):

@@ -75,3 +75,20 @@ def test_parse_override():
     assert parse_override("run.method_params={r: 8}") == ("run.method_params", {"r": 8})
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("lr=3")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("_profils:\n  quick: {run: {epochs: 1}}\n", r"unknown block '_profils'.*Did you mean '_profiles'"),
+    ("_profiles:\n  quick: {run: {metod: lora}}\n", r"_profiles\.quick\.run\.metod.*unknown key 'run\.metod'"),
+    ("_profiles:\n  quick: {run: {epochs: many}}\n", r"_profiles\.quick\.run\.epochs: expected float"),
+    ("_profiles:\n  quik: {run: {epochs: 1}}\n", r"_profiles\.quik: unknown profile.*Did you mean 'quick'"),
+    ("_profiles:\n  quick: {runs: {epochs: 1}}\n", r"_profiles\.quick: unknown key 'runs'.*Did you mean 'run'"),
+    ("_report:\n  nctx: 64\n", r"unknown key '_report\.nctx'.*Did you mean 'n_ctx'"),
+    ("_datasets:\n  vqav2: [a, b]\n", r"_datasets\.vqav2 must be a folder path"),
+])
+def test_study_blocks_are_typed_and_errors_name_the_file(tmp_path, text, message):
+    f = tmp_path / "rq_mine.yaml"
+    f.write_text("profile: smoke\n" + text)
+    with pytest.raises(ConfigError, match=message) as exc:
+        load_params(f)
+    assert str(f) in str(exc.value)
