@@ -152,7 +152,10 @@ def compute_metric(name: str, predictions: list[str], references: list[list[str]
         ValueError: Unknown metric or variant, different lengths, no items, an empty reference list, bad options.
         TypeError: A prediction that is not str/None, a reference that is not a list of str.
     """
-    return get_metric(name).fn(predictions, references, variant=variant, **kwargs)
+    metric = get_metric(name)
+    if variant is None and not metric.variants:  # a metric without variants need not take the keyword
+        return metric.fn(predictions, references, **kwargs)
+    return metric.fn(predictions, references, variant=variant, **kwargs)
 
 
 # ---- VQA score: GT-Vision-Lab/VQA PythonEvaluationTools/vqaEvaluation/vqaEval.py, re-implemented ----------------
