@@ -232,7 +232,8 @@ def _cmd_run(args) -> int:
     install_sigterm()  # SIGTERM like Ctrl-C: the run is recorded as failed, no temporary folder stays behind
     run_dir = execute_run(params, progress=not args.quiet, force=args.force)
     metrics = read_json(run_dir / "metrics.json")
-    print(f"{metrics['dataset']} ({metrics['metric']}): {metrics['value']:.4f} on {metrics['n']} test items; "
+    print(f"{metrics['dataset']} ({metrics['metric']}): {metrics['value']:.4f} on {metrics['n']} "
+          f"{params.run.eval_split} items; "
           f"trained {metrics['train']['trainable_params']:,} parameters for {metrics['train']['steps']} steps")
     print(f"run directory: {run_dir}")
     return 0
