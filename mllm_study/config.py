@@ -22,10 +22,21 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "RUN_DATA_KEYS", "load_params", "parse_override", "list_profiles", "check_value",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
+PROJECT_ROOT = PARAMS_DIR.parent
+
+
+def project_path(path: str | Path | None) -> Path | None:
+    """``path`` with a relative path taken from the project root (where ``params/`` is), not the working directory:
+    what the notebooks and the study driver pass, so that a kernel started in ``notebooks/`` (as JupyterLab does)
+    and one started in the root read and write the same files."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 class ConfigError(ValueError):

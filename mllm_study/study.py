@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import PARAMS_DIR, ConfigError, Params, load_params
+from .config import PARAMS_DIR, ConfigError, Params, load_params, project_path
 
 __all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
@@ -54,7 +54,8 @@ def _read_yaml(path: Path) -> dict:
 
 def profile_block(params_file: str | Path, profile: str) -> dict:
     """The ``_profiles.<profile>`` block of an RQ params file ({} when the profile uses the file's own design)."""
-    blocks = _read_yaml(Path(params_file)).get("_profiles") or {}
+    params_file = project_path(params_file)
+    blocks = _read_yaml(params_file).get("_profiles") or {}
     if not isinstance(blocks, dict):
         raise ConfigError(f"{params_file}: '_profiles' must map profile names to blocks")
     block = blocks.get(profile) or {}
@@ -103,6 +104,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
     Returns:
         The :class:`Params` whose ``sweep`` declares this RQ's runs under that profile.
     """
+    params_file, cache, runs = project_path(params_file), project_path(cache), project_path(runs)
     block, extra = profile_block(params_file, profile), overrides
     overrides = {}
     for section, values in block.items():
@@ -117,6 +119,8 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
         overrides["paths.runs"] = str(runs)
     overrides.update(extra or {})
     params = load_params(params_file, profile, overrides, params_dir=params_dir)
+    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
+                                                       dataclasses.asdict(params.paths).items()})
     if "sweep" in block:
         params.sweep = dict(block["sweep"] or {})
     mapping = _dataset_map(profile, params_dir)
@@ -129,7 +133,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
 
 def report_options(params_file: str | Path, profile: str) -> dict:
     """The ``_report`` options of an RQ file (analysis settings, e.g. ``n_ctx`` for FLOPs), profile block last."""
-    top = _read_yaml(Path(params_file)).get("_report") or {}
+    top = _read_yaml(project_path(params_file)).get("_report") or {}
     return {**top, **(profile_block(params_file, profile).get("_report") or {})}
 
 

@@ -621,9 +621,10 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     """
     import pandas as pd
 
-    from .config import load_params
+    from .config import load_params, project_path
     from .models import ensure_world, tiny_llava_dir
 
+    cache, runs_dir = project_path(cache), project_path(runs_dir)  # as the notebooks pass them: from the root
     params = load_params(profile=profile, overrides={"paths.cache": str(cache)})
     if params.run.model != "tiny-llava":
         return None
