@@ -92,3 +92,15 @@ def test_study_blocks_are_typed_and_errors_name_the_file(tmp_path, text, message
     with pytest.raises(ConfigError, match=message) as exc:
         load_params(f)
     assert str(f) in str(exc.value)
+
+
+def test_a_notebook_reports_parameters_it_does_not_know():
+    from mllm_study.notebook import check_parameters, injected_parameters
+
+    own = '# Parameters (papermill injects the study\'s values after this cell)\nprofile = "smoke"\ntrain = False\n'
+    injected = '# Parameters\nprofile = "quick"\ntrian = True\n'
+    assert injected_parameters([own]) is None
+    assert injected_parameters([own, injected]) == ["profile", "trian"]
+    check_parameters(["profile", "train"], [own])  # opened in JupyterLab: nothing injected, nothing to report
+    with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) 'trian' \(did you mean 'train'\?\)"):
+        check_parameters(["profile", "train"], [own, injected])
