@@ -536,7 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--records", type=int, default=320, help="train records (seeded subsample)")
     ap.add_argument("--steps", type=int, default=40, help="optimiser steps of the short runs")
-    ap.add_argument("--long-steps", type=int, default=160, help="optimiser steps of the long runs (0: none)")
+    ap.add_argument("--long-steps", type=int, default=None,
+                    help="optimiser steps of the long runs (default 4 x --steps: 160; 0: none)")
     ap.add_argument("--skip", type=int, default=10, help="steady state: per-step time after this step")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--log-every", type=int, default=10)
@@ -581,6 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = levers(args, paths, records, args.methods)
         print(f"end: {_load()}")
         return out
+    if args.long_steps is None:
+        args.long_steps = 4 * args.steps
     lengths = [args.steps] + ([args.long_steps] if args.long_steps else [])
     print(f"{args.dataset} train: {len(records)} records, batch {args.batch_size}, {' and '.join(map(str, lengths))} "
           f"steps, device {device}, torch threads {torch.get_num_threads()}, {args.repeats} rounds alternating "
