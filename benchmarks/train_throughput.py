@@ -62,6 +62,7 @@ from mllm_study.runs import _param_groups, base_model, resolve_dataset  # noqa: 
 from mllm_study.train import TrainSettings, forward_inputs, set_seed, train_model  # noqa: E402
 
 METHODS = ("lora", "ia3", "prefix", "adapter")
+LEVERS = ("foreach AdamW", "fused AdamW", "2 threads", "dropout 0")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -425,6 +426,8 @@ def levers(args, paths, records, methods) -> dict:
             variants["dropout 0"] = (load_params(profile=args.profile, overrides={
                 **paths, "run.method": method, "run.method_params": {**base.run.method_params, "dropout": 0.0}}),
                 "plain", 1)
+        if args.lever_names:
+            variants = {k: v for k, v in variants.items() if k == "baseline" or k in args.lever_names}
         _, processor = base_model(base, progress=False)
         collator = Collator(processor, mode="train")
         collator.prepare(records)
@@ -555,6 +558,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--levers", action="store_true",
                     help="only measure levers on the project loop (dropout 0, foreach/fused AdamW, 2 threads)")
     ap.add_argument("--lever-steps", type=int, default=60, help="steps per lever run")
+    ap.add_argument("--lever-names", nargs="+", default=None, choices=LEVERS,
+                    help="only these levers (default: all) beside the baseline")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("MLLM_STUDY_THREADS", "1")))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
