@@ -40,3 +40,13 @@ def test_fair_baseline_same_batches_and_optimizer(smoke_params, smoke_model_dir,
         med, lo, hi = row[key]["wall"]
         assert lo <= med <= hi and med > 0
     assert row["held_out"]["trainer"] == pytest.approx(row["held_out"]["trainer"])
+
+
+def test_eval_benchmark_medians_and_identical_predictions(smoke_params, smoke_model_dir, capsys):
+    bench = _bench("eval_throughput")
+    out = bench.main(["--profile", "smoke", "--cache", smoke_params.paths.cache, "--n", "4", "--repeats", "2",
+                      "--threads", "1"])
+    assert "ratio batched / one-at-a-time" in capsys.readouterr().out
+    assert out["identical"] == out["n"] == 4  # batched and one-at-a-time greedy decoding agree item for item
+    med, lo, hi = out[1]["ratio"]
+    assert 0 < lo <= med <= hi
