@@ -26,6 +26,7 @@ from .config import Params, PretrainConfig
 __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
     "tiny_llava_dir", "load_model", "load_checkpoint", "image_use_check", "world_corpus",
+    "image_only_qwen2_vl_processor",
 ]
 
 TINY_MODEL = "tiny-llava"
@@ -255,7 +256,12 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(path_or_id), **kwargs)
-        processor = AutoProcessor.from_pretrained(str(path_or_id))
+        try:
+            processor = AutoProcessor.from_pretrained(str(path_or_id))
+        except (AttributeError, ImportError, ValueError, OSError):  # Qwen2-VL's video processor needs torchvision
+            if getattr(model.config, "model_type", "") != "qwen2_vl" or _has_torchvision():
+                raise
+            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id))
     except OSError as exc:
         raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
                          f"checkpoint folder and not reachable on the hub ({exc})") from None
@@ -263,6 +269,48 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
         processor.tokenizer.padding_side = "left"  # batched generation needs left padding
     model.eval()
     return model, processor
+
+
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def image_only_qwen2_vl_processor():
+    """``Qwen2VLProcessor`` without its video processor, which needs torchvision (absent beside the pinned CPU torch
+    wheel: the PyPI torchvision built for torch 2.13 fails to load its operators there). Images and text are
+    processed exactly as by the full class (same image processor and tokenizer); videos are not supported."""
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)
+            self.video_processor = None
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            for name in ("processor_config.json", "tokenizer_config.json"):  # a plain Qwen2-VL folder
+                path = Path(save_directory) / name
+                if path.exists():
+                    data = json.loads(path.read_text())
+                    if data.get("processor_class") == type(self).__name__:
+                        data["processor_class"] = "Qwen2VLProcessor"
+                        path.write_text(json.dumps(data, indent=2))
+            return out
+
+    ImageOnlyQwen2VLProcessor.__name__ = ImageOnlyQwen2VLProcessor.__qualname__ = "ImageOnlyQwen2VLProcessor"
+    return ImageOnlyQwen2VLProcessor
 
 
 def load_model(name: str, params: Params | None = None, progress: bool = True):
