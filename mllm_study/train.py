@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
-           "set_seed", "mixed_precision_setting"]
+           "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context"]
 
 _ACCELERATOR = None
 _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training collate wrapper; never reaches the model
@@ -147,14 +147,62 @@ def get_accelerator():
     return _ACCELERATOR
 
 
+def _unwrap_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DataParallel wrappers (which do not forward ``config``)."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model
+
+
 def forward_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add ``position_ids`` from the attention mask (left padding), as ``generate`` does, where the model allows."""
-    config = getattr(model, "config", None)
+    """Add ``position_ids`` from the attention mask (left padding), as ``generate`` does, where the model allows.
+
+    Models with multimodal rotary positions (Qwen2-VL) compute their own, except under prefix tuning: peft lengthens
+    the attention mask by the virtual tokens, which the model's 3-D position code cannot index the ids with, so
+    the positions are computed here from the real mask (text row + the 3 rotary rows, as ``generate`` builds them;
+    peft offsets them by the prefix length).
+    """
+    inner = _unwrap_parallel(model)
+    config = getattr(inner, "config", None)
     model_type = getattr(config, "model_type", "")
-    if "attention_mask" in batch and model_type not in _OWN_POSITIONS and "position_ids" not in batch:
+    if "attention_mask" not in batch or "position_ids" in batch:
+        return batch
+    if model_type not in _OWN_POSITIONS:
         batch = dict(batch)
         batch["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    elif getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", False):
+        base = inner.get_base_model()
+        mask = batch["attention_mask"]
+        rope, _ = base.model.get_rope_index(batch["input_ids"], mm_token_type_ids=batch.get("mm_token_type_ids"),
+                                            image_grid_thw=batch.get("image_grid_thw"), attention_mask=mask)
+        text = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        batch = dict(batch)
+        batch["position_ids"] = torch.cat([text[None].to(rope.device), rope], dim=0)
     return batch
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The half-precision dtype of a model's frozen weights when it also holds float32 trainable ones (fp32 master
+    weights beside a float16/bfloat16 base), else None (a float32 model: nothing to do)."""
+    low = trainable32 = None
+    for p in model.parameters():
+        if p.dtype in (torch.float16, torch.bfloat16) and not p.requires_grad:
+            low = p.dtype
+        elif p.dtype == torch.float32 and p.requires_grad:
+            trainable32 = True
+        if low is not None and trainable32:
+            return low
+    return None
+
+
+def precision_context(model: torch.nn.Module):
+    """Autocast in the frozen base's half precision where the model mixes it with float32 trainable weights (see
+    :func:`compute_dtype`); a no-op context for a float32 model (the tiny model's path is unchanged)."""
+    dtype = compute_dtype(model)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=dtype)
 
 
 class _LengthGroupedBatches:
@@ -319,6 +367,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     # not passed through acc.prepare: its wrapper would step the schedule once per process
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     params = [p for g in groups for p in g["params"]]
+    autocast = precision_context(acc.unwrap_model(model))  # fp32 master weights beside a half-precision base
     model.train()
     log: list[dict] = []
     log_file = open(log_path, "a") if log_path else None
@@ -334,7 +383,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 sync = micro % settings.grad_accum == 0
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
                 keep = batch.pop(_KEEP, None)
-                with ctx:
+                with ctx, autocast:
                     if keep is None and not per_sample:
                         loss = model(**forward_inputs(model, batch)).loss
                     else:

@@ -180,10 +180,24 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         map_name = get_module_map(out).name
     except ValueError:  # only "none" gets here on an architecture without a map
         map_name = None
+    fp32_master_weights(out)
     record = {"method": name, "params": merged, "placement": placement, "connector": connector, "layers": layers,
               "module_map": map_name, "vision": vision}
     object.__setattr__(out, "mllm_method", record)
     return out
+
+
+def fp32_master_weights(model: torch.nn.Module) -> int:
+    """Trainable float16/bfloat16 parameters become float32 (AdamW's in-place updates in half precision underflow:
+    NaN within a few steps in float16, most weights never changing in bfloat16), while the frozen base keeps the
+    checkpoint's dtype; the forward then runs under autocast in that dtype (:func:`mllm_study.train.
+    precision_context`). Returns how many parameters were converted (none for a float32 model)."""
+    converted = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            converted += 1
+    return converted
 
 
 def _check_trainable(model: torch.nn.Module, name: str, connector: str, vision: str = "frozen") -> None:
