@@ -1,0 +1,181 @@
+"""Real architectures at tiny size (mllm_study.fixtures): llava-hf LLaVA-1.5 (float16), Qwen2-VL (bfloat16) and
+Idefics3/SmolVLM (bfloat16, image splitting), each with its real processor class, a BPE tokenizer carrying the real
+special tokens and the hub chat template, run through ``mllm-study run --model <folder>``.
+
+The matrix: every method (LoRA, IA3, prefix, bottleneck adapter with a tuned connector, full fine-tuning, and the
+zero-shot ``none``) on every architecture, in the checkpoint's dtype. Each run must finish (no NaN), lower the
+training loss, change every trainable tensor, evaluate at batch > 1, and reload to the same predictions (plain peft
+for peft formats to the same logits as the project's loader).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mllm_study.cli import main
+from mllm_study.fixtures import ARCHITECTURES, build_checkpoint, build_dataset
+
+END_OF_TURN = {"llava-1.5": "</s>", "qwen2-vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
+DTYPE = {"llava-1.5": torch.float16, "qwen2-vl": torch.bfloat16, "idefics3": torch.bfloat16}
+METHODS = ("lora", "ia3", "prefix", "adapter", "full")
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    data = build_dataset(root / "data")
+    models = {arch: build_checkpoint(arch, root / arch) for arch in ARCHITECTURES}
+    return root, data, models
+
+
+def _records(data: Path, split: str = "train"):
+    from mllm_study.data import load_split
+
+    return load_split(data, split)
+
+
+def _supervised(collator, records):
+    batch = collator(records)
+    tok = collator.tokenizer
+    return batch, [tok.convert_ids_to_tokens(row[lab != -100].tolist())
+                   for row, lab in zip(batch["input_ids"], batch["labels"])]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_labels_are_the_answer_and_the_end_of_turn_token(fixtures, arch):
+    from mllm_study.data import Collator, DataError
+    from mllm_study.models import load_checkpoint
+
+    _, data, models = fixtures
+    model, processor = load_checkpoint(models[arch])
+    assert model.dtype == DTYPE[arch]  # the checkpoint's own precision (transformers 5 loads dtype "auto")
+    records = _records(data)[:4]
+    collator = Collator(processor, cache=False)
+    assert collator.end_of_turn == END_OF_TURN[arch]
+    batch, supervised = _supervised(collator, records)
+    for rec, toks in zip(records, supervised):
+        answer = rec["conversations"][1]["value"]
+        assert toks[-1] == END_OF_TURN[arch]
+        assert processor.tokenizer.convert_tokens_to_string(toks[:-1]).strip() == answer
+    if arch == "idefics3":  # image splitting: 2x2 tiles + the global image, each with its own markers
+        assert batch["pixel_values"].shape[1] == 5
+    # the check itself: labels off by one token are an error naming the record and both token lists
+    ids = batch["input_ids"][0][batch["labels"][0] != -100]
+    shifted = batch["input_ids"][0][(batch["labels"][0] != -100).roll(-1)]
+    collator._check_answer(records[0], ids, records[0]["conversations"][1]["value"])
+    with pytest.raises(DataError, match=rf"record {records[0]['id']}: .*labels .* vs expected"):
+        collator._check_answer(records[0], shifted, records[0]["conversations"][1]["value"])
+
+
+def test_llava_template_trailing_space_would_never_teach_stopping(fixtures):
+    """The hub template renders ``ASSISTANT: answer `` (no ``</s>``): without the appended end of turn the check
+    fails, naming the record; with it the answer ends with ``</s>`` as in LLaVA's own training format."""
+    from mllm_study.data import Collator, DataError
+    from mllm_study.models import load_checkpoint
+
+    _, data, models = fixtures
+    _, processor = load_checkpoint(models["llava-1.5"])
+    records = _records(data)[:2]
+    collator = Collator(processor, cache=False)
+    assert collator.append_end
+    collator.append_end = False
+    with pytest.raises(DataError, match=f"record {records[0]['id']}"):
+        collator(records)
+
+
+def test_qwen2_vl_batches_pad_per_token_inputs(fixtures):
+    from mllm_study.data import Collator
+    from mllm_study.models import load_checkpoint
+
+    _, data, models = fixtures
+    model, processor = load_checkpoint(models["qwen2-vl"])
+    records = _records(data)[:3]
+    records[1] = {**records[1], "conversations": [records[1]["conversations"][0],
+                                                  {"from": "gpt", "value": "a red and round shape"}]}
+    batch = Collator(processor, cache=False)(records)
+    assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
+    assert (batch["mm_token_type_ids"][batch["attention_mask"] == 0] == 0).all()
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)
+
+
+def _run(fixtures, arch, method, tmp_path, capsys):
+    root, data, models = fixtures
+    args = ["run", "--profile", "smoke", "--quiet", "--model", str(models[arch]), "--dataset", str(data),
+            "--method", method, "--connector", "tuned" if method in ("adapter", "lora") else "frozen",
+            "--epochs", "4", "--batch-size", "4", "--set", "run.eval_batch_size=4",
+            "--set", f"paths.runs={tmp_path / 'runs'}", "--set", f"paths.cache={root / 'cache'}"]
+    assert main(args) == 0
+    return Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+
+
+def _logits(model, processor, records):
+    from mllm_study.data import Collator
+    from mllm_study.train import forward_inputs, precision_context
+
+    batch = Collator(processor, cache=False)(records)
+    batch.pop("labels")
+    with torch.no_grad(), precision_context(model):
+        return model(**forward_inputs(model, batch)).logits.float()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_method_matrix_trains_in_the_checkpoint_dtype(fixtures, arch, method, tmp_path, capsys):
+    from mllm_study.evaluate import evaluate_loss, generate_predictions
+    from mllm_study.methods.registry import apply_method, load_method
+    from mllm_study.models import load_checkpoint
+    from mllm_study.train import set_seed
+
+    _, data, models = fixtures
+    run_dir = _run(fixtures, arch, method, tmp_path, capsys)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "done", status.get("reason")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n"] == 8 and metrics["train"]["steps"] == 16
+    train, test = _records(data), _records(data, "test")
+
+    base, processor = load_checkpoint(models[arch])
+    loss_before = evaluate_loss(base, processor, train, 8)
+    spec = json.loads((run_dir / "spec.json").read_text())["run"]
+    set_seed(spec["seed"])
+    initial = apply_method(load_checkpoint(models[arch])[0], method, spec["method_params"], spec["placement"],
+                           spec["connector"])
+    trainable = {n: p.detach().float().clone() for n, p in initial.named_parameters() if p.requires_grad}
+    assert trainable and all(p.dtype == torch.float32 for p in initial.parameters() if p.requires_grad)
+    if method != "full":  # the frozen base stays in the checkpoint's dtype
+        assert any(p.dtype == DTYPE[arch] for p in initial.parameters() if not p.requires_grad)
+
+    reloaded = load_method(base, run_dir / "adapter")
+    state = dict(reloaded.named_parameters())
+    unchanged = [n for n, p in trainable.items() if torch.equal(state[n].detach().float(), p)]
+    assert not unchanged, f"{len(unchanged)} of {len(trainable)} trainable tensors never changed: {unchanged[:5]}"
+    assert all(torch.isfinite(p).all() for p in state.values())
+    assert evaluate_loss(reloaded, processor, train, 8) < loss_before  # the loss fell
+
+    # evaluation ran at batch 4; the reloaded model predicts exactly what the run recorded
+    items = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in test}
+    again = generate_predictions(reloaded, processor, [by_id[i["id"]] for i in items], 4, batch_size=4,
+                                 progress=False)
+    assert again == [i["prediction"] for i in items]
+    if method in ("lora", "ia3", "prefix"):  # a plain peft folder: peft alone reloads it to the same logits
+        from peft import PeftModel
+
+        plain = PeftModel.from_pretrained(load_checkpoint(models[arch])[0], str(run_dir / "adapter"))
+        ours, theirs = _logits(reloaded, processor, test[:3]), _logits(plain, processor, test[:3])
+        if spec["connector"] == "frozen":
+            assert torch.equal(ours, theirs)
+        else:  # plain peft rounds the saved fp32 connector to the base's dtype; the project's loader keeps fp32
+            assert torch.allclose(ours, theirs, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_zero_shot_evaluates_the_checkpoint(fixtures, arch, tmp_path, capsys):
+    run_dir = _run(fixtures, arch, "none", tmp_path, capsys)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n"] == 8 and metrics["train"]["steps"] == 0
