@@ -245,30 +245,63 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     return out
 
 
-def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None):
-    """Load any image-text-to-text checkpoint (local folder or hub id) with the transformers Auto classes."""
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None,
+                    precision: str = "auto", attn_implementation: str | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None):
+    """Load any image-text-to-text checkpoint (local folder or hub id) with the transformers Auto classes.
+
+    ``precision`` (run.precision): ``auto`` keeps the checkpoint's dtype (transformers 5 loads ``dtype="auto"``),
+    ``fp32``/``bf16``/``fp16`` convert the base; an explicit ``dtype`` wins. ``attn_implementation`` is passed on
+    (None: transformers' default, sdpa). ``min_pixels``/``max_pixels`` bound the image size of processors that
+    take them (Qwen2-VL: its default max turns a photo into thousands of tokens).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     kwargs: dict[str, Any] = {}
+    if dtype is None and precision != "auto":
+        if precision not in _PRECISION_DTYPES:
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
+        dtype = _PRECISION_DTYPES[precision]
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(path_or_id), **kwargs)
         try:
-            processor = AutoProcessor.from_pretrained(str(path_or_id))
+            processor = AutoProcessor.from_pretrained(str(path_or_id), **pixels)
         except (AttributeError, ImportError, ValueError, OSError):  # Qwen2-VL's video processor needs torchvision
             if getattr(model.config, "model_type", "") != "qwen2_vl" or _has_torchvision():
                 raise
-            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id))
+            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **pixels)
     except OSError as exc:
         raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
                          f"checkpoint folder and not reachable on the hub ({exc})") from None
+    if pixels:
+        _check_pixels(processor, pixels)
     if getattr(processor, "tokenizer", None) is not None and processor.tokenizer.padding_side != "left":
         processor.tokenizer.padding_side = "left"  # batched generation needs left padding
     model.eval()
     return model, processor
+
+
+def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:
+    """ValueError unless the image processor took the min/max pixel bounds (only Qwen2-VL-style ones do)."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+    size = size if isinstance(size, dict) else (dict(size) if size is not None and hasattr(size, "keys") else {})
+    got = {"min_pixels": getattr(image_processor, "min_pixels", None) or size.get("shortest_edge"),
+           "max_pixels": getattr(image_processor, "max_pixels", None) or size.get("longest_edge")}
+    wrong = {k: v for k, v in pixels.items() if got[k] != v}
+    if wrong:
+        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+                         f"{', '.join(wrong)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
 
 
 def _has_torchvision() -> bool:
@@ -313,9 +346,9 @@ def image_only_qwen2_vl_processor():
     return ImageOnlyQwen2VLProcessor
 
 
-def load_model(name: str, params: Params | None = None, progress: bool = True):
+def load_model(name: str, params: Params | None = None, progress: bool = True, **options):
     """The base model and processor for ``name``: ``tiny-llava`` (pre-trained and cached on demand) or any
-    local checkpoint folder / hub id, all through :func:`load_checkpoint`.
+    local checkpoint folder / hub id, all through :func:`load_checkpoint` (``options``: its keyword arguments).
     """
     if name == TINY_MODEL:
         if params is None:
@@ -325,5 +358,5 @@ def load_model(name: str, params: Params | None = None, progress: bool = True):
         path = pretrain_tiny_llava(params, world_dir, progress)
         if progress and time.perf_counter() - start > 1:
             print(f"pre-trained {TINY_MODEL} -> {path}")
-        return load_checkpoint(path)
-    return load_checkpoint(name)
+        return load_checkpoint(path, **options)
+    return load_checkpoint(name, **options)

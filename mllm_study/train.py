@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
-           "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context"]
+           "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context",
+           "enable_gradient_checkpointing"]
 
 _ACCELERATOR = None
 _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training collate wrapper; never reaches the model
@@ -95,10 +96,45 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
     mixed_precision: str = "no"  # the accelerator's: no | bf16 | fp16
     answer_logits: bool = False  # whether logits were computed at answer positions only
+    tokens: int = 0  # non-padding input tokens trained on (all processes)
+    peak_memory_mb: float | None = None  # GPU: max allocated during training; CPU: the process's peak RSS so far
+    peak_memory_kind: str = "cpu_rss"  # cuda_max_allocated | cpu_rss
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def _peak_memory(device: torch.device) -> tuple[float | None, str]:
+    """(peak MiB, what it measures): CUDA max allocated since the last reset, else the process's peak RSS."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "cuda_max_allocated"
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu_rss"  # KiB on Linux
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        return None, "cpu_rss"
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing in the base model (non-reentrant: works with frozen inputs and every method here).
+
+    Raises:
+        ValueError: the model does not support it (named).
+    """
+    from .methods.placement import unwrap_model
+
+    base = unwrap_model(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(base.config, "use_cache", None):
+        base.config.use_cache = False  # training recomputes; generation passes use_cache explicitly
 
 
 def set_seed(seed: int) -> None:
@@ -182,15 +218,16 @@ def forward_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> di
 
 
 def compute_dtype(model: torch.nn.Module) -> torch.dtype | None:
-    """The half-precision dtype of a model's frozen weights when it also holds float32 trainable ones (fp32 master
-    weights beside a float16/bfloat16 base), else None (a float32 model: nothing to do)."""
-    low = trainable32 = None
+    """The half-precision dtype of a model's base weights when it also holds float32 ones (fp32 master weights of a
+    method beside a float16/bfloat16 base, in training and after reloading), else None (a float32 model, or a pure
+    half-precision one: nothing to do)."""
+    low = has32 = None
     for p in model.parameters():
-        if p.dtype in (torch.float16, torch.bfloat16) and not p.requires_grad:
+        if p.dtype in (torch.float16, torch.bfloat16):
             low = p.dtype
-        elif p.dtype == torch.float32 and p.requires_grad:
-            trainable32 = True
-        if low is not None and trainable32:
+        elif p.dtype == torch.float32:
+            has32 = True
+        if low is not None and has32:
             return low
     return None
 
@@ -334,6 +371,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     if not groups:
         raise ValueError("nothing to train: every parameter group is empty")
     acc = get_accelerator()
+    if acc.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(acc.device)
     start = time.perf_counter()
     prepare = getattr(collator, "prepare", None)
     if callable(prepare):  # encode every record once now (one processor call per chunk), not batch by batch
@@ -375,6 +414,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                dynamic_ncols=True, leave=False)
     step, samples, micro = 0, 0, 0
     running, running_n = torch.zeros((), device=acc.device), 0
+    tokens = torch.zeros((), dtype=torch.long, device=acc.device)  # summed on device: no host sync per step
     interval: list[tuple[int, torch.Tensor]] = []  # this log interval's (step, loss) on device: no host sync
     try:
         while step < total:
@@ -400,6 +440,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 running_n += 1
                 interval.append((step + 1, loss.detach()))
                 samples += batch["input_ids"].shape[0] * acc.num_processes
+                if "attention_mask" in batch:
+                    tokens += batch["attention_mask"].sum()
                 if not sync:
                     continue
                 if settings.max_grad_norm:
@@ -445,9 +487,11 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model = acc.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation afterwards runs without autocast
     model.eval()
     seconds = time.perf_counter() - start
+    peak, kind = _peak_memory(acc.device)
     return TrainResult(steps=step, samples=samples, seconds=seconds,
                        final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log,
-                       mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits)
+                       mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits,
+                       tokens=int(tokens) * acc.num_processes, peak_memory_mb=peak, peak_memory_kind=kind)
 
 
 def _first_non_finite(interval: list[tuple[int, torch.Tensor]], step: int, mean: float) -> tuple[int, float]:
