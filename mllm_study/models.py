@@ -295,9 +295,14 @@ def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:
     """ValueError unless the image processor took the min/max pixel bounds (only Qwen2-VL-style ones do)."""
     image_processor = getattr(processor, "image_processor", None)
     size = getattr(image_processor, "size", None)
-    size = size if isinstance(size, dict) else (dict(size) if size is not None and hasattr(size, "keys") else {})
-    got = {"min_pixels": getattr(image_processor, "min_pixels", None) or size.get("shortest_edge"),
-           "max_pixels": getattr(image_processor, "max_pixels", None) or size.get("longest_edge")}
+
+    def bound(own: str, key: str):
+        value = getattr(image_processor, own, None)
+        if value is None:
+            value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        return value
+
+    got = {"min_pixels": bound("min_pixels", "shortest_edge"), "max_pixels": bound("max_pixels", "longest_edge")}
     wrong = {k: v for k, v in pixels.items() if got[k] != v}
     if wrong:
         raise ValueError(f"the image processor {type(image_processor).__name__} does not take "

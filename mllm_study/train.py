@@ -129,6 +129,10 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """
     from .methods.placement import unwrap_model
 
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        raise ValueError("run.gradient_checkpointing does not work with prefix tuning: checkpointed training runs "
+                         "without the KV cache that carries the prefix (the attention mask and keys then disagree); "
+                         "turn it off for this method")
     base = unwrap_model(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")

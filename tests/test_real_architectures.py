@@ -179,3 +179,75 @@ def test_zero_shot_evaluates_the_checkpoint(fixtures, arch, tmp_path, capsys):
     run_dir = _run(fixtures, arch, "none", tmp_path, capsys)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n"] == 8 and metrics["train"]["steps"] == 0
+
+
+@pytest.mark.parametrize("arch,method", [("llava-1.5", "lora"), ("llava-1.5", "adapter"), ("qwen2-vl", "lora"),
+                                         ("idefics3", "ia3"), ("idefics3", "full")])
+def test_gradient_checkpointing_gives_the_same_training(fixtures, arch, method, tmp_path, capsys):
+    root, data, models = fixtures
+    losses = []
+    for flag in ("false", "true"):
+        args = ["run", "--profile", "smoke", "--quiet", "--model", str(models[arch]), "--dataset", str(data),
+                "--method", method, "--epochs", "1", "--batch-size", "4", "--set", "run.eval_batch_size=4",
+                "--set", f"run.gradient_checkpointing={flag}", "--set", f"paths.runs={tmp_path / flag}",
+                "--set", f"paths.cache={root / 'cache'}"]
+        assert main(args) == 0
+        run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+        train = json.loads((run_dir / "metrics.json").read_text())["train"]
+        spec = json.loads((run_dir / "spec.json").read_text())["run"]
+        assert ("gradient_checkpointing" in spec) == (flag == "true")  # enters the id only when on
+        assert train["tokens"] > 0 and train["tokens_per_second"] > 0 and train["peak_memory_mb"] > 0
+        losses.append(train["final_loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+def test_gradient_checkpointing_with_prefix_tuning_is_a_clear_error(fixtures, tmp_path, capsys):
+    root, data, models = fixtures
+    args = ["run", "--profile", "smoke", "--quiet", "--model", str(models["llava-1.5"]), "--dataset", str(data),
+            "--method", "prefix", "--set", "run.gradient_checkpointing=true", "--set", f"paths.runs={tmp_path}",
+            "--set", f"paths.cache={root / 'cache'}"]
+    assert main(args) != 0
+    assert "gradient_checkpointing does not work with prefix tuning" in capsys.readouterr().err
+
+
+def test_run_identity_covers_the_checkpoint_and_precision(fixtures, tmp_path):
+    import shutil
+
+    from mllm_study.config import load_params
+    from mllm_study.models import load_checkpoint
+    from mllm_study.runs import resolve_spec, run_id
+
+    root, data, models = fixtures
+    copy = tmp_path / "llava-copy"
+    shutil.copytree(models["llava-1.5"], copy)
+
+    def rid(model, **extra):
+        overrides = {"run.model": str(model), "run.dataset": str(data), "paths.cache": str(root / "cache"),
+                     "paths.runs": str(tmp_path / "runs"), **extra}
+        spec = resolve_spec(load_params(profile="smoke", overrides=overrides), progress=False)
+        return run_id(spec), spec
+
+    first, spec = rid(copy)
+    assert "precision" not in spec["run"] and spec["base_model"]["fingerprint"]
+    assert rid(copy)[0] == first
+    assert rid(copy, **{"run.precision": "fp32"})[0] != first
+    assert rid(copy, **{"run.eval_batch_sizes": {"shapes": 2}})[0] == first  # evaluation batch: not identity
+    config = json.loads((copy / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = 1e-6
+    (copy / "config.json").write_text(json.dumps(config))
+    assert rid(copy)[0] != first  # same folder, other checkpoint: a new id
+    assert load_checkpoint(copy, precision="fp32")[0].dtype == torch.float32
+
+
+def test_qwen2_vl_pixel_bounds_reach_the_processor(fixtures):
+    from mllm_study.data import Collator
+    from mllm_study.models import load_checkpoint
+
+    _, data, models = fixtures
+    records = _records(data)[:1]
+    default = Collator(load_checkpoint(models["qwen2-vl"])[1], cache=False)(records)
+    large = Collator(load_checkpoint(models["qwen2-vl"], min_pixels=112 * 112, max_pixels=112 * 112)[1],
+                     cache=False)(records)
+    assert large["input_ids"].shape[1] > default["input_ids"].shape[1]  # more image tokens
+    with pytest.raises(ValueError, match="min_pixels / run.max_pixels"):
+        load_checkpoint(models["llava-1.5"], max_pixels=28 * 28)
