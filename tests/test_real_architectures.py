@@ -251,3 +251,13 @@ def test_qwen2_vl_pixel_bounds_reach_the_processor(fixtures):
     assert large["input_ids"].shape[1] > default["input_ids"].shape[1]  # more image tokens
     with pytest.raises(ValueError, match="min_pixels / run.max_pixels"):
         load_checkpoint(models["llava-1.5"], max_pixels=28 * 28)
+
+
+def test_params_command_takes_a_checkpoint_folder(fixtures, capsys):
+    from mllm_study.accounting import main_params
+
+    _, _, models = fixtures
+    assert main_params(["--model", str(models["qwen2-vl"]), "--methods", "lora", "--connector", "tuned"]) == 0
+    assert "lora" in capsys.readouterr().out
+    assert main_params(["--model", str(models["qwen2-vl"].parent), "--methods", "lora"]) == 2
+    assert "folder without config.json" in capsys.readouterr().err
