@@ -261,3 +261,16 @@ def test_params_command_takes_a_checkpoint_folder(fixtures, capsys):
     assert "lora" in capsys.readouterr().out
     assert main_params(["--model", str(models["qwen2-vl"].parent), "--methods", "lora"]) == 2
     assert "folder without config.json" in capsys.readouterr().err
+
+
+def test_sweep_status_lists_every_missing_dataset_folder(tmp_path, capsys, monkeypatch):
+    from mllm_study.cli import main as cli
+
+    monkeypatch.chdir(tmp_path)  # the paper profile's data/ folders are relative: none exist here
+    params = Path(__file__).resolve().parents[1] / "params" / "rq1_main.yaml"
+    assert cli(["sweep", str(params), "--profile", "paper-llava-1.5-7b", "--status", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "9 dataset folder(s) missing" in out
+    for name in ("scienceqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2",
+                 "pope"):
+        assert f"mllm-study data convert {name} --src" in out
