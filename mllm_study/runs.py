@@ -265,8 +265,18 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
 
     acc = get_accelerator()
     _check_distributed(acc)
+    checkpointing = None
     if run.gradient_checkpointing and run.method != "none":
-        enable_gradient_checkpointing(model)
+        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+            import warnings
+
+            # the real profiles turn it on for every method; prefix tuning cannot use it (train.py): say so, go on
+            checkpointing = "off: prefix tuning needs the KV cache that checkpointed training drops"
+            warnings.warn(f"run.gradient_checkpointing ignored for method {run.method!r}: {checkpointing}",
+                          stacklevel=2)
+        else:
+            enable_gradient_checkpointing(model)
+            checkpointing = "on"
     if run.method == "none" and acc.device.type != "cpu":  # zero-shot rows evaluate on the accelerator too
         model.to(acc.device)
     main = acc.is_main_process  # under `accelerate launch` every process trains; only the main one writes
@@ -281,6 +291,8 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     rows: list[dict] = []
     try:
         train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
+        if checkpointing is not None:
+            train_info["gradient_checkpointing"] = checkpointing
         if run.method != "none":
             settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, grad_accum=run.grad_accum,
                                      warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,

@@ -197,17 +197,30 @@ def test_gradient_checkpointing_gives_the_same_training(fixtures, arch, method, 
         spec = json.loads((run_dir / "spec.json").read_text())["run"]
         assert ("gradient_checkpointing" in spec) == (flag == "true")  # enters the id only when on
         assert train["tokens"] > 0 and train["tokens_per_second"] > 0 and train["peak_memory_mb"] > 0
+        assert train.get("gradient_checkpointing") == ("on" if flag == "true" else None)
         losses.append(train["final_loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
-def test_gradient_checkpointing_with_prefix_tuning_is_a_clear_error(fixtures, tmp_path, capsys):
+def test_gradient_checkpointing_with_prefix_tuning(fixtures, tmp_path, capsys):
+    """The API refuses it with a message; a run (real profiles turn it on for every method) trains without it and
+    records why."""
+    from mllm_study.methods.registry import apply_method
+    from mllm_study.models import load_checkpoint
+    from mllm_study.train import enable_gradient_checkpointing
+
     root, data, models = fixtures
+    prefixed = apply_method(load_checkpoint(models["llava-1.5"])[0], "prefix", {"num_virtual_tokens": 4})
+    with pytest.raises(ValueError, match="does not work with prefix tuning"):
+        enable_gradient_checkpointing(prefixed)
     args = ["run", "--profile", "smoke", "--quiet", "--model", str(models["llava-1.5"]), "--dataset", str(data),
-            "--method", "prefix", "--set", "run.gradient_checkpointing=true", "--set", f"paths.runs={tmp_path}",
-            "--set", f"paths.cache={root / 'cache'}"]
-    assert main(args) != 0
-    assert "gradient_checkpointing does not work with prefix tuning" in capsys.readouterr().err
+            "--method", "prefix", "--epochs", "1", "--set", "run.gradient_checkpointing=true",
+            "--set", f"paths.runs={tmp_path}", "--set", f"paths.cache={root / 'cache'}"]
+    with pytest.warns(UserWarning, match="gradient_checkpointing ignored"):
+        assert main(args) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+    train = json.loads((run_dir / "metrics.json").read_text())["train"]
+    assert train["gradient_checkpointing"].startswith("off: prefix tuning")
 
 
 def test_run_identity_covers_the_checkpoint_and_precision(fixtures, tmp_path):
