@@ -287,3 +287,22 @@ def test_sweep_status_lists_every_missing_dataset_folder(tmp_path, capsys, monke
     for name in ("scienceqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2",
                  "pope"):
         assert f"mllm-study data convert {name} --src" in out
+
+
+def test_gpu_check_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--tiny", "--methods", "lora,prefix,full", "--steps", "2", "--warmup", "1", "--gen-batch", "2",
+                       "--gen-tokens", "2", "--text-len", "8", "--out", str(tmp_path / "rows.json")])
+    assert [r["method"] for r in rows] == ["lora", "prefix", "full"]
+    for r in rows:
+        assert r["tokens_per_second"] > 0 and r["peak_memory_mb"] > 0 and r["tflops_per_second"] > 0
+        assert r["generate_batched_s"] > 0 and r["generate_one_at_a_time_s"] > 0
+        assert torch.isfinite(torch.tensor(r["final_loss"]))
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert "tok/s" in capsys.readouterr().out
+    assert bench.main([]) == [] or torch.cuda.is_available()  # no GPU: the 7B shapes are refused with a message
