@@ -272,14 +272,15 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    processor_kwargs = _pixel_size(path_or_id, pixels) if pixels else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(path_or_id), **kwargs)
         try:
-            processor = AutoProcessor.from_pretrained(str(path_or_id), **pixels)
+            processor = AutoProcessor.from_pretrained(str(path_or_id), **processor_kwargs)
         except (AttributeError, ImportError, ValueError, OSError):  # Qwen2-VL's video processor needs torchvision
             if getattr(model.config, "model_type", "") != "qwen2_vl" or _has_torchvision():
                 raise
-            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **pixels)
+            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **processor_kwargs)
     except OSError as exc:
         raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
                          f"checkpoint folder and not reachable on the hub ({exc})") from None
@@ -289,6 +290,27 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
         processor.tokenizer.padding_side = "left"  # batched generation needs left padding
     model.eval()
     return model, processor
+
+
+def _pixel_size(path_or_id: str | Path, pixels: dict[str, int]) -> dict[str, Any]:
+    """``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}`` for the processor (transformers 5's form of
+    Qwen2-VL's pixel bounds), the unset bound taken from the checkpoint's image processor config."""
+    from transformers import AutoImageProcessor
+
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(str(path_or_id))
+    except (OSError, ValueError):
+        image_processor = None
+    hints = getattr(getattr(image_processor, "valid_kwargs", None), "__annotations__", {})
+    if image_processor is not None and "max_pixels" not in hints:
+        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+                         f"{', '.join(pixels)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
+    size = getattr(image_processor, "size", None)
+    current = {k: (size.get(k) if isinstance(size, dict) else getattr(size, k, None))
+               for k in ("shortest_edge", "longest_edge")}
+    out = {"shortest_edge": pixels.get("min_pixels", current["shortest_edge"]),
+           "longest_edge": pixels.get("max_pixels", current["longest_edge"])}
+    return {"size": {k: v for k, v in out.items() if v is not None}}
 
 
 def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:

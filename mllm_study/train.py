@@ -136,7 +136,10 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     base = unwrap_model(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if getattr(base.config, "use_cache", None):
         base.config.use_cache = False  # training recomputes; generation passes use_cache explicitly
 
