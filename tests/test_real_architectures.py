@@ -306,3 +306,37 @@ def test_gpu_check_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
     assert "tok/s" in capsys.readouterr().out
     assert bench.main([]) == [] or torch.cuda.is_available()  # no GPU: the 7B shapes are refused with a message
+
+
+def test_ddp_on_two_processes_trains_like_one_process_with_accumulation(fixtures, tmp_path, capsys):
+    """Two gloo processes of batch 4 average their gradients as one process does over 2 accumulated batches of 4
+    (the same records in the same order): the trained weights agree. The fixture is Qwen2-VL, whose positions need
+    the config read through the DDP wrapper."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    root, data, models = fixtures
+    common = ["--profile", "smoke", "--quiet", "--model", str(models["qwen2-vl"]), "--dataset", str(data),
+              "--method", "lora", "--epochs", "1", "--batch-size", "4", "--set", "run.eval_batch_size=4",
+              "--method-params", "{dropout: 0.0}", "--set", "run.precision=fp32",
+              "--set", "run.min_pixels=12544", "--set", "run.max_pixels=12544",  # 4x4 image tokens: 3-D positions
+              "--set", f"paths.cache={root / 'cache'}"]
+    assert main(["run", *common, "--grad-accum", "2", "--set", f"paths.runs={tmp_path / 'one'}"]) == 0
+    one = Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "MLLM_STUDY_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_study", "run",
+           *common, "--set", f"paths.runs={tmp_path / 'two'}"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (two,) = [d for d in (tmp_path / "two").iterdir() if not d.name.startswith(".")]
+    steps = [json.loads((d / "metrics.json").read_text())["train"]["steps"] for d in (one, two)]
+    assert steps == [2, 2]
+    a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (one, two))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-3), k
