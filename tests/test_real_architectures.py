@@ -340,3 +340,27 @@ def test_ddp_on_two_processes_trains_like_one_process_with_accumulation(fixtures
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-3), k
+
+
+def test_evaluation_is_greedy_whatever_the_generation_config_says(fixtures, monkeypatch):
+    """The Qwen2-VL fixture's generation config samples with a repetition penalty of 1.05 (as the hub's): the
+    evaluation overrides both, so its answers equal those of a model whose config has neither."""
+    from mllm_study.evaluate import generate_predictions
+    from mllm_study.models import load_checkpoint
+
+    _, data, models = fixtures
+    model, processor = load_checkpoint(models["qwen2-vl"])
+    assert model.generation_config.repetition_penalty == 1.05 and model.generation_config.do_sample
+    records = _records(data, "test")[:4]
+    seen = []
+    original = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    penalised = generate_predictions(model, processor, records, 6, batch_size=4, progress=False)
+    assert seen and all(k["repetition_penalty"] == 1.0 and k["do_sample"] is False for k in seen)
+    model.generation_config.update(repetition_penalty=1.0, do_sample=False, temperature=None, top_k=None, top_p=None)
+    assert generate_predictions(model, processor, records, 6, batch_size=4, progress=False) == penalised
