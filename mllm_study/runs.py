@@ -319,6 +319,11 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
             save_method(model, tmp / "adapter")
         if not run.eval_every_epoch or run.method == "none":
             rows = _evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
+        if run.method == "none":  # nothing trained: the memory figure is the evaluation's
+            from .train import _peak_memory
+
+            peak, kind = _peak_memory(acc.device)
+            train_info.update(tokens=0, peak_memory_mb=peak, peak_memory_kind=kind)
         own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == run.eval_split
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score

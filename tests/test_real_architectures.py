@@ -179,6 +179,7 @@ def test_zero_shot_evaluates_the_checkpoint(fixtures, arch, tmp_path, capsys):
     run_dir = _run(fixtures, arch, "none", tmp_path, capsys)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n"] == 8 and metrics["train"]["steps"] == 0
+    assert metrics["train"]["peak_memory_mb"] > 0 and metrics["train"]["peak_memory_kind"] == "cpu_rss"
 
 
 @pytest.mark.parametrize("arch,method", [("llava-1.5", "lora"), ("llava-1.5", "adapter"), ("qwen2-vl", "lora"),
