@@ -58,15 +58,28 @@ def list_model_configs() -> list[str]:
 
 
 def load_model_config(name_or_path: str):
-    """A transformers config from ``configs/<name>.json`` or a config.json path (no network)."""
+    """A transformers config from ``configs/<name>.json``, a config.json path, a checkpoint folder (its
+    config.json) or a hub id (through the hub cache, or the network where allowed)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     path = Path(name_or_path)
-    if not path.exists():
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise ValueError(f"{name_or_path}: a folder without config.json (not a checkpoint folder)")
+    elif not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.exists():
-        raise ValueError(f"unknown model config {name_or_path!r}: not a file and not one of "
-                         f"{', '.join(list_model_configs())} in {CONFIG_DIR}")
+        if "/" in name_or_path and not Path(name_or_path).parent.exists():  # a hub id such as org/name
+            from transformers import AutoConfig
+
+            try:
+                return AutoConfig.from_pretrained(name_or_path)
+            except OSError as exc:
+                raise ValueError(f"cannot read the config of hub model {name_or_path!r} (not in the hub cache and "
+                                 f"the hub not reachable: {str(exc).splitlines()[0]})") from None
+        raise ValueError(f"unknown model config {name_or_path!r}: not a file, a checkpoint folder or a hub id, and "
+                         f"not one of {', '.join(list_model_configs())} in {CONFIG_DIR}")
     data = json.loads(path.read_text())
     return CONFIG_MAPPING[data["model_type"]].from_dict(data)
 
@@ -216,7 +229,8 @@ def main_params(argv: Sequence[str] | None = None) -> int:
     [--json]``."""
     parser = argparse.ArgumentParser(prog="mllm-study params", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llava-1.5-7b",
-                        help=f"a config in mllm_study/configs ({', '.join(list_model_configs())}) or a config.json")
+                        help=f"a config in mllm_study/configs ({', '.join(list_model_configs())}), a config.json, a "
+                             "checkpoint folder or a hub id")
     parser.add_argument("--methods", default=None,
                         help="comma-separated methods (default: the paper's lora, ia3, prefix, adapter)")
     parser.add_argument("--placement", default=None, help="attention | mlp | both (default: each method's paper one)")
@@ -233,7 +247,11 @@ def main_params(argv: Sequence[str] | None = None) -> int:
     methods = [(n, {**paper.get(n, (n, {}, None))[1], **extra},
                 args.placement if args.placement else paper.get(n, (n, {}, None))[2]) for n in names]
     start = time.perf_counter()
-    rows = params_rows(args.model, methods, args.connector.split(","), args.n_ctx, args.vision.split(","))
+    try:
+        rows = params_rows(args.model, methods, args.connector.split(","), args.n_ctx, args.vision.split(","))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=1))
     else:

@@ -256,6 +256,15 @@ def _cmd_sweep(args) -> int:
 
     params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
     shard = parse_shard(args.shard)
+    if args.status:
+        from .sweep import missing_datasets
+
+        missing = missing_datasets(params)
+        if missing:  # every one at once, rather than the first one resolve_spec trips over
+            print(f"{len(missing)} dataset folder(s) missing; convert them first:")
+            for folder, command in missing:
+                print(f"  {folder}: {command}")
+            return 1
     plan = plan_sweep(params, shard, progress=not args.quiet)
     ids = [rid for rid, _ in plan]
     state = sweep_status(params.paths.runs, ids)

@@ -135,6 +135,17 @@ class RunConfig:
     # Named metric variants, {metric: variant}, e.g. {vqa_score: official-2021, pope: llava}; a metric not named
     # uses its default (vqa_score official-2016, pope strict: the study's numbers). mllm_study.metrics lists them.
     metric_variants: dict = field(default_factory=dict)
+    # Real-model keys (each enters a run's spec and id only when set away from its default, so the tiny model's
+    # ids stay as they were). precision: the dtype the frozen base is loaded in; "auto" = the checkpoint's own
+    # (float16 for llava-1.5-hf, bfloat16 for Qwen2-VL); trainable weights are fp32 master weights in every case.
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
+    attn_implementation: str | None = None  # null = transformers' default (sdpa); eager | sdpa | flash_attention_2
+    min_pixels: int | None = None  # Qwen2-VL image processor: image size bounds in pixels (null = the checkpoint's)
+    max_pixels: int | None = None
+    # per evaluation dataset (its dataset.json name): batch size and answer-length limit overrides
+    eval_batch_sizes: dict = field(default_factory=dict)
+    max_new_tokens_per_task: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_finite(self, "run")
@@ -172,6 +183,26 @@ class RunConfig:
                 resolve_variant(str(metric), variant if isinstance(variant, str) else repr(variant))
             except (KeyError, ValueError) as exc:
                 raise ConfigError(f"run.metric_variants.{metric}: {exc}") from None
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        if self.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3",
+                                            "flex_attention"):
+            raise ConfigError(f"run.attn_implementation must be eager, sdpa, flash_attention_2, flash_attention_3, "
+                              f"flex_attention or null (got {self.attn_implementation!r})")
+        for name in ("min_pixels", "max_pixels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"run.{name} must be a positive integer or null (got {value!r})")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ConfigError(f"run.min_pixels ({self.min_pixels}) exceeds run.max_pixels ({self.max_pixels})")
+        for name in ("eval_batch_sizes", "max_new_tokens_per_task"):
+            for task, value in getattr(self, name).items():
+                if not isinstance(value, int) or value <= 0:
+                    raise ConfigError(f"run.{name}.{task} must be a positive integer (got {value!r})")
+
+
+#: run.precision values: the base model's load dtype
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _non_finite(value: Any, where: str) -> str | None:

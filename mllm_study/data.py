@@ -382,6 +382,47 @@ def _noop_geometry(image_processor: Any, images: list[Image.Image]) -> dict[str,
     return {"do_resize": False, "do_center_crop": False}
 
 
+#: end-of-turn tokens of known chat templates, looked for after the assistant's answer
+_END_TOKENS = ("<|im_end|>", "<end_of_utterance>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+
+
+def _end_of_turn(processor: Any, tokenizer: Any) -> tuple[str | None, bool]:
+    """(the token that ends an assistant turn, whether the chat template leaves it out).
+
+    The template is rendered for a probe answer; the first of the tokenizer's eos and :data:`_END_TOKENS` found after
+    the answer is the end of turn. Templates that end the answer with nothing (llava-hf LLaVA-1.5: ``"answer "``)
+    get the eos token appended in training, as LLaVA's own training format ends each answer with ``</s>``.
+    """
+    probe = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "zq"}]}]
+    try:
+        prompt = processor.apply_chat_template(probe[:1], add_generation_prompt=True, tokenize=False)
+        full = processor.apply_chat_template(probe, tokenize=False)
+    except Exception:  # no chat template: nothing to align against
+        return tokenizer.eos_token, False
+    tail = full[len(prompt):] if full.startswith(prompt) else full
+    tail = tail[tail.find("zq") + 2:] if "zq" in tail else tail
+    for token in (tokenizer.eos_token, *_END_TOKENS):
+        if token and token in tail:
+            return token, False
+    return tokenizer.eos_token, tokenizer.eos_token is not None
+
+
+def _append_end_of_turn(text: str, spans: list[tuple[str, str]], end: str) -> tuple[str, list[tuple[str, str]]]:
+    """``text`` with ``end`` after each assistant answer (its trailing spaces dropped) and the spans' prefixes
+    rewritten to match. Needs a prefix-stable template (each span's texts prefixes of ``text``); else unchanged."""
+    if not all(text.startswith(e) and e.startswith(s) for s, e in spans):
+        return text, spans
+    out, new_spans, cursor = "", [], 0
+    for start_text, end_text in spans:
+        out += text[cursor:len(start_text)]
+        new_start = out
+        out += text[len(start_text):len(end_text)].rstrip() + end
+        new_spans.append((new_start, out))
+        cursor = len(end_text)
+    return out + text[cursor:], new_spans
+
+
 class Collator:
     """Records -> padded model inputs.
 
@@ -390,9 +431,11 @@ class Collator:
     Left padding in both modes; ``position_ids`` are derived from the attention mask by :func:`forward_inputs`.
     """
 
-    def __init__(self, processor: Any, mode: str = "train", blank_images: bool = False, cache: bool = True):
+    def __init__(self, processor: Any, mode: str = "train", blank_images: bool = False, cache: bool = True,
+                 check_labels: bool = True):
         if mode not in ("train", "generate"):
             raise ValueError(f"mode must be 'train' or 'generate', got {mode!r}")
+        self.check_labels = check_labels
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.mode = mode
@@ -406,6 +449,10 @@ class Collator:
             self.image_token_id = self.tokenizer.convert_tokens_to_ids(getattr(processor, "image_token", "<image>"))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
+        self.end_of_turn, self.append_end = (_end_of_turn(processor, self.tokenizer) if mode == "train"
+                                             else (None, False))
+        self.end_of_turn_id = (self.tokenizer.convert_tokens_to_ids(self.end_of_turn)
+                               if self.end_of_turn is not None else None)
 
     def _template(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
@@ -441,6 +488,9 @@ class Collator:
             if has_image[-1]:
                 images.append(_load_image(rec, self.blank_images))
         texts = self._templates(conversations, self.mode == "generate")
+        if self.mode == "train" and self.append_end:
+            texts, spans = zip(*(_append_end_of_turn(t, sp, self.end_of_turn) for t, sp in zip(texts, spans)))
+            texts, spans = list(texts), list(spans)
         enc = self.processor(images=images or None, text=texts, return_tensors="pt", padding=True,
                              **_noop_geometry(getattr(self.processor, "image_processor", None), images))
         enc = {k: v for k, v in enc.items() if isinstance(v, torch.Tensor)}
@@ -459,23 +509,44 @@ class Collator:
                 image_i += 1
             out.append(e)
         if self.mode == "train":
-            flat = [t for rec_spans in spans for pair in rec_spans for t in pair]
+            # Label positions counted from the end: every image is in the prompt before the answers, so the number
+            # of tokens after a prefix is the same in the text as in the processor's ids, however the processor
+            # expands image placeholders (one token per patch, tiles with row/column markers, ...).
+            flat = [t for text, rec_spans in zip(texts, spans) for t in (text, *(x for p in rec_spans for x in p))]
             lengths = iter(len(x) for x in self.tokenizer(flat)["input_ids"]) if flat else iter(())
-            image_token = getattr(self.processor, "image_token", IMAGE_PLACEHOLDER)
-            for rec, e, text, rec_spans in zip(records, out, texts, spans):
+            for rec, e, rec_spans in zip(records, out, spans):
                 ids = e["input_ids"][0]
-                n_images = text.count(image_token)
-                per_image = int((ids == self.image_token_id).sum()) // n_images if n_images else 1
+                n_full = next(lengths)
                 labels = torch.full_like(ids, IGNORE_INDEX)
-                for start_text, end_text in rec_spans:
-                    # token counts of the prefixes, with image placeholders expanded as the processor does
-                    start = next(lengths) + start_text.count(image_token) * (per_image - 1)
-                    end = min(next(lengths) + end_text.count(image_token) * (per_image - 1), len(ids))
+                answers = [m for m in to_messages(rec) if m["role"] == "assistant"]
+                for (start_text, end_text), answer in zip(rec_spans, answers):
+                    start = max(len(ids) - (n_full - next(lengths)), 0)
+                    end = min(len(ids) - (n_full - next(lengths)), len(ids))
+                    if self.end_of_turn_id is not None:  # up to the end-of-turn token (not the newline after it)
+                        hits = (ids[start:end] == self.end_of_turn_id).nonzero()
+                        if hits.numel():
+                            end = start + int(hits[-1, 0]) + 1
                     labels[start:end] = ids[start:end]
+                    if self.check_labels:
+                        self._check_answer(rec, ids[start:end], answer["content"][0]["text"])
                 if (labels != IGNORE_INDEX).sum() == 0:
                     raise DataError(f"record {rec['id']}: no answer tokens to train on (empty answer?)")
                 e["labels"] = labels[None]
         return out
+
+    def _check_answer(self, record: dict, supervised: torch.Tensor, answer: str) -> None:
+        """DataError unless the supervised tokens decode to the answer followed by the end-of-turn token (spaces
+        aside): a label offset that is off (image tokens miscounted, a template's trailing space) is caught here."""
+        tok = self.tokenizer
+        expected_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        expected = tok.decode(expected_ids) + (self.end_of_turn or "")
+        got = tok.decode(supervised.tolist())
+        if "".join(got.split()) != "".join(expected.split()):
+            raise DataError(
+                f"record {record['id']}: the supervised tokens are not the answer followed by the end-of-turn token "
+                f"{self.end_of_turn!r}: labels {tok.convert_ids_to_tokens(supervised.tolist())} vs expected "
+                f"{tok.convert_ids_to_tokens(expected_ids) + [self.end_of_turn]} (chat template or label offsets do "
+                "not match; Collator(check_labels=False) skips this check)")
 
     def _encode_cached(self, records: list[dict], keys: list[tuple] | None = None,
                        chunk: int | None = None) -> list[dict[str, torch.Tensor]]:
@@ -561,5 +632,12 @@ class Collator:
             for key, value in e.items():
                 if key not in fills:
                     others.setdefault(key, []).append(value)
-        batch.update({k: torch.cat(v, dim=0) for k, v in others.items()})
+        for key, values in others.items():
+            per_token = len(values) == len(encoded) and all(
+                v.dim() == 2 and v.shape == e["input_ids"].shape for v, e in zip(values, encoded))
+            if per_token and len(encoded) > 1:  # e.g. Qwen2-VL's mm_token_type_ids: left-padded like the ids
+                batch[key] = torch.nn.utils.rnn.pad_sequence([v[0] for v in values], batch_first=True,
+                                                             padding_value=0, padding_side="left")
+            else:
+                batch[key] = torch.cat(values, dim=0)
         return batch

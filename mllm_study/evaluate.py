@@ -66,6 +66,10 @@ def _sorted_batches(records: list[dict], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+#: generation settings that make ``generate`` greedy whatever the checkpoint's generation_config says
+_GREEDY = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "temperature": None, "top_k": None, "top_p": None}
+
+
 @torch.no_grad()
 def generate_predictions(model: torch.nn.Module, processor: Any, records: list[dict], max_new_tokens: int,
                          batch_size: int = 64, blank_images: bool = False, progress: bool = True,
@@ -85,6 +89,8 @@ def generate_predictions(model: torch.nn.Module, processor: Any, records: list[d
     Returns:
         Decoded predictions (special tokens removed, stripped).
     """
+    from .train import precision_context
+
     collator = Collator(processor, mode="generate", blank_images=blank_images)
     tok = processor.tokenizer
     model.eval()
@@ -94,8 +100,11 @@ def generate_predictions(model: torch.nn.Module, processor: Any, records: list[d
         batch = collator([records[i] for i in idx])
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=collator.pad_id, eos_token_id=tok.eos_token_id, use_cache=True)
+        with precision_context(model):
+            # truly greedy: a checkpoint's generation config may sample or penalise repetitions (Qwen2-VL: 1.05)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=collator.pad_id, eos_token_id=tok.eos_token_id, use_cache=True,
+                                 **_GREEDY)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
         for i, text in zip(idx, texts):
@@ -121,7 +130,7 @@ def choose_by_likelihood(model: torch.nn.Module, processor: Any, records: list[d
     way lm-evaluation-harness scores multiple choice. Faster than generation and needs no answer parsing.
     """
     from .data import IGNORE_INDEX
-    from .train import forward_inputs
+    from .train import forward_inputs, precision_context
 
     collator = Collator(processor, mode="train", blank_images=blank_images)
     expanded, owner = [], []
@@ -141,7 +150,8 @@ def choose_by_likelihood(model: torch.nn.Module, processor: Any, records: list[d
         batch = collator(expanded[start:start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
-        logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
+        with precision_context(model):
+            logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0)[..., None])[..., 0]
         scores.extend((logp * (target != IGNORE_INDEX)).sum(-1).tolist())
@@ -330,7 +340,7 @@ def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, spl
 def evaluate_loss(model: torch.nn.Module, processor: Any, records: list[dict], batch_size: int = 64) -> float:
     """Mean answer-token cross-entropy on ``records`` (held-out loss), token-weighted over the whole set."""
     from .data import IGNORE_INDEX
-    from .train import forward_inputs
+    from .train import forward_inputs, precision_context
 
     collator = Collator(processor, mode="train")
     device = next(model.parameters()).device
@@ -338,7 +348,8 @@ def evaluate_loss(model: torch.nn.Module, processor: Any, records: list[dict], b
     for start in range(0, len(records), batch_size):
         batch = {k: v.to(device) for k, v in collator(records[start:start + batch_size]).items()}
         labels = batch.pop("labels")
-        logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
+        with precision_context(model):
+            logits = model(**forward_inputs(model, batch)).logits[:, :-1].float()
         target = labels[:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
                                                  ignore_index=IGNORE_INDEX, reduction="sum")

@@ -26,6 +26,7 @@ from .config import Params, PretrainConfig
 __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
     "tiny_llava_dir", "load_model", "load_checkpoint", "image_use_check", "world_corpus",
+    "image_only_qwen2_vl_processor",
 ]
 
 TINY_MODEL = "tiny-llava"
@@ -244,30 +245,137 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     return out
 
 
-def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None):
-    """Load any image-text-to-text checkpoint (local folder or hub id) with the transformers Auto classes."""
+_PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None,
+                    precision: str = "auto", attn_implementation: str | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None):
+    """Load any image-text-to-text checkpoint (local folder or hub id) with the transformers Auto classes.
+
+    ``precision`` (run.precision): ``auto`` keeps the checkpoint's dtype (transformers 5 loads ``dtype="auto"``),
+    ``fp32``/``bf16``/``fp16`` convert the base; an explicit ``dtype`` wins. ``attn_implementation`` is passed on
+    (None: transformers' default, sdpa). ``min_pixels``/``max_pixels`` bound the image size of processors that
+    take them (Qwen2-VL: its default max turns a photo into thousands of tokens).
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     kwargs: dict[str, Any] = {}
+    if dtype is None and precision != "auto":
+        if precision not in _PRECISION_DTYPES:
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
+        dtype = _PRECISION_DTYPES[precision]
     if dtype is not None:
         kwargs["dtype"] = dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+    processor_kwargs = _pixel_size(path_or_id, pixels) if pixels else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(str(path_or_id), **kwargs)
-        processor = AutoProcessor.from_pretrained(str(path_or_id))
+        try:
+            processor = AutoProcessor.from_pretrained(str(path_or_id), **processor_kwargs)
+        except (AttributeError, ImportError, ValueError, OSError):  # Qwen2-VL's video processor needs torchvision
+            if getattr(model.config, "model_type", "") != "qwen2_vl" or _has_torchvision():
+                raise
+            processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **processor_kwargs)
     except OSError as exc:
         raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
                          f"checkpoint folder and not reachable on the hub ({exc})") from None
+    if pixels:
+        _check_pixels(processor, pixels)
     if getattr(processor, "tokenizer", None) is not None and processor.tokenizer.padding_side != "left":
         processor.tokenizer.padding_side = "left"  # batched generation needs left padding
     model.eval()
     return model, processor
 
 
-def load_model(name: str, params: Params | None = None, progress: bool = True):
+def _pixel_size(path_or_id: str | Path, pixels: dict[str, int]) -> dict[str, Any]:
+    """``size={"shortest_edge": min_pixels, "longest_edge": max_pixels}`` for the processor (transformers 5's form of
+    Qwen2-VL's pixel bounds), the unset bound taken from the checkpoint's image processor config."""
+    from transformers import AutoImageProcessor
+
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(str(path_or_id))
+    except (OSError, ValueError):
+        image_processor = None
+    hints = getattr(getattr(image_processor, "valid_kwargs", None), "__annotations__", {})
+    if image_processor is not None and "max_pixels" not in hints:
+        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+                         f"{', '.join(pixels)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
+    size = getattr(image_processor, "size", None)
+    current = {k: (size.get(k) if isinstance(size, dict) else getattr(size, k, None))
+               for k in ("shortest_edge", "longest_edge")}
+    out = {"shortest_edge": pixels.get("min_pixels", current["shortest_edge"]),
+           "longest_edge": pixels.get("max_pixels", current["longest_edge"])}
+    return {"size": {k: v for k, v in out.items() if v is not None}}
+
+
+def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:
+    """ValueError unless the image processor took the min/max pixel bounds (only Qwen2-VL-style ones do)."""
+    image_processor = getattr(processor, "image_processor", None)
+    size = getattr(image_processor, "size", None)
+
+    def bound(own: str, key: str):
+        value = getattr(image_processor, own, None)
+        if value is None:
+            value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        return value
+
+    got = {"min_pixels": bound("min_pixels", "shortest_edge"), "max_pixels": bound("max_pixels", "longest_edge")}
+    wrong = {k: v for k, v in pixels.items() if got[k] != v}
+    if wrong:
+        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+                         f"{', '.join(wrong)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
+
+
+def _has_torchvision() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def image_only_qwen2_vl_processor():
+    """``Qwen2VLProcessor`` without its video processor, which needs torchvision (absent beside the pinned CPU torch
+    wheel: the PyPI torchvision built for torch 2.13 fails to load its operators there). Images and text are
+    processed exactly as by the full class (same image processor and tokenizer); videos are not supported."""
+    from transformers import Qwen2VLProcessor
+    from transformers.processing_utils import ProcessorMixin
+
+    class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            kwargs.pop("video_processor", None)
+            self.video_processor = None
+            self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+            self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            for name in ("processor_config.json", "tokenizer_config.json"):  # a plain Qwen2-VL folder
+                path = Path(save_directory) / name
+                if path.exists():
+                    data = json.loads(path.read_text())
+                    if data.get("processor_class") == type(self).__name__:
+                        data["processor_class"] = "Qwen2VLProcessor"
+                        path.write_text(json.dumps(data, indent=2))
+            return out
+
+    ImageOnlyQwen2VLProcessor.__name__ = ImageOnlyQwen2VLProcessor.__qualname__ = "ImageOnlyQwen2VLProcessor"
+    return ImageOnlyQwen2VLProcessor
+
+
+def load_model(name: str, params: Params | None = None, progress: bool = True, **options):
     """The base model and processor for ``name``: ``tiny-llava`` (pre-trained and cached on demand) or any
-    local checkpoint folder / hub id, all through :func:`load_checkpoint`.
+    local checkpoint folder / hub id, all through :func:`load_checkpoint` (``options``: its keyword arguments).
     """
     if name == TINY_MODEL:
         if params is None:
@@ -277,5 +385,5 @@ def load_model(name: str, params: Params | None = None, progress: bool = True):
         path = pretrain_tiny_llava(params, world_dir, progress)
         if progress and time.perf_counter() - start > 1:
             print(f"pre-trained {TINY_MODEL} -> {path}")
-        return load_checkpoint(path)
-    return load_checkpoint(name)
+        return load_checkpoint(path, **options)
+    return load_checkpoint(name, **options)

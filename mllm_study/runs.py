@@ -88,6 +88,9 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
         del run["eval_split"]
     if not run["metric_variants"]:  # the default variants: ids as before the option existed
         del run["metric_variants"]
+    for key, default in REAL_MODEL_DEFAULTS.items():  # likewise: the real-model keys, at their defaults
+        if run.get(key) == default:
+            del run[key]
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
     dataset_dir = resolve_dataset(params.run.dataset, params, progress)
@@ -100,7 +103,22 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
         from .models import ensure_world, tiny_llava_dir
 
         spec["base_model"] = tiny_llava_dir(params, ensure_world(params, progress)).name
+    else:
+        from .identity import checkpoint_identity
+
+        spec["base_model"] = checkpoint_identity(params.run.model)
     return spec
+
+
+#: run keys for real checkpoints; at these values they stay out of the spec (tiny-llava's ids are unchanged)
+REAL_MODEL_DEFAULTS = {"precision": "auto", "gradient_checkpointing": False, "attn_implementation": None,
+                       "min_pixels": None, "max_pixels": None, "eval_batch_sizes": {}, "max_new_tokens_per_task": {}}
+
+
+def load_options(params: Params) -> dict[str, Any]:
+    """What :func:`mllm_study.models.load_checkpoint` takes from the run: precision, attention, image size bounds."""
+    return {"precision": params.run.precision, "attn_implementation": params.run.attn_implementation,
+            "min_pixels": params.run.min_pixels, "max_pixels": params.run.max_pixels}
 
 
 def run_id(spec: dict[str, Any]) -> str:
@@ -143,8 +161,10 @@ def base_model(params: Params, progress: bool = True):
     from .models import load_model
 
     key = params.run.model if params.run.model != "tiny-llava" else str(_tiny_dir(params, progress))
+    options = load_options(params)
+    key = f"{key}|{json.dumps(options, sort_keys=True)}"
     if key not in _BASE_CACHE:
-        model, processor = load_model(params.run.model, params, progress)
+        model, processor = load_model(params.run.model, params, progress, **options)
         if sum(p.numel() for p in model.parameters()) > _KEEP_PRISTINE_BELOW:
             return model, processor
         _BASE_CACHE.clear()  # keep one base model at a time
@@ -194,8 +214,10 @@ def _evaluate_all(model, processor, params: Params, targets, epoch: int | None, 
     rows = []
     for folder, split, size in targets:
         info = load_dataset_info(folder)
-        results = evaluate_dataset(model, processor, folder, split, size, params.run.eval_batch_size,
-                                   params.run.max_new_tokens, progress, metric_variants=params.run.metric_variants)
+        batch_size = params.run.eval_batch_sizes.get(info["name"], params.run.eval_batch_size)
+        max_new = params.run.max_new_tokens_per_task.get(info["name"], params.run.max_new_tokens)
+        results = evaluate_dataset(model, processor, folder, split, size, batch_size, max_new, progress,
+                                   metric_variants=params.run.metric_variants)
         rows.extend(_rows(results, info, split, epoch))
         if write_items is not None:
             with open(write_items, "a") as f:
@@ -242,9 +264,24 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
                          layers=run.layers, vision=run.vision)
     _check_rank(model)
-    from .train import get_accelerator
+    from .train import enable_gradient_checkpointing, get_accelerator
 
     acc = get_accelerator()
+    _check_distributed(acc)
+    checkpointing = None
+    if run.gradient_checkpointing and run.method != "none":
+        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+            import warnings
+
+            # the real profiles turn it on for every method; prefix tuning cannot use it (train.py): say so, go on
+            checkpointing = "off: prefix tuning needs the KV cache that checkpointed training drops"
+            warnings.warn(f"run.gradient_checkpointing ignored for method {run.method!r}: {checkpointing}",
+                          stacklevel=2)
+        else:
+            enable_gradient_checkpointing(model)
+            checkpointing = "on"
+    if run.method == "none" and acc.device.type != "cpu":  # zero-shot rows evaluate on the accelerator too
+        model.to(acc.device)
     main = acc.is_main_process  # under `accelerate launch` every process trains; only the main one writes
     tmp = root / f".{rid}.tmp-{os.getpid()}"
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -257,6 +294,8 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     rows: list[dict] = []
     try:
         train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
+        if checkpointing is not None:
+            train_info["gradient_checkpointing"] = checkpointing
         if run.method != "none":
             settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, grad_accum=run.grad_accum,
                                      warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,
@@ -275,12 +314,19 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                 acc.wait_for_everyone()  # until the main process has evaluated and written the run
                 return final
             train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
-                              samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss)
+                              samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss,
+                              tokens=result.tokens, tokens_per_second=round(result.tokens_per_second, 1),
+                              peak_memory_mb=result.peak_memory_mb, peak_memory_kind=result.peak_memory_kind)
             if run.eval_every_epoch:
                 train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
             save_method(model, tmp / "adapter")
         if not run.eval_every_epoch or run.method == "none":
             rows = _evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
+        if run.method == "none":  # nothing trained: the memory figure is the evaluation's
+            from .train import _peak_memory
+
+            peak, kind = _peak_memory(acc.device)
+            train_info.update(tokens=0, peak_memory_mb=peak, peak_memory_kind=kind)
         own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == run.eval_split
                     and r["metric"] == info["metric"]]
         own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
@@ -336,6 +382,20 @@ def is_done(run_dir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(status, dict) and status.get("status") == "done" and run_damage(run_dir, status) is None
+
+
+def _check_distributed(acc) -> None:
+    """Sharded training (FSDP, DeepSpeed ZeRO-3) needs every rank in evaluation and saving, which this executor
+    does on the main process alone: refuse it up front rather than hang at the first collective."""
+    kind = str(getattr(acc, "distributed_type", "")).upper()
+    zero3 = False
+    if "DEEPSPEED" in kind:
+        plugin = getattr(getattr(acc, "state", None), "deepspeed_plugin", None)
+        zero3 = getattr(plugin, "zero_stage", 0) == 3
+    if "FSDP" in kind or zero3:
+        raise ValueError(f"{kind.split('.')[-1]}{' ZeRO-3' if zero3 else ''}: parameters are sharded, but evaluation "
+                         "and saving run on the main process alone (they would hang); use DDP or DeepSpeed "
+                         "ZeRO-1/2 for now (accelerate config)")
 
 
 def _check_rank(model) -> None:

@@ -27,7 +27,8 @@ from .claims import claim_holder, claim_run, holder_alive, release_run
 from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
-           "release_run", "sweep_status", "parse_shard", "submit_sweep", "install_sigterm", "Progress"]
+           "release_run", "sweep_status", "missing_datasets", "parse_shard", "submit_sweep", "install_sigterm",
+           "Progress"]
 
 
 def _grid_items(grid: Any, where: str) -> list[dict[str, Any]]:
@@ -100,6 +101,24 @@ def plan_sweep(params: Params, shard: tuple[int, int] = (0, 1), progress: bool =
         unique.setdefault(run_id(resolve_spec(p, progress)), p)
     planned = sorted(unique.items(), key=lambda x: x[0])
     return [item for k, item in enumerate(planned) if k % shard[1] == shard[0]]
+
+
+def missing_datasets(params: Params) -> list[tuple[str, str]]:
+    """(dataset folder, the ``mllm-study data convert`` command that makes it) for every dataset a sweep names
+    (trained on or evaluated on) that is neither a synthetic-world family nor a folder with dataset.json."""
+    from .converters.base import CONVERTERS
+    from .world import FAMILIES
+
+    world = set(FAMILIES) | {"pope", "align"}
+    seen: dict[str, str] = {}
+    for p in expand_sweep(params):
+        for name in [p.run.dataset, *p.run.eval_datasets]:
+            if name in world or name in seen or (Path(name) / "dataset.json").exists():
+                continue
+            stem = Path(name).name
+            converter = stem if stem in CONVERTERS else next((c for c in CONVERTERS if c.startswith(stem)), stem)
+            seen[name] = f"mllm-study data convert {converter} --src <{converter} release> --out {name}"
+    return sorted(seen.items())
 
 
 def sweep_status(runs_dir: Path, ids: list[str]) -> dict[str, list[str]]:

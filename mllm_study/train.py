@@ -38,7 +38,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
-           "set_seed", "mixed_precision_setting"]
+           "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context",
+           "enable_gradient_checkpointing"]
 
 _ACCELERATOR = None
 _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training collate wrapper; never reaches the model
@@ -95,10 +96,52 @@ class TrainResult:
     log: list[dict] = field(default_factory=list)
     mixed_precision: str = "no"  # the accelerator's: no | bf16 | fp16
     answer_logits: bool = False  # whether logits were computed at answer positions only
+    tokens: int = 0  # non-padding input tokens trained on (all processes)
+    peak_memory_mb: float | None = None  # GPU: max allocated during training; CPU: the process's peak RSS so far
+    peak_memory_kind: str = "cpu_rss"  # cuda_max_allocated | cpu_rss
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.seconds if self.seconds else float("nan")
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else float("nan")
+
+
+def _peak_memory(device: torch.device) -> tuple[float | None, str]:
+    """(peak MiB, what it measures): CUDA max allocated since the last reset, else the process's peak RSS."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "cuda_max_allocated"
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu_rss"  # KiB on Linux
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        return None, "cpu_rss"
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing in the base model (non-reentrant: works with frozen inputs and every method here).
+
+    Raises:
+        ValueError: the model does not support it (named).
+    """
+    from .methods.placement import unwrap_model
+
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        raise ValueError("run.gradient_checkpointing does not work with prefix tuning: checkpointed training runs "
+                         "without the KV cache that carries the prefix (the attention mask and keys then disagree); "
+                         "turn it off for this method")
+    base = unwrap_model(model)
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if getattr(base.config, "use_cache", None):
+        base.config.use_cache = False  # training recomputes; generation passes use_cache explicitly
 
 
 def set_seed(seed: int) -> None:
@@ -147,14 +190,63 @@ def get_accelerator():
     return _ACCELERATOR
 
 
+def _unwrap_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / DataParallel wrappers (which do not forward ``config``)."""
+    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+        model = model.module
+    return model
+
+
 def forward_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Add ``position_ids`` from the attention mask (left padding), as ``generate`` does, where the model allows."""
-    config = getattr(model, "config", None)
+    """Add ``position_ids`` from the attention mask (left padding), as ``generate`` does, where the model allows.
+
+    Models with multimodal rotary positions (Qwen2-VL) compute their own, except under prefix tuning: peft lengthens
+    the attention mask by the virtual tokens, which the model's 3-D position code cannot index the ids with, so
+    the positions are computed here from the real mask (text row + the 3 rotary rows, as ``generate`` builds them;
+    peft offsets them by the prefix length).
+    """
+    inner = _unwrap_parallel(model)
+    config = getattr(inner, "config", None)
     model_type = getattr(config, "model_type", "")
-    if "attention_mask" in batch and model_type not in _OWN_POSITIONS and "position_ids" not in batch:
+    if "attention_mask" not in batch or "position_ids" in batch:
+        return batch
+    if model_type not in _OWN_POSITIONS:
         batch = dict(batch)
         batch["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    elif getattr(getattr(inner, "active_peft_config", None), "is_prompt_learning", False):
+        base = inner.get_base_model()
+        mask = batch["attention_mask"]
+        rope, _ = base.model.get_rope_index(batch["input_ids"], mm_token_type_ids=batch.get("mm_token_type_ids"),
+                                            image_grid_thw=batch.get("image_grid_thw"), attention_mask=mask)
+        text = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        batch = dict(batch)
+        batch["position_ids"] = torch.cat([text[None].to(rope.device), rope], dim=0)
     return batch
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The half-precision dtype of a model's base weights when it also holds float32 ones (fp32 master weights of a
+    method beside a float16/bfloat16 base, in training and after reloading), else None (a float32 model, or a pure
+    half-precision one: nothing to do)."""
+    low = has32 = None
+    for p in model.parameters():
+        if p.dtype in (torch.float16, torch.bfloat16):
+            low = p.dtype
+        elif p.dtype == torch.float32:
+            has32 = True
+        if low is not None and has32:
+            return low
+    return None
+
+
+def precision_context(model: torch.nn.Module):
+    """Autocast in the frozen base's half precision where the model mixes it with float32 trainable weights (see
+    :func:`compute_dtype`); a no-op context for a float32 model (the tiny model's path is unchanged)."""
+    dtype = compute_dtype(model)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=dtype)
 
 
 class _LengthGroupedBatches:
@@ -286,6 +378,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     if not groups:
         raise ValueError("nothing to train: every parameter group is empty")
     acc = get_accelerator()
+    if acc.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(acc.device)
     start = time.perf_counter()
     prepare = getattr(collator, "prepare", None)
     if callable(prepare):  # encode every record once now (one processor call per chunk), not batch by batch
@@ -319,6 +413,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     # not passed through acc.prepare: its wrapper would step the schedule once per process
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total)
     params = [p for g in groups for p in g["params"]]
+    autocast = precision_context(acc.unwrap_model(model))  # fp32 master weights beside a half-precision base
     model.train()
     log: list[dict] = []
     log_file = open(log_path, "a") if log_path else None
@@ -326,6 +421,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                dynamic_ncols=True, leave=False)
     step, samples, micro = 0, 0, 0
     running, running_n = torch.zeros((), device=acc.device), 0
+    tokens = torch.zeros((), dtype=torch.long, device=acc.device)  # summed on device: no host sync per step
     interval: list[tuple[int, torch.Tensor]] = []  # this log interval's (step, loss) on device: no host sync
     try:
         while step < total:
@@ -334,7 +430,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 sync = micro % settings.grad_accum == 0
                 ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
                 keep = batch.pop(_KEEP, None)
-                with ctx:
+                with ctx, autocast:
                     if keep is None and not per_sample:
                         loss = model(**forward_inputs(model, batch)).loss
                     else:
@@ -351,6 +447,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 running_n += 1
                 interval.append((step + 1, loss.detach()))
                 samples += batch["input_ids"].shape[0] * acc.num_processes
+                if "attention_mask" in batch:
+                    tokens += batch["attention_mask"].sum()
                 if not sync:
                     continue
                 if settings.max_grad_norm:
@@ -396,9 +494,11 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model = acc.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation afterwards runs without autocast
     model.eval()
     seconds = time.perf_counter() - start
+    peak, kind = _peak_memory(acc.device)
     return TrainResult(steps=step, samples=samples, seconds=seconds,
                        final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log,
-                       mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits)
+                       mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits,
+                       tokens=int(tokens) * acc.num_processes, peak_memory_mb=peak, peak_memory_kind=kind)
 
 
 def _first_non_finite(interval: list[tuple[int, torch.Tensor]], step: int, mean: float) -> tuple[int, float]:

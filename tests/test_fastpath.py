@@ -58,7 +58,7 @@ def _same_weights(a, b):
 
 def _run_dir_contents(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("seconds", "samples_per_second"):
+    for key in ("seconds", "samples_per_second", "tokens_per_second", "peak_memory_mb"):  # timings and memory
         metrics["train"].pop(key)
     for epoch in metrics["train"].get("epochs", []):
         epoch.pop("seconds", None)

@@ -180,10 +180,24 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         map_name = get_module_map(out).name
     except ValueError:  # only "none" gets here on an architecture without a map
         map_name = None
+    fp32_master_weights(out)
     record = {"method": name, "params": merged, "placement": placement, "connector": connector, "layers": layers,
               "module_map": map_name, "vision": vision}
     object.__setattr__(out, "mllm_method", record)
     return out
+
+
+def fp32_master_weights(model: torch.nn.Module) -> int:
+    """Trainable float16/bfloat16 parameters become float32 (AdamW's in-place updates in half precision underflow:
+    NaN within a few steps in float16, most weights never changing in bfloat16), while the frozen base keeps the
+    checkpoint's dtype; the forward then runs under autocast in that dtype (:func:`mllm_study.train.
+    precision_context`). Returns how many parameters were converted (none for a float32 model)."""
+    converted = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+            converted += 1
+    return converted
 
 
 def _check_trainable(model: torch.nn.Module, name: str, connector: str, vision: str = "frozen") -> None:
@@ -214,7 +228,29 @@ def _peft_save(model: torch.nn.Module, path: Path) -> None:
 def _peft_load(base: torch.nn.Module, path: Path, record: dict) -> torch.nn.Module:
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(path), is_trainable=False)
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=False)
+    _restore_fp32(model, path)
+    return model
+
+
+def _restore_fp32(model: torch.nn.Module, path: Path) -> None:
+    """peft loads ``modules_to_save`` (the tuned connector) into the base's half precision, rounding away the fp32
+    master weights it saved (a bfloat16 LayerNorm weight of 1.0 cannot hold a 1e-3 update): re-load those in fp32."""
+    from peft.utils import ModulesToSaveWrapper, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = path / "adapter_model.safetensors"
+    wrappers = [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
+    if not weights.exists() or not wrappers:
+        return
+    state = load_file(str(weights))
+    if not any(v.dtype == torch.float32 for v in state.values()):
+        return
+    if not any(p.dtype in (torch.float16, torch.bfloat16) for w in wrappers for p in w.modules_to_save.parameters()):
+        return
+    for w in wrappers:
+        w.modules_to_save.float()
+    set_peft_model_state_dict(model, state)
 
 
 def save_method(model: torch.nn.Module, path: str | Path) -> Path:
@@ -314,7 +350,10 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
             if own[k].shape != v.shape:
                 raise ValueError(f"saved weight {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
-            own[k].copy_(v.to(own[k].dtype))
+            if v.dtype == torch.float32 and own[k].dtype in (torch.float16, torch.bfloat16):
+                own[k].data = v.clone()  # fp32 master weights stay fp32 (see fp32_master_weights)
+            else:
+                own[k].copy_(v.to(own[k].dtype))
 
 
 __all__ += ["write_weights", "read_weights", "load_into", "base_of"]
