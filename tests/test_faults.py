@@ -89,7 +89,7 @@ def test_two_workers_never_train_the_same_run(tmp_path, smoke_params, smoke_mode
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    trained = [re.findall(r"\] (\S+)$", err, re.M) for _, err in outs]
+    trained = [re.findall(r"^\[\d+/\d+\] (\S+) \d+\.\d s, ", err, re.M) for _, err in outs]
     assert len(trained[0]) + len(trained[1]) == 4
     assert not set(trained[0]) & set(trained[1])
     _check_complete(tmp_path / "runs", 4)
