@@ -179,7 +179,7 @@ def test_bad_input_catalogue(tmp_path, smoke_params, smoke_world, smoke_model_di
         args += ["--set", "run.layers=[7]"]
         expected = r"layer"
     else:
-        args += ["--placement", "ffn"]
+        args += ["--set", "run.placement=ffn"]  # (--placement ffn is refused by the option's choices)
         expected = r"run.placement must be attention, mlp or both \(got 'ffn'\)"
     code, err = _run(smoke_params, tmp_path, capsys, *args)
     assert code == 2, err

@@ -280,7 +280,8 @@ def test_profile_blocks_override_and_replace_the_sweep(tmp_path):
         "_profiles": {"tiny": {"run": {"train_size": 7}, "sweep": {"grid": {"seed": [1, 2]}},
                                "_report": {"n_ctx": 64}}}}))
     tiny = study.rq_params(rq, "tiny", runs="elsewhere", params_dir=tmp_path)
-    assert (tiny.run.train_size, tiny.run.epochs, tiny.paths.runs) == (7, 1.0, "elsewhere")
+    # a relative folder is taken from the project root (notebooks run in notebooks/ and in the root alike)
+    assert (tiny.run.train_size, tiny.run.epochs, tiny.paths.runs) == (7, 1.0, str(study.ROOT / "elsewhere"))
     assert tiny.sweep == {"grid": {"seed": [1, 2]}}
     real = study.rq_params(rq, "real", params_dir=tmp_path)
     assert real.run.model == "some/model" and real.run.train_size is None
