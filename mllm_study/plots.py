@@ -12,11 +12,29 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["METHOD_ORDER", "PRETTY", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
+__all__ = ["METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
            "ci_plot", "forest_plot"]
 
 
 METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
+
+
+def method_colors(names: Sequence[Any] = ()) -> dict:
+    """One colour per method for every figure of every report: methods keyed by :data:`METHOD_ORDER` (the base
+    model "none" grey), other names after them in the order given (the same order gives the same colours)."""
+    import seaborn as sns
+
+    base = sns.color_palette("tab10", 10)
+    fixed = {"none": (0.5, 0.5, 0.5), "lora": base[0], "ia3": base[1], "prefix": base[2], "adapter": base[3],
+             "full": base[4]}
+    out, k = {}, 5
+    for n in names:
+        if n in fixed:
+            out[n] = fixed[n]
+        else:
+            out[n] = base[k % 10] if k < 10 else sns.color_palette("husl", 20)[k % 20]
+            k += 1
+    return {**fixed, **out} if not names else out
 
 
 PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement", "dataset": "Dataset",
@@ -95,10 +113,13 @@ def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
     return f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
 
 
-def fmt_p(p: float) -> str:
+def fmt_p(p: float, sign: str = "") -> str:
+    """``0.011`` / ``< 0.001`` in a table; with ``sign="="`` in prose: ``= 0.011`` / ``< 0.001`` (never "= <")."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+        return "-" if not sign else "= -"
+    if p < 0.001:
+        return "< 0.001"
+    return f"{sign} {p:.3f}" if sign else f"{p:.3f}"
 
 
 def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -136,7 +157,7 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
 
     ax = ax or plt.subplots()[1]
     hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=_method_key) if hue else [None]))
-    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
+    palette = method_colors(hues) if hue else {None: sns.color_palette()[0]}
     cats = list(order or (df[x].drop_duplicates().tolist() if not numeric_x else []))
     width = 0.6
     for k, h in enumerate(hues):

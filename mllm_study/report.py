@@ -6,8 +6,9 @@ Uncertainty conventions (STUDY.md: every number carries its uncertainty):
 - one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
 - an average over datasets (unseen / seen / overall): stratified bootstrap, items resampled within each dataset,
   datasets weighted equally like the paper's plain mean (:func:`stratified_mean`);
-- a difference between two settings: item-paired, datasets (or seeds) as equally weighted blocks, percentile
-  bootstrap CI and a sign-flip permutation p (:func:`stratified_contrast`), Holm-corrected within a table;
+- a difference between two settings: one column at a time (never pooled across columns of different units),
+  replicated over training seeds when there are two or more, else over test items (and then said to ignore
+  training randomness); CI and p from the same t procedure (:func:`replicated_contrast`), Holm within a table;
 - across seeds: Student-t intervals (:func:`mllm_study.stats.summarize`).
 Test items are the same for every run of a dataset (the test subsample has a fixed seed), which is what makes
 item pairing valid. Caveat: items sharing an image are treated as independent (intervals slightly too narrow).
@@ -27,22 +28,22 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (MATCH_KEYS, Contrast, _item_array, compare_pairs, contrast_items, load_items,
-                        pair_runs, pairwise, stratified_contrast, stratified_mean, versus_base, winners,
-                        with_item_cis)
-from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, pretty, say,
-                    setup_notebook, show, verdict_md)
+from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_pairs, contrast_items, load_items,
+                        pair_runs, pairwise, replicated_contrast, stratified_contrast, stratified_mean, versus_base,
+                        winners, with_item_cis)
+from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
+                    say, setup_notebook, show, verdict_md)
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
 
 __all__ = [
     # scores, items and contrasts
     "FAMILY_ORDER", "MATCH_KEYS", "column_label", "primary_scores", "final_epoch", "load_items", "with_item_cis",
-    "stratified_mean", "Contrast", "stratified_contrast", "contrast_items", "pair_runs", "compare_pairs",
+    "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci",
     # re-exported from plots and render
-    "METHOD_ORDER", "PRETTY", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
+    "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
     "write_index",
 ]
@@ -172,15 +173,22 @@ def _group_of(grp: pd.DataFrame, dataset: str) -> str | None:
     return str(g.iloc[0]) if len(g) else None
 
 
-def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset"):
-    """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message)."""
+MIN_FRIEDMAN_BLOCKS = 5  # below this the chi-square approximation means little: the test is not shown
+
+
+def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset",
+                   min_blocks: int = MIN_FRIEDMAN_BLOCKS):
+    """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message).
+
+    Ranks within a block need no common unit, so columns of different metrics may be blocks. With fewer than
+    ``min_blocks`` complete blocks no test is made (the message says why)."""
     blocks = [block] if isinstance(block, str) else list(block)
     wide = scores.pivot_table(index=blocks, columns=treatment, values="value", aggfunc="mean").dropna()
-    if wide.shape[1] < 3 or wide.shape[0] < 2:
-        return None, (f"Friedman test not possible: {wide.shape[0]} complete block(s) x {wide.shape[1]} "
-                      f"treatment(s) (needs >= 2 x 3)")
+    if wide.shape[1] < 3 or wide.shape[0] < max(2, min_blocks):
+        return None, (f"Friedman test not shown: {wide.shape[0]} complete block(s) x {wide.shape[1]} "
+                      f"treatment(s) (needs >= {max(2, min_blocks)} x 3)")
     res = stats.friedman_test(wide)
-    msg = (f"Friedman chi2 = {res.statistic:.2f}, df = {res.extra['df']}, p = {fmt_p(res.p_value)}, "
+    msg = (f"Friedman chi2 = {res.statistic:.2f}, df = {res.extra['df']}, p {fmt_p(res.p_value, '=')}, "
            f"Kendall's W = {res.effect_size:.2f} over {res.n} blocks")
     return res, msg
 

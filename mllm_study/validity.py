@@ -617,7 +617,11 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
 
     Returns ``(criteria, figures)``: one row per criterion (passed, failures that concern ``run_ids``, all failures
     for world- and base-model-level criteria), and per run of ``run_ids`` and evaluated column the score beside
-    chance, the question-only baseline, the parse rate and the top share, with a ``flag`` naming what is degenerate.
+    chance, the question-only baseline, the parse rate and the top share, with a ``flag`` naming what is degenerate:
+    low parse rate, collapsed, repeated words, at or below chance (trained runs), not above question-only,
+    captions naming an object in fewer than MIN_CAPTION_OBJECTS of outputs (CHAIR cannot be read), unconverged
+    (criterion (c) for that method and column). :func:`mllm_study.findings.flags_from_figures` turns the flags into
+    what the verdicts leave out.
     """
     import pandas as pd
 
@@ -636,6 +640,8 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
         rows.append({"criterion": f"({c['name']}) {c['title']}", "passed": c["passed"],
                      "failures here": "; ".join(mine) if mine else "-"})
     world_figs = v.data["world"]
+    unconverged = {(c["method"], c["column"]): c["mean_diff"] for c in v.data["convergence"]
+                   if c["column"] != "(mean)" and abs(c["mean_diff"]) > MAX_CONVERGENCE_DIFF}
     figs = []
     for r in v.data["runs"]:
         if ids is not None and r["run_id"] not in ids:
@@ -649,8 +655,15 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                 flags.append(f"collapsed on {f['top_prediction']!r}")
             if f.get("repeat_share") is not None and f["repeat_share"] > MAX_REPEAT_SHARE:
                 flags.append("repeated words")
-            if f.get("question_only") is not None and f["item_mean"] <= f["question_only"]:
+            chance = world_figs[col].get("chance")
+            if r["method"] != "none" and chance is not None and f["item_mean"] <= chance + 1e-12:
+                flags.append(f"at or below chance ({chance:.3f})")
+            elif f.get("question_only") is not None and f["item_mean"] <= f["question_only"]:
                 flags.append("not above question-only")
+            if f.get("object_share") is not None and f["object_share"] < MIN_CAPTION_OBJECTS:
+                flags.append(f"only {f['object_share']:.0%} of captions name an object")
+            if (r["method"], col) in unconverged:
+                flags.append(f"unconverged (doubled budget moves the score {unconverged[(r['method'], col)]:+.3f})")
             figs.append({"run": r["run_id"], "column": col, "score": f["item_mean"],
                          "chance": world_figs[col].get("chance"), "question-only": f.get("question_only"),
                          "parse rate": f.get("parse_rate"), "top answer": f["top_prediction"],
