@@ -372,7 +372,10 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flag
             pairs = pair_runs(sc, "method", "adapter", other, ignore=("method_params", "placement", "lr"))
             if pairs.empty:
                 continue
-            r = compare_pairs(items, pairs, label=f"{name}: adapter - {other}", metric=metric, flags=flags)
+            # CHAIR reads the objects a caption names: repetition does not hide them, naming none does
+            fl = flags if metric == "pope" else {k: v for k, v in (flags or {}).items()
+                                                   if "name an object" in v or "collapsed" in v}
+            r = compare_pairs(items, pairs, label=f"{name}: adapter - {other}", metric=metric, flags=fl)
             rows.append(r.assign(_sign=sign))
     if not rows:
         return _no_data(key, "no POPE/CHAIR results for adapter and another method")

@@ -320,6 +320,15 @@ def read_runs(runs_dir: str | Path, world_dir: str | Path, columns: dict[str, Co
     return runs, skipped
 
 
+REPEAT_PHRASE = 4  # report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+
+
+def _repeats_phrase(text: str, n: int = REPEAT_PHRASE) -> bool:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
 def _repeats(text: str) -> bool:
     words = re.findall(r"[a-z0-9']+", text.lower())
     return any(len(set(words[i:i + REPEAT_WORDS])) == 1 for i in range(len(words) - REPEAT_WORDS + 1))
@@ -343,6 +352,9 @@ def _run_figures(run: Run, columns: dict[str, Column]) -> dict[str, dict]:
             f.update(yes_ratio=rc["extra"]["yes_ratio"], accuracy=rc["extra"]["accuracy"])
         if col.kind == "caption":
             f["repeat_share"] = fmean(_repeats(p) for p in preds)
+            f["phrase_repeat_share"] = fmean(_repeats_phrase(p) for p in preds)
+            refs = [x for r in recs for x in (r.get("references") or [])]
+            f["reference_phrase_repeat_share"] = fmean(_repeats_phrase(x) for x in refs) if refs else 0.0
             f["object_share"] = fmean(bool(find_objects(p, col.synonyms)) for p in preds) if col.synonyms else None
         out[key] = f
     return out
@@ -612,6 +624,22 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     return Validation(data, criteria)
 
 
+def _base_model_of(recipe_dir: Path, runs_dir: str | Path, run_ids: list[str] | None) -> Path:
+    """The base model to validate against: the current recipe's, or, when that one is not in the cache, the one
+    base model the runs name (runs made by an earlier code version, whose recipe hashed differently)."""
+    if recipe_dir.exists():
+        return recipe_dir
+    named = set()
+    for d in run_dirs(runs_dir):
+        if (run_ids is None or d.name in run_ids) and (d / "spec.json").exists():
+            try:
+                named.add(read_json(d / "spec.json").get("base_model"))
+            except (OSError, ValueError):
+                continue
+    present = [recipe_dir.parent / n for n in named if n and (recipe_dir.parent / n).is_dir()]
+    return present[0] if len(present) == 1 else recipe_dir
+
+
 def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_ids: list[str] | None = None):
     """What a report shows about its own evidence (embedded world only; None for real-model profiles).
 
@@ -632,7 +660,7 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     if params.run.model != "tiny-llava":
         return None
     world = ensure_world(params, progress=False)
-    v = validate(runs_dir, world, tiny_llava_dir(params, world))
+    v = validate(runs_dir, world, _base_model_of(tiny_llava_dir(params, world), runs_dir, run_ids))
     ids = set(run_ids) if run_ids is not None else None
     rows = []
     for c in v.data["criteria"]:
@@ -655,6 +683,10 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                 flags.append(f"collapsed on {f['top_prediction']!r}")
             if f.get("repeat_share") is not None and f["repeat_share"] > MAX_REPEAT_SHARE:
                 flags.append("repeated words")
+            elif f.get("phrase_repeat_share") is not None and \
+                    f["phrase_repeat_share"] > f["reference_phrase_repeat_share"] + MAX_REPEAT_SHARE:
+                flags.append(f"repeated phrases ({f['phrase_repeat_share']:.0%} of captions vs "
+                             f"{f['reference_phrase_repeat_share']:.0%} of references)")
             chance = world_figs[col].get("chance")
             if r["method"] != "none" and chance is not None and f["item_mean"] <= chance + 1e-12:
                 flags.append(f"at or below chance ({chance:.3f})")
