@@ -264,14 +264,20 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
         row = dict(zip(keys, key), comparison=label)
         col = row.pop("_col")
         first = grp.iloc[0]
-        label_ = first["column"] if "column" in grp and pd.notna(first["column"]) else first["dataset"]
+        if "column" in grp and pd.notna(first["column"]):
+            label_ = first["column"]
+        else:
+            from .report import column_label  # the paper's column name (report imports this module)
+
+            label_ = column_label(first["dataset"])
         split = first["split"] if "split" in grp else "test"
         row = {"column": label_ if split == "test" else f"{label_} ({split})", "dataset": first["dataset"],
                **row}
-        diffs, seeds, excluded = [], [], []
+        diffs, seeds, excluded, reasons = [], [], [], []
         for r in grp.itertuples():
             why = [f"{side} {flags[(rid, col)]}" for rid, side in ((r.run_a, "a"), (r.run_b, "b"))
                    if (rid, col) in flags]
+            reasons += [flags[(rid, col)] for rid in (r.run_a, r.run_b) if (rid, col) in flags]
             if why:
                 excluded.append(f"{row['column']}" + (f" seed {r.seed}" if hasattr(r, "seed") else "") + ": "
                                 + ", ".join(why))
@@ -284,6 +290,7 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
                 diffs.append(xa[common] - xb[common])
                 seeds.append(getattr(r, "seed", 0))
         row["excluded"] = "; ".join(excluded)
+        row["flags"] = " / ".join(dict.fromkeys(reasons))
         if diffs:
             c = replicated_contrast(diffs, seeds)
             row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
@@ -296,21 +303,22 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
 
 
 CONTRAST_COLUMNS = ["estimate", "ci_low", "ci_high", "p_value", "effect_size", "n_items", "n_blocks", "unit",
-                    "n_units", "excluded", "not_measurable"]
+                    "n_units", "excluded", "not_measurable", "flags"]
 
 
 def _with_contrast_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Every contrast column present (NaN where nothing was measurable)."""
     for c in CONTRAST_COLUMNS:
         if c not in df:
-            df[c] = np.nan if c not in ("unit", "excluded", "not_measurable") else None
+            df[c] = np.nan if c not in ("unit", "excluded", "not_measurable", "flags") else None
     return df
 
 
 def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Sequence | None = None,
-             within: str | None = None, ignore: Sequence[str] = (), n_resamples: int = 2000) -> pd.DataFrame:
-    """Every pair of ``factor`` levels (later minus earlier in ``levels``), within each ``within`` group, pooled over
-    datasets; Holm across all rows of the returned table."""
+             within: str | None = None, ignore: Sequence[str] = (), n_resamples: int = 2000,
+             flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """Every pair of ``factor`` levels (later minus earlier in ``levels``), within each ``within`` group, one row per
+    column (:func:`compare_pairs`, flagged measurements left out); Holm across all rows of the returned table."""
     groups = scores.groupby(within, sort=False) if within else [(None, scores)]
     rows = []
     for key, grp in groups:
@@ -320,7 +328,7 @@ def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Seq
                 pairs = pair_runs(grp, factor, b, a, ignore)
                 if pairs.empty:
                     continue
-                res = compare_pairs(items, pairs, label=f"{b} - {a}", n_resamples=n_resamples)
+                res = compare_pairs(items, pairs, label=f"{b} - {a}", n_resamples=n_resamples, flags=flags)
                 res.insert(0, "to", b)
                 res.insert(0, "from", a)
                 if within:

@@ -22,6 +22,7 @@ Every check reads the tidy results table of one research question plus its per-i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -137,26 +138,46 @@ def _holm(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _left_out(res: pd.DataFrame) -> str:
+    """Per column, the validity flags of the measurements left out ("" when none)."""
+    parts = []
+    for col, g in res.groupby("column", sort=False):
+        why = [f for f in g.get("flags", pd.Series(dtype=object)).dropna() if f]
+        if why:
+            whole = g["estimate"].isna().all()
+            kinds = [re.sub(r" \(.*?\)| on '.*?'", "", k).strip() for w in why for f in w.split(" / ")
+                     for k in f.split(", ")]
+            parts.append(f"{col}{'' if whole else ' (some runs)'}: " + ", ".join(dict.fromkeys(kinds)))
+    return "; ".join(parts)
+
+
 def _conclude(key: str, ours: str, res: pd.DataFrame, expected: Sequence[int] | int = 1,
               name: str = "comparison", use: pd.Series | None = None) -> Finding:
-    """Verdict over the measurable rows of ``res`` (``use``: the rows the finding's claim is about)."""
+    """Verdict over the measurable rows of ``res`` (``use``: the rows the finding's claim is about); the statistic
+    counts the comparisons for and against, names the significant ones, the unit and what was left out."""
     res = _holm(res)
     exp = np.broadcast_to(np.asarray(expected), (len(res),))
     use = use if use is not None else pd.Series(True, index=res.index)
     meas = use & res["estimate"].notna()
-    lost = res.get("not_measurable", pd.Series(dtype=object)).dropna()
-    excluded = [x for x in res.get("excluded", pd.Series(dtype=object)).dropna() if x]
-    notes = []
-    if len(lost) or excluded:
-        notes.append("left out as degenerate (validity flags): " + "; ".join(dict.fromkeys([*lost, *excluded])))
+    if "flags" not in res:
+        res["flags"] = None
+    left = _left_out(res[use])
+    notes = [f"left out as degenerate (validity flags): {left}"] if left else []
     if not meas.any():
         stat = "; ".join(notes) or "no comparison could be made"
-        return _finding(key, ours, NOT_MEASURABLE if len(lost) or excluded else "inconclusive", stat, res, exp)
-    if (res.loc[meas, "unit"] == UNIT_ITEMS).any():
-        notes.append("one training seed: intervals and p cover test-item sampling only, not training randomness")
-    v = verdict(res.loc[meas, "estimate"], res.loc[meas, "p_holm"], exp[meas.to_numpy()])
-    stat = _describe(res[meas], name) + (f" (Holm over {int(res['p_holm'].notna().sum())} per-column comparisons)")
-    return _finding(key, ours, v, "; ".join([stat, *notes]), res, exp)
+        return _finding(key, ours, NOT_MEASURABLE if left else "inconclusive", stat, res, exp)
+    m, e = res[meas], exp[meas.to_numpy()]
+    sig = (m["p_holm"] <= 0.05).to_numpy()
+    sign = np.sign(m["estimate"].to_numpy())
+    n_for, n_against = int((sig & (sign == e)).sum()), int((sig & (sign == -e)).sum())
+    units = sorted(set(m["unit"].dropna()))
+    head = (f"{len(m)} per-column comparison(s), Holm-corrected together ({int(res['p_holm'].notna().sum())} in the "
+            f"family): {n_for} significant in the paper's direction, {n_against} against")
+    shown = m[sig] if sig.any() else m.loc[[m["p_holm"].idxmin()]]
+    parts = [head, ("significant: " if sig.any() else "closest: ") + _describe(shown, name),
+             "unit: " + " and ".join(units)]
+    v = verdict(m["estimate"], m["p_holm"], e)
+    return _finding(key, ours, v, "; ".join(parts + notes), res, exp)
 
 
 def _best_text(means: pd.Series) -> str:

@@ -64,15 +64,31 @@ def setup_notebook() -> None:
 
 
 def forest_plot(details: pd.DataFrame, ax=None, label: str = "comparison", hue: str | None = "finding",
-                xlabel: str = "Estimate (a - b) with 95% CI"):
-    """Horizontal estimates with CIs, one row per comparison, a line at 0."""
+                xlabel: str = "Estimate (a - b) with 95% CI", facet: str | None = None, colors: dict | None = None):
+    """Horizontal estimates with CIs, one row per comparison, a line at 0.
+
+    ``facet``: one panel per value (e.g. ``column``), each with its own x axis, so that estimates in different
+    units (CIDEr, accuracy) never share an axis. Returns the axis (or the list of panels)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     d = details.dropna(subset=["estimate"]).reset_index(drop=True)
+    if facet and facet in d and d[facet].nunique() > 0:
+        groups = list(dict.fromkeys(d[facet]))
+        sizes = [max(1, int((d[facet] == g).sum())) for g in groups]
+        fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.32 * sum(sizes) + 0.9 * len(groups)),
+                                 gridspec_kw={"height_ratios": [s + 1.5 for s in sizes]}, squeeze=False)
+        keys = list(dict.fromkeys(d[hue])) if hue else [None]
+        colors = dict(zip(keys, sns.color_palette("colorblind", n_colors=max(len(keys), 1))))
+        for g, a in zip(groups, axes[:, 0]):
+            forest_plot(d[d[facet] == g], ax=a, label=label, hue=hue, xlabel="", colors=colors)
+            a.set_title(str(g), fontsize="small", loc="left")
+        axes[-1, 0].set_xlabel(xlabel)
+        fig.tight_layout()
+        return list(axes[:, 0])
     ax = ax or plt.subplots(figsize=(9, max(2.0, 0.35 * len(d) + 1)))[1]
     keys = list(dict.fromkeys(d[hue])) if hue else [None]
-    colors = dict(zip(keys, sns.color_palette(n_colors=max(len(keys), 1))))
+    colors = colors or dict(zip(keys, sns.color_palette("colorblind", n_colors=max(len(keys), 1))))
     for i, r in d.iterrows():
         lo = r["estimate"] - r["ci_low"] if pd.notna(r["ci_low"]) else 0.0
         hi = r["ci_high"] - r["estimate"] if pd.notna(r["ci_high"]) else 0.0

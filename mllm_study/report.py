@@ -41,7 +41,7 @@ __all__ = [
     "FAMILY_ORDER", "MATCH_KEYS", "column_label", "primary_scores", "final_epoch", "load_items", "with_item_cis",
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
-    "train_logs", "epoch_losses", "pope_items", "pope_metric_ci",
+    "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
     # re-exported from plots and render
     "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
@@ -253,3 +253,58 @@ def _pope_stat(name: str):
 def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> stats.Interval:
     """A POPE metric (accuracy, precision, recall, f1, yes_ratio, parse_rate) with a bootstrap CI over probes."""
     return stats.bootstrap_ci(np.asarray(codes, dtype=float), _pope_stat(name), n_resamples=n_resamples, seed=0)
+
+
+BASELINES = {"chance": "chance (uniform guess)", "gold_majority": "gold majority (most frequent training answer)",
+             "question_only": "question-only (no image)"}
+
+
+def baseline_matrix(figures: pd.DataFrame | None, index: Sequence[str], columns: Sequence[str] | None = None
+                    ) -> pd.DataFrame:
+    """Rows shaped like :func:`score_matrix`'s for the world's baselines (chance, gold majority, question-only) of
+    each column, from :func:`mllm_study.validity.report_section`'s figures (empty when there are none). The base
+    model zero-shot is the score matrix's own ``none`` row."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    rows = []
+    for key, name in BASELINES.items():
+        row = {index[0]: name, **{k: "-" for k in index[1:]}}
+        for col, f in world.items():
+            if "/" in col or f.get(key) is None:
+                continue
+            label = column_label(col)
+            if columns is None or label in columns:
+                row[label] = f"{f[key]:.3f}"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out if out.shape[1] > len(index) else pd.DataFrame()
+
+
+def parse_matrix(figures: pd.DataFrame | None, scores: pd.DataFrame, index: Sequence[str]) -> pd.DataFrame:
+    """Parse rate (share of outputs in the column's answer format; mean over seeds) per ``index`` x column."""
+    if figures is None or figures.empty:
+        return pd.DataFrame()
+    m = scores.merge(figures.rename(columns={"run": "run_id", "column": "dataset"}), on=["run_id", "dataset"])
+    if m.empty:
+        return pd.DataFrame()
+    wide = m.pivot_table(index=list(index), columns="column", values="parse rate", aggfunc="mean")
+    order = [column_label(f) for f in FAMILY_ORDER if column_label(f) in wide.columns]
+    return wide[order + [c for c in wide.columns if c not in order]].round(3).reset_index()
+
+
+def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: Sequence[str] = ("chance",
+                 "question_only")) -> None:
+    """Short dashed lines at each categorical x (column labels in ``order``) for the world's baselines."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
+    styles = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
+    for kind in kinds:
+        drawn = False
+        for i, label in enumerate(order):
+            v = (by_label.get(label) or {}).get(kind)
+            if v is None:
+                continue
+            color, ls = styles[kind]
+            ax.hlines(v, i - 0.4, i + 0.4, colors=color, linestyles=ls, linewidth=1.2,
+                      label=BASELINES[kind] if not drawn else None)
+            drawn = True
+    ax.legend(fontsize="small", frameon=False)

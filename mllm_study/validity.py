@@ -700,4 +700,8 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                          "chance": world_figs[col].get("chance"), "question-only": f.get("question_only"),
                          "parse rate": f.get("parse_rate"), "top answer": f["top_prediction"],
                          "top share": f["top_share"], "flag": ", ".join(flags) or "-"})
-    return pd.DataFrame(rows), pd.DataFrame(figs)
+    figures = pd.DataFrame(figs, columns=["run", "column", "score", "chance", "question-only", "parse rate",
+                                          "top answer", "top share", "flag"])
+    figures.attrs["world"] = {k: {n: w.get(n) for n in ("chance", "gold_majority", "question_only", "kind", "metric")}
+                              for k, w in world_figs.items()}
+    return pd.DataFrame(rows), figures

@@ -404,7 +404,7 @@ def _flagged_main(flag_columns=("sqa", "iconqa_txt", "okvqa", "vqav2"), reason="
 def test_a_finding_on_flagged_runs_is_not_measurable_with_the_reason(reason):
     table, items, flags = _flagged_main(reason=reason)
     f = findings.finding_adapter_best(table, items, flags=flags)
-    assert f.verdict == findings.NOT_MEASURABLE and reason in f.statistic
+    assert f.verdict == findings.NOT_MEASURABLE and reason.split(" (")[0].split(" on ")[0] in f.statistic
     assert f.details["estimate"].isna().all() and f.details["not_measurable"].str.contains(reason, regex=False).all()
 
 
