@@ -30,7 +30,7 @@ __all__ = ["MATCH_KEYS", "load_items", "with_item_cis", "stratified_mean", "Cont
            "versus_base", "winners", "UNIT_SEEDS", "UNIT_ITEMS"]
 
 UNIT_SEEDS = "training seeds"
-UNIT_ITEMS = "test items (one training seed: training randomness not covered)"
+UNIT_ITEMS = "test items (one seed: training randomness not covered)"
 
 
 # Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.

@@ -121,7 +121,8 @@ def _describe(rows: pd.DataFrame, name: str = "comparison") -> str:
         if pd.isna(r.get("estimate")):
             continue
         label = f"{r[name]} on {r['column']}" if "column" in r and name != "column" else str(r[name])
-        parts.append(f"{label}: {fmt_ci(r['estimate'], r['ci_low'], r['ci_high'])}, p_Holm {fmt_p(r['p_holm'], '=')}"
+        parts.append(f"{label}: {fmt_ci(r['estimate'], r['ci_low'], r['ci_high'])} (p {fmt_p(r['p_value'], '=')}, "
+                     f"same t), p_Holm {fmt_p(r['p_holm'], '=')}"
                      f", d_z = {r['effect_size']:.2f} ({_unit_text(r)})")
     return "; ".join(parts)
 
@@ -450,6 +451,6 @@ def findings_table(found: list[Finding]) -> pd.DataFrame:
 def findings_details(found: list[Finding]) -> pd.DataFrame:
     """All comparisons behind the findings (for a forest plot): finding, comparison, estimate, CI, p_holm, expected."""
     parts = [f.details for f in found if f.details is not None and not f.details.empty]
-    cols = ["finding", "comparison", "column", "estimate", "ci_low", "ci_high", "p_holm", "unit", "n_units",
+    cols = ["finding", "comparison", "column", "estimate", "ci_low", "ci_high", "p_value", "p_holm", "unit", "n_units",
             "expected", "not_measurable"]
     return pd.concat(parts, ignore_index=True).reindex(columns=cols) if parts else pd.DataFrame(columns=cols)

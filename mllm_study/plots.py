@@ -43,7 +43,7 @@ PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement"
           "ci_high": "CI high", "p_value": "p", "p_holm": "p (Holm)", "effect_size": "Effect (d_z)",
           "trainable_params": "Trainable params", "trainable_percent": "Trainable %", "group": "Group",
           "train_seconds": "Train s", "samples_per_second": "Samples/s", "comparison": "Comparison",
-          "n_items": "Items", "n_blocks": "Blocks", "mean": "Mean", "std": "SD", "column": "Column"}
+          "n_items": "Items", "n_blocks": "Blocks", "n_units": "Units", "unit": "Replicated over", "mean": "Mean", "std": "SD", "column": "Column"}
 
 
 def setup_notebook() -> None:
@@ -146,7 +146,7 @@ def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[col] = out[col].map(fmt_p)
         elif col in ("lr", "connector_lr"):
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
-        elif col in ("trainable_params", "n", "n_items", "n_blocks", "train_size", "seed"):
+        elif col in ("trainable_params", "n", "n_items", "n_blocks", "n_units", "train_size", "seed"):
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
         elif pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].round(digits)

@@ -33,6 +33,7 @@ from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_p
                         winners, with_item_cis)
 from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
+from .evidence import gallery_html, gallery_items, loss_curves, runs_used, world_dir
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
 
@@ -42,6 +43,8 @@ __all__ = [
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
+    # re-exported from evidence
+    "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir",
     # re-exported from plots and render
     "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
