@@ -56,6 +56,7 @@ FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okv
 
 
 GROUP_LABELS = {"unseen": "Unseen avg", "seen": "Seen avg", "all": "Overall avg"}
+UNBOUNDED_METRICS = ("cider",)  # not on the [0, 1] scale of the other columns: never averaged with them
 
 
 def column_label(family: str) -> str:
@@ -137,11 +138,17 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
     """Wide table: rows ``index`` (e.g. method, connector), one column per paper column plus group averages.
 
     Cells are "estimate [low, high]" strings when ``text`` (CIs from ``ci_low``/``ci_high`` and, for the averages,
-    stratified bootstrap over ``items``), else the estimates. Averages appear only for rows that have every
-    column of the group.
+    stratified bootstrap over ``items``), else the estimates. A group average is the plain mean of the group's
+    columns scored in [0, 1] (CIDEr columns are left out: another unit), shown only for rows that have every such
+    column of the group, and only when the group has two or more of them.
     """
     present = [f for f in FAMILY_ORDER if f in set(scores["dataset"])]
     present += sorted(set(scores["dataset"]) - set(present))
+    # averages only over columns of one unit (scores in [0, 1]: CIDEr is left out) and of two or more columns
+    unbounded = set(scores.loc[scores["metric"].isin(UNBOUNDED_METRICS), "dataset"]) if "metric" in scores else set()
+    same_unit = [d for d in present if d not in unbounded]
+    groups = {"unseen": [d for d in same_unit if _group_of(scores, d) == "unseen"],
+              "seen": [d for d in same_unit if _group_of(scores, d) == "seen"], "all": same_unit}
     rows = []
     for key, grp in scores.groupby(list(index), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -152,10 +159,8 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
             row[column_label(ds)] = (None if r is None else
                                      fmt_ci(r.value, getattr(r, "ci_low", math.nan), getattr(r, "ci_high", math.nan))
                                      if text else r.value)
-        groups = {"unseen": [d for d in present if _group_of(grp, d) == "unseen"],
-                  "seen": [d for d in present if _group_of(grp, d) == "seen"], "all": present}
         for g, members in groups.items():
-            if not members or any(d not in by_ds for d in members) or (g == "all" and len(members) < 2):
+            if len(members) < 2 or any(d not in by_ds for d in members):
                 continue
             if items is not None and text:
                 arrays = [_item_array(items, by_ds[d].run_id, d).to_numpy() for d in members]

@@ -112,7 +112,7 @@ def test_score_matrix_averages_and_cis():
     table, items = w.table()
     scores = report.with_item_cis(report.primary_scores(table), items)
     m = report.score_matrix(scores, ["method"], items, text=False)
-    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Seen avg"] == pytest.approx(0.9)
+    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and "Seen avg" not in m  # one seen column: no average
     assert m.loc[0, "Overall avg"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
     assert list(m.columns[1:4]) == ["SQA (img)", "IconQA-txt", "OKVQA"]  # the paper's column order
     txt = report.score_matrix(scores, ["method"], items)
@@ -474,3 +474,13 @@ def test_one_colour_per_method_everywhere():
     b = report.method_colors(["lora", "ia3", "prefix", "adapter"])
     assert a["adapter"] == b["adapter"] and a["lora"] == b["lora"]
     assert len({tuple(v) for v in b.values()}) == 4
+
+
+def test_group_averages_never_mix_cider_with_accuracies():
+    w = World()
+    for ds, p in (("sqa", 0.5), ("iconqa_txt", 0.7)):
+        w.run("lora", ds, p)
+    w.run("lora", "flickr30k", 0, metric="cider", scores=np.full(40, 3.0))
+    table, items = w.table()
+    m = report.score_matrix(report.primary_scores(table), ["method"], items, text=False)
+    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Flickr30k"] == pytest.approx(3.0)
