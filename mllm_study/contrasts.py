@@ -364,11 +364,18 @@ def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label:
 
 
 def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method", by: str = "dataset",
-            higher_is_better: bool = True) -> pd.DataFrame:
+            higher_is_better: bool = True, flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Per ``by`` group: the best ``treatment``, its score with CI, the runner-up and the item-paired gap
-    (Holm across groups). Ties in the estimate go to the first in method order."""
+    (Holm across groups). Ties in the estimate go to the first in method order. Runs whose measurement is
+    flagged (``flags``) compete for nothing; a group with none left says "not measurable"."""
     rows = []
+    flags = flags or {}
     for key, grp in scores.groupby(by, sort=False):
+        keep = [(r, column_key(d, s)) not in flags for r, d, s in zip(grp["run_id"], grp["dataset"], grp["split"])]
+        if not any(keep):
+            rows.append({by: key, "best": "not measurable (every run flagged)"})
+            continue
+        grp = grp[keep]
         g = grp.assign(_k=grp[treatment].map(_method_key)).sort_values(["value", "_k"],
                                                                       ascending=[not higher_is_better, True])
         best = g.iloc[0]
