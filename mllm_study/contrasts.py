@@ -339,6 +339,8 @@ def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Seq
 
 
 def _holm_all(df: pd.DataFrame) -> pd.DataFrame:
+    if len(df) and "p_holm" not in df:
+        df["p_holm"] = np.nan  # present even when nothing was testable
     if "p_value" in df and df["p_value"].notna().any():
         ok = df["p_value"].notna()
         df.loc[ok, "p_holm"] = stats.holm_correction(df.loc[ok, "p_value"].to_numpy())
