@@ -199,7 +199,11 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
         ax.set_xticklabels([str(c) for c in cats], rotation=30 if len(cats) > 4 else 0, ha="right"
                            if len(cats) > 4 else "center")
     if log_x:
+        from matplotlib.ticker import LogLocator, NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
     elif numeric_x and len(df) and np.allclose(df[x].astype(float), np.round(df[x].astype(float))):
         from matplotlib.ticker import MaxNLocator
 

@@ -33,7 +33,7 @@ from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_p
                         winners, with_item_cis)
 from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
-from .evidence import gallery_html, gallery_items, loss_curves, runs_used, world_dir
+from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
 
@@ -44,7 +44,7 @@ __all__ = [
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
     # re-exported from evidence
-    "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir",
+    "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
     # re-exported from plots and render
     "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
@@ -103,8 +103,10 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
     """Parameter and FLOP accounting (:mod:`mllm_study.accounting`) for each distinct method setting in ``scores``.
 
     Returns:
-        method, method_params, placement, connector, vision, peft_params, trainable_percent_acc, train_flops_per_token,
-        infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
+        method, method_params, placement, connector, vision, peft_params (the method's own parameters),
+        trainable_percent_acc, connector_trainable (trainable parameters outside the method: the tuned connector,
+        a tuned vision tower), train_flops_per_token (4 P_frozen + 6 P_trainable), train_flops_per_token_study
+        (2 P_frozen + 4 P_trainable), infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
     """
     from .accounting import count_method
 
@@ -117,7 +119,9 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
                          connector, n_ctx=n_ctx, vision=vision)
         rows.append({"method": method, "method_params": params, "placement": placement, "connector": connector,
                      "vision": vision, "peft_params": r.peft_params, "trainable_percent_acc": r.trainable_percent,
+                     "connector_trainable": r.trainable - r.peft_params,
                      "train_flops_per_token": r.train_flops_per_token,
+                     "train_flops_per_token_study": r.train_flops_per_token_study,
                      "infer_flops_per_token": r.infer_flops_per_token,
                      "train_flops_per_image": r.train_flops_per_image,
                      "infer_flops_per_image": r.infer_flops_per_image})

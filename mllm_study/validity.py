@@ -625,10 +625,8 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
 
 
 def _base_model_of(recipe_dir: Path, runs_dir: str | Path, run_ids: list[str] | None) -> Path:
-    """The base model to validate against: the current recipe's, or, when that one is not in the cache, the one
-    base model the runs name (runs made by an earlier code version, whose recipe hashed differently)."""
-    if recipe_dir.exists():
-        return recipe_dir
+    """The base model to validate a report's runs against: the one base model those runs name when it is in the
+    cache (runs made by an earlier code version, whose recipe hashed differently), else the current recipe's."""
     named = set()
     for d in run_dirs(runs_dir):
         if (run_ids is None or d.name in run_ids) and (d / "spec.json").exists():
