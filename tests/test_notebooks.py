@@ -9,6 +9,7 @@ every RQ's smoke runs once (shared specs once), then each notebook executes and 
 from __future__ import annotations
 
 import io
+import os
 import json
 import re
 import subprocess
@@ -116,3 +117,35 @@ def test_a_failing_notebook_is_reported_not_raised(tmp_path, kernel):
     assert result.status == "failed" and "boom 2" in result.error
     assert (tmp_path / "bad" / "smoke.html").exists()  # the HTML shows the error to the reader
     assert json.loads((tmp_path / "bad" / "smoke.json").read_text())["status"] == "failed"
+
+
+GOLDEN_RESULTS = ROOT / "tests" / "golden" / "smoke_results.json"
+
+
+def _results_digest(runs_dir: str) -> dict[str, float]:
+    """The smoke study's results table keyed by every factor (not run ids, which hash the code version)."""
+    from mllm_study.results import collect_results
+
+    table, _ = collect_results(runs_dir)
+    keys = ["method", "method_params", "placement", "connector", "train_dataset", "train_size", "seed", "lr",
+            "epochs", "dataset", "split", "epoch", "metric"]
+    return {" | ".join(str(r[k]) for k in keys): round(float(r["value"]), 9) for _, r in table.iterrows()}
+
+
+def test_smoke_study_results_match_the_golden_table(shared):
+    """Golden regression of the whole smoke study: every run x dataset x metric value of its results table.
+
+    Training and evaluation on CPU are deterministic, so a code change that moves any score shows here. A change
+    meant to move them regenerates the fixture with
+    ``MLLM_STUDY_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_notebooks.py -k golden`` and says so in its
+    commit message. Tolerance: absolute 1e-6 (scores are item means; float noise between CPUs is far below that).
+    """
+    got = _results_digest(shared["runs"])
+    if os.environ.get("MLLM_STUDY_UPDATE_GOLDEN"):
+        GOLDEN_RESULTS.parent.mkdir(exist_ok=True)
+        GOLDEN_RESULTS.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"golden fixture rewritten: {GOLDEN_RESULTS}")
+    golden = json.loads(GOLDEN_RESULTS.read_text())
+    assert sorted(got) == sorted(golden), (f"rows differ: {sorted(set(got) ^ set(golden))[:5]}")
+    moved = {k: (got[k], v) for k, v in golden.items() if abs(got[k] - v) > 1e-6}
+    assert not moved, f"{len(moved)} scores moved, e.g. {list(moved.items())[:3]} (see this test's docstring)"
