@@ -39,7 +39,7 @@ from .render import (NotebookResult, code_version, execute_notebook, render_html
 
 __all__ = [
     # scores, items and contrasts
-    "FAMILY_ORDER", "MATCH_KEYS", "column_label", "primary_scores", "final_epoch", "load_items", "with_item_cis",
+    "FAMILY_ORDER", "MATCH_KEYS", "column_label", "project_path", "primary_scores", "final_epoch", "load_items", "with_item_cis",
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
@@ -57,6 +57,18 @@ FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okv
 
 GROUP_LABELS = {"unseen": "Unseen avg", "seen": "Seen avg", "all": "Overall avg"}
 UNBOUNDED_METRICS = ("cider",)  # not on the [0, 1] scale of the other columns: never averaged with them
+
+
+def project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when it lies inside it (reports never print a local absolute path);
+    else its last two parts."""
+    from .config import PARAMS_DIR
+
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PARAMS_DIR.parent.resolve()).as_posix()
+    except ValueError:
+        return p.as_posix() if not p.is_absolute() else Path(*p.parts[-2:]).as_posix()
 
 
 def column_label(family: str) -> str:

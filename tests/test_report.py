@@ -317,7 +317,7 @@ def test_write_index_lists_reports_with_parameters_and_version(tmp_path):
         (d / "quick.json").write_text(json.dumps({
             "parameters": {"profile": "quick", "params_file": f"params/{stem}.yaml", "cache": "/x/.cache",
                            "runs": "/x/runs", "train": False},
-            "status": status, "code_version": "0.1.0+gabc", "date": "2026-01-01T00:00:00+00:00", "seconds": 3.2,
+            "status": status, "error": None if status == "ok" else "ValueError: boom in cell 3", "code_version": "0.1.0+gabc", "date": "2026-01-01T00:00:00+00:00", "seconds": 3.2,
             "key": "k"}))
     out = report.write_index(tmp_path)
     page = out.read_text()
@@ -325,6 +325,7 @@ def test_write_index_lists_reports_with_parameters_and_version(tmp_path):
     assert 'href="rq1_main/quick.html"' in page and 'href="rq2_placement/quick.html"' in page
     assert "params/rq1_main.yaml" in page and "0.1.0+gabc" in page and "2026-01-01" in page
     assert "class='failed'" in page
+    assert "boom in cell 3" in page  # the index shows why a report failed
     assert report.report_is_current(tmp_path / "rq1_main" / "quick.html", "k")
     assert not report.report_is_current(tmp_path / "rq1_main" / "quick.html", "other")
     assert not report.report_is_current(tmp_path / "rq2_placement" / "quick.html", "k")  # failed: render again
@@ -484,3 +485,8 @@ def test_group_averages_never_mix_cider_with_accuracies():
     table, items = w.table()
     m = report.score_matrix(report.primary_scores(table), ["method"], items, text=False)
     assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Flickr30k"] == pytest.approx(3.0)
+
+
+def test_report_paths_are_relative_to_the_project():
+    assert report.project_path(ROOT / "params" / "rq1_main.yaml") == "params/rq1_main.yaml"
+    assert report.project_path("/somewhere/else/runs") == "else/runs"
