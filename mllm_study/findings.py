@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (UNIT_ITEMS, _item_array, _with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
+from .contrasts import (_item_array, _with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
                         replicated_contrast)
 from .report import final_epoch, fmt_ci, fmt_p, primary_scores
 

@@ -9,8 +9,8 @@ every RQ's smoke runs once (shared specs once), then each notebook executes and 
 from __future__ import annotations
 
 import io
-import os
 import json
+import os
 import re
 import subprocess
 import sys
