@@ -490,3 +490,9 @@ def test_group_averages_never_mix_cider_with_accuracies():
 def test_report_paths_are_relative_to_the_project():
     assert report.project_path(ROOT / "params" / "rq1_main.yaml") == "params/rq1_main.yaml"
     assert report.project_path("/somewhere/else/runs") == "else/runs"
+
+
+def test_design_tables_show_the_rates_used_not_default():
+    table = study.design_table(PARAMS_DIR / "rq1_main.yaml", "quick")
+    lr = table.set_index("factor").loc["lr", "values"]
+    assert "default" not in lr and "lora " in lr and "e-" in lr
