@@ -12,17 +12,22 @@ Conventions (STUDY.md):
 - trainable % = trainable / (all base parameters + PEFT parameters), like peft's ``print_trainable_parameters``,
   except that peft's trainable *copy* of a tuned connector (``modules_to_save``) is not counted twice: the
   connector is a base parameter that trains.
-- FLOPs per text token of the language model (Kaplan et al. 2020 approximations):
-  train = 2 * P_frozen + 4 * P_trainable (the STUDY.md convention; Kaplan's frozen-aware count would be
-  4 * P_frozen + 6 * P_trainable, as activation gradients still flow through frozen weights);
-  inference = 2 * (P_non-embedding + n_layer * d_model * n_ctx).
+- FLOPs per text token of the language model (Kaplan et al. 2020, sec. 2.1: forward 2 N, backward 4 N; the
+  backward splits into activation gradients (2 N) and weight gradients (2 N), Narayanan et al. 2021, sec. 3):
+  train = 4 * P_frozen + 6 * P_trainable, because PEFT modules sit in every layer, so activation gradients flow
+  back through every frozen weight of the language model, while only trainable weights need weight gradients;
+  inference = 2 * (P_non-embedding + n_layer * d_model * n_ctx). ``train_flops_per_token_study`` keeps the older
+  STUDY.md reading, 2 * P_frozen + 4 * P_trainable, which leaves out those activation gradients (it comes out
+  below inference for every PEFT method) and is shown beside the count only for comparison.
   P counts the parameters a text token passes through: the language model without its input embedding table
   (``lm_head`` included) plus the PEFT parameters in it (unmerged; LoRA and IA3 merged would cost nothing extra).
   Prefix vectors are keys/values, not weights: for inference they lengthen every attention context
   (n_ctx + num_virtual_tokens) instead; for training they count in P_trainable (the formula's literal reading).
   n_ctx = 2048 by default (the paper's maximum length).
 - FLOPs per image: the vision tower (frozen in the study) runs on its patches and the connector on the image
-  tokens: train = (2, or 4 when tuned) * P_vision * n_patches + (2, or 4 when tuned) * P_connector * n_image_tokens,
+  tokens. Nothing below a frozen vision tower trains, so it runs forward only (2); tuned it costs 6. The connector
+  costs 2 forward, + 2 for its weight gradients when tuned, + 2 for activation gradients when the vision tower
+  below it trains: train = (2 | 6) * P_vision * n_patches + (2 + 2 [tuned] + 2 [vision tuned]) * P_connector * n_image_tokens,
   inference = 2 * (P_vision * n_patches + P_connector * n_image_tokens). LLaVA-1.5: 577 patches (CLS included),
   576 image tokens; Qwen2-VL (dynamic resolution): a 448x448 image is assumed, 1024 patches, 256 tokens.
 """
@@ -123,6 +128,7 @@ class ParamsRow:
     infer_flops_per_image: float
     n_ctx: int
     vision: str = "frozen"  # the vision encoder: frozen (the study) or tuned (all of it trains)
+    train_flops_per_token_study: float = 0.0  # 2 P_frozen + 4 P_trainable (no activation gradients), for comparison
 
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
@@ -175,19 +181,19 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
     text = getattr(config, "text_config", config)
     virtual = int(record["params"].get("num_virtual_tokens", 0)) if record["method"] == "prefix" else 0
     n_patches, n_image = _image_tokens(config)
-    conn_factor = 4 if connector == "tuned" else 2
-    vision_factor = 4 if vision == "tuned" else 2  # forward 2, plus 2 for the weight gradients when tuned
+    conn_factor = 2 + (2 if connector == "tuned" else 0) + (2 if vision == "tuned" else 0)
+    vision_factor = 6 if vision == "tuned" else 2  # frozen: nothing below it trains, forward only
     del model, base
     return ParamsRow(
         model=model_name, method=method, placement=record["placement"], connector=connector, trainable=trainable,
         peft_params=all_params - base_total, all_params=all_params,
         trainable_percent=100.0 * trainable / all_params,
-        train_flops_per_token=2.0 * p_frozen + 4.0 * p_trainable,
+        train_flops_per_token=4.0 * p_frozen + 6.0 * p_trainable,
         infer_flops_per_token=2.0 * (p_infer + text.num_hidden_layers * text.hidden_size * (n_ctx + virtual)),
         train_flops_per_image=float(vision_factor * vision_params * n_patches
                                     + conn_factor * connector_params * n_image),
         infer_flops_per_image=2.0 * (vision_params * n_patches + connector_params * n_image), n_ctx=n_ctx,
-        vision=vision)
+        vision=vision, train_flops_per_token_study=2.0 * p_frozen + 4.0 * p_trainable)
 
 
 def params_rows(model_name: str, methods: Sequence[tuple[str, dict, str | None]] = PAPER_METHODS,

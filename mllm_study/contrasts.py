@@ -26,7 +26,11 @@ from . import stats
 from .plots import _method_key, fmt_ci
 
 __all__ = ["MATCH_KEYS", "load_items", "with_item_cis", "stratified_mean", "Contrast", "stratified_contrast",
-           "contrast_items", "pair_runs", "compare_pairs", "pairwise", "versus_base", "winners"]
+           "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs", "pairwise",
+           "versus_base", "winners", "UNIT_SEEDS", "UNIT_ITEMS"]
+
+UNIT_SEEDS = "training seeds"
+UNIT_ITEMS = "test items (one seed: training randomness not covered)"
 
 
 # Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.
@@ -119,6 +123,54 @@ class Contrast:
     effect_size: float  # Cohen's d_z of the (block-weighted) item differences
     n_items: int
     n_blocks: int
+    unit: str = "test items"  # what the CI and p replicate over (UNIT_SEEDS or UNIT_ITEMS)
+    n_units: int = 0  # how many of them (seeds or items)
+
+
+def column_key(dataset: str, split: str = "test") -> str:
+    """The validity instrument's name of an evaluated column (``sqa``, ``pope/random``)."""
+    return dataset if split in (None, "test") else f"{dataset}/{split}"
+
+
+def replicated_contrast(diffs: Sequence[pd.Series], seeds: Sequence[Any] | None = None,
+                        confidence: float = 0.95) -> Contrast:
+    """A contrast on ONE column, replicated over the right unit, with a CI and p from the same t procedure.
+
+    Args:
+        diffs: per block (a setting x seed of this column) the per-item contrast (e.g. a - b), indexed by item id.
+        seeds: the training seed of each block.
+
+    Returns:
+        :class:`Contrast`. With >= 2 distinct seeds the unit is the seed: per seed, the mean over its blocks of the
+        mean item contrast; estimate, CI and p are the one-sample t on those seed values (df = seeds - 1), so the
+        interval covers training randomness (and test-item sampling, which is inside each seed mean). With one
+        seed the unit is the test item: per item, the mean over blocks (settings are fixed effects); the same t on
+        items, which says nothing about training randomness (``unit`` says so). Formula: mean ± t_{1-α/2,n-1}
+        s/√n and p = 2 P(T_{n-1} >= |mean| / (s/√n)): the CI excludes 0 exactly when p < 1 - confidence.
+        Effect size: d_z = mean / s of the units. Scores of different columns are never pooled here.
+    """
+    diffs = [d.astype(float) for d in diffs if len(d)]
+    if not diffs:
+        raise ValueError("replicated_contrast needs at least one non-empty block")
+    seeds = list(seeds) if seeds is not None else [0] * len(diffs)
+    if len(seeds) != len(diffs):
+        raise ValueError(f"{len(diffs)} blocks but {len(seeds)} seeds")
+    distinct = list(dict.fromkeys(str(s) for s in seeds))
+    if len(distinct) >= 2:
+        per_seed = {s: [] for s in distinct}
+        for d, s in zip(diffs, seeds):
+            per_seed[str(s)].append(float(d.mean()))
+        units, unit = np.array([np.mean(v) for v in per_seed.values()]), UNIT_SEEDS
+    else:
+        units, unit = pd.concat(diffs).groupby(level=0).mean().to_numpy(), UNIT_ITEMS
+    n_items = int(sum(len(d) for d in diffs))
+    est = float(units.mean())
+    if units.size < 2:
+        return Contrast(est, math.nan, math.nan, 1.0, 0.0, n_items, len(diffs), unit, int(units.size))
+    iv = stats.t_ci(units, confidence)
+    t = stats.paired_t_test(units, np.zeros_like(units))
+    return Contrast(est, iv.low, iv.high, t.p_value, float(t.effect_size) if np.isfinite(t.effect_size) else
+                    math.copysign(99.0, est), n_items, len(diffs), unit, int(units.size))
 
 
 def stratified_contrast(blocks: Sequence[np.ndarray], weights: Sequence[float] = (1.0, -1.0),
@@ -184,41 +236,89 @@ def pair_runs(scores: pd.DataFrame, factor: str, a: Any, b: Any, ignore: Sequenc
 
 
 def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[str] | None = None,
-                  label: str = "", n_resamples: int = 2000, metric: str | None = None) -> pd.DataFrame:
-    """Item-paired a - b per group of ``pairs`` (each pair a block), with CI, p, d_z and Holm across the groups.
+                  label: str = "", n_resamples: int = 2000, metric: str | None = None,
+                  flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """a - b per column (dataset x split) and ``by`` group of ``pairs``, replicated over seeds or items
+    (:func:`replicated_contrast`), Holm across the rows. Columns are never pooled: their units differ.
 
     Args:
         items: from :func:`load_items`.
-        pairs: from :func:`pair_runs` (needs ``dataset``, ``run_a``, ``run_b``, and ``split`` if present).
-        by: group columns (one contrast per group; None: all pairs pooled).
+        pairs: from :func:`pair_runs` (needs ``dataset``, ``run_a``, ``run_b``, and ``split``/``seed`` if present).
+        by: further group columns (e.g. method); the column is always a group.
         label: the comparison's name, e.g. "tuned - frozen".
+        flags: (run_id, column key) -> why the validity instrument flags that measurement; a pair with a
+            flagged run is left out, and a row with no pair left is "not measurable" with the reasons.
+
+    Returns:
+        One row per group: the keys, ``column`` (validity key), comparison, estimate, ci_low, ci_high, p_value,
+        effect_size, n_items, n_blocks, unit, n_units, excluded (reasons of the pairs left out), p_holm.
     """
-    keys = [by] if isinstance(by, str) else list(by or [])
-    groups = pairs.groupby(keys, sort=True, dropna=False) if keys else [((), pairs)]
+    flags = flags or {}
+    pairs = pairs.assign(_col=[column_key(d, getattr(r, "split", "test")) for d, r in
+                               zip(pairs["dataset"], pairs.itertuples())])
+    keys = ["_col"] + [k for k in ([by] if isinstance(by, str) else list(by or []))
+                       if k not in ("dataset", "split", "column", "_col")]
     rows = []
-    for key, grp in groups:
-        blocks = []
+    for key, grp in pairs.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(keys, key), comparison=label)
+        col = row.pop("_col")
+        first = grp.iloc[0]
+        if "column" in grp and pd.notna(first["column"]):
+            label_ = first["column"]
+        else:
+            from .report import column_label  # the paper's column name (report imports this module)
+
+            label_ = column_label(first["dataset"])
+        split = first["split"] if "split" in grp else "test"
+        row = {"column": label_ if split == "test" else f"{label_} ({split})", "dataset": first["dataset"],
+               **row}
+        diffs, seeds, excluded, reasons = [], [], [], []
         for r in grp.itertuples():
+            why = [f"{side} {flags[(rid, col)]}" for rid, side in ((r.run_a, "a"), (r.run_b, "b"))
+                   if (rid, col) in flags]
+            reasons += [flags[(rid, col)] for rid in (r.run_a, r.run_b) if (rid, col) in flags]
+            if why:
+                excluded.append(f"{row['column']}" + (f" seed {r.seed}" if hasattr(r, "seed") else "") + ": "
+                                + ", ".join(why))
+                continue
             split = getattr(r, "split", "test")
             xa = _item_array(items, r.run_a, r.dataset, split, metric=metric)
             xb = _item_array(items, r.run_b, r.dataset, split, metric=metric)
             common = xa.index.intersection(xb.index)
             if len(common):
-                blocks.append(np.vstack([xa[common].to_numpy(), xb[common].to_numpy()]))
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(keys, key), comparison=label)
-        if blocks:
-            c = stratified_contrast(blocks, n_resamples=n_resamples)
+                diffs.append(xa[common] - xb[common])
+                seeds.append(getattr(r, "seed", 0))
+        row["excluded"] = "; ".join(excluded)
+        row["flags"] = " / ".join(dict.fromkeys(reasons))
+        if diffs:
+            c = replicated_contrast(diffs, seeds)
             row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
-                       effect_size=c.effect_size, n_items=c.n_items, n_blocks=c.n_blocks)
+                       effect_size=c.effect_size, n_items=c.n_items, n_blocks=c.n_blocks, unit=c.unit,
+                       n_units=c.n_units)
+        elif excluded:
+            row["not_measurable"] = "; ".join(excluded)
         rows.append(row)
-    return _holm_all(pd.DataFrame(rows))
+    return _holm_all(_with_contrast_columns(pd.DataFrame(rows)))
+
+
+CONTRAST_COLUMNS = ["estimate", "ci_low", "ci_high", "p_value", "effect_size", "n_items", "n_blocks", "unit",
+                    "n_units", "excluded", "not_measurable", "flags"]
+
+
+def _with_contrast_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Every contrast column present (NaN where nothing was measurable)."""
+    for c in CONTRAST_COLUMNS:
+        if c not in df:
+            df[c] = np.nan if c not in ("unit", "excluded", "not_measurable", "flags") else None
+    return df
 
 
 def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Sequence | None = None,
-             within: str | None = None, ignore: Sequence[str] = (), n_resamples: int = 2000) -> pd.DataFrame:
-    """Every pair of ``factor`` levels (later minus earlier in ``levels``), within each ``within`` group, pooled over
-    datasets; Holm across all rows of the returned table."""
+             within: str | None = None, ignore: Sequence[str] = (), n_resamples: int = 2000,
+             flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """Every pair of ``factor`` levels (later minus earlier in ``levels``), within each ``within`` group, one row per
+    column (:func:`compare_pairs`, flagged measurements left out); Holm across all rows of the returned table."""
     groups = scores.groupby(within, sort=False) if within else [(None, scores)]
     rows = []
     for key, grp in groups:
@@ -228,7 +328,7 @@ def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Seq
                 pairs = pair_runs(grp, factor, b, a, ignore)
                 if pairs.empty:
                     continue
-                res = compare_pairs(items, pairs, label=f"{b} - {a}", n_resamples=n_resamples)
+                res = compare_pairs(items, pairs, label=f"{b} - {a}", n_resamples=n_resamples, flags=flags)
                 res.insert(0, "to", b)
                 res.insert(0, "from", a)
                 if within:
@@ -239,6 +339,8 @@ def pairwise(scores: pd.DataFrame, items: pd.DataFrame, factor: str, levels: Seq
 
 
 def _holm_all(df: pd.DataFrame) -> pd.DataFrame:
+    if len(df) and "p_holm" not in df:
+        df["p_holm"] = np.nan  # present even when nothing was testable
     if "p_value" in df and df["p_value"].notna().any():
         ok = df["p_value"].notna()
         df.loc[ok, "p_holm"] = stats.holm_correction(df.loc[ok, "p_value"].to_numpy())
@@ -256,8 +358,7 @@ def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label:
         common = xa.index.intersection(xb.index)
         row = {"run_id": r.run_id, "dataset": r.dataset, "split": r.split, "epoch": r.epoch, "comparison": label}
         if len(common):
-            c = stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])],
-                                    n_resamples=n_resamples)
+            c = replicated_contrast([xa[common] - xb[common]])
             row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
                        effect_size=c.effect_size, n_items=c.n_items)
         rows.append(row)
@@ -265,11 +366,18 @@ def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label:
 
 
 def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method", by: str = "dataset",
-            higher_is_better: bool = True) -> pd.DataFrame:
+            higher_is_better: bool = True, flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Per ``by`` group: the best ``treatment``, its score with CI, the runner-up and the item-paired gap
-    (Holm across groups). Ties in the estimate go to the first in method order."""
+    (Holm across groups). Ties in the estimate go to the first in method order. Runs whose measurement is
+    flagged (``flags``) compete for nothing; a group with none left says "not measurable"."""
     rows = []
+    flags = flags or {}
     for key, grp in scores.groupby(by, sort=False):
+        keep = [(r, column_key(d, s)) not in flags for r, d, s in zip(grp["run_id"], grp["dataset"], grp["split"])]
+        if not any(keep):
+            rows.append({by: key, "best": "not measurable (every run flagged)"})
+            continue
+        grp = grp[keep]
         g = grp.assign(_k=grp[treatment].map(_method_key)).sort_values(["value", "_k"],
                                                                       ascending=[not higher_is_better, True])
         best = g.iloc[0]
@@ -282,7 +390,7 @@ def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method"
             xb = _item_array(items, second["run_id"], second["dataset"], second["split"])
             common = xa.index.intersection(xb.index)
             if len(common):
-                c = stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])])
+                c = replicated_contrast([xa[common] - xb[common]])
                 row.update(estimate=c.estimate, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value)
         rows.append(row)
     return _holm_all(pd.DataFrame(rows))
@@ -295,4 +403,4 @@ def contrast_items(items: pd.DataFrame, a: dict, b: dict, n_resamples: int = 200
     common = xa.index.intersection(xb.index)
     if not len(common):
         return None
-    return stratified_contrast([np.vstack([xa[common].to_numpy(), xb[common].to_numpy()])], n_resamples=n_resamples)
+    return replicated_contrast([xa[common] - xb[common]])

@@ -12,11 +12,29 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["METHOD_ORDER", "PRETTY", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
+__all__ = ["METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
            "ci_plot", "forest_plot"]
 
 
 METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
+
+
+def method_colors(names: Sequence[Any] = ()) -> dict:
+    """One colour per method for every figure of every report: methods keyed by :data:`METHOD_ORDER` (the base
+    model "none" grey), other names after them in the order given (the same order gives the same colours)."""
+    import seaborn as sns
+
+    base = sns.color_palette("tab10", 10)
+    fixed = {"none": (0.5, 0.5, 0.5), "lora": base[0], "ia3": base[1], "prefix": base[2], "adapter": base[3],
+             "full": base[4]}
+    out, k = {}, 5
+    for n in names:
+        if n in fixed:
+            out[n] = fixed[n]
+        else:
+            out[n] = base[k % 10] if k < 10 else sns.color_palette("husl", 20)[k % 20]
+            k += 1
+    return {**fixed, **out} if not names else out
 
 
 PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement", "dataset": "Dataset",
@@ -25,7 +43,7 @@ PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement"
           "ci_high": "CI high", "p_value": "p", "p_holm": "p (Holm)", "effect_size": "Effect (d_z)",
           "trainable_params": "Trainable params", "trainable_percent": "Trainable %", "group": "Group",
           "train_seconds": "Train s", "samples_per_second": "Samples/s", "comparison": "Comparison",
-          "n_items": "Items", "n_blocks": "Blocks", "mean": "Mean", "std": "SD", "column": "Column"}
+          "n_items": "Items", "n_blocks": "Blocks", "n_units": "Units", "unit": "Replicated over", "mean": "Mean", "std": "SD", "column": "Column"}
 
 
 def setup_notebook() -> None:
@@ -46,15 +64,31 @@ def setup_notebook() -> None:
 
 
 def forest_plot(details: pd.DataFrame, ax=None, label: str = "comparison", hue: str | None = "finding",
-                xlabel: str = "Estimate (a - b) with 95% CI"):
-    """Horizontal estimates with CIs, one row per comparison, a line at 0."""
+                xlabel: str = "Estimate (a - b) with 95% CI", facet: str | None = None, colors: dict | None = None):
+    """Horizontal estimates with CIs, one row per comparison, a line at 0.
+
+    ``facet``: one panel per value (e.g. ``column``), each with its own x axis, so that estimates in different
+    units (CIDEr, accuracy) never share an axis. Returns the axis (or the list of panels)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     d = details.dropna(subset=["estimate"]).reset_index(drop=True)
+    if facet and facet in d and d[facet].nunique() > 0:
+        groups = list(dict.fromkeys(d[facet]))
+        sizes = [max(1, int((d[facet] == g).sum())) for g in groups]
+        fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.32 * sum(sizes) + 0.9 * len(groups)),
+                                 gridspec_kw={"height_ratios": [s + 1.5 for s in sizes]}, squeeze=False)
+        keys = list(dict.fromkeys(d[hue])) if hue else [None]
+        colors = dict(zip(keys, sns.color_palette("colorblind", n_colors=max(len(keys), 1))))
+        for g, a in zip(groups, axes[:, 0]):
+            forest_plot(d[d[facet] == g], ax=a, label=label, hue=hue, xlabel="", colors=colors)
+            a.set_title(str(g), fontsize="small", loc="left")
+        axes[-1, 0].set_xlabel(xlabel)
+        fig.tight_layout()
+        return list(axes[:, 0])
     ax = ax or plt.subplots(figsize=(9, max(2.0, 0.35 * len(d) + 1)))[1]
     keys = list(dict.fromkeys(d[hue])) if hue else [None]
-    colors = dict(zip(keys, sns.color_palette(n_colors=max(len(keys), 1))))
+    colors = colors or dict(zip(keys, sns.color_palette("colorblind", n_colors=max(len(keys), 1))))
     for i, r in d.iterrows():
         lo = r["estimate"] - r["ci_low"] if pd.notna(r["ci_low"]) else 0.0
         hi = r["ci_high"] - r["estimate"] if pd.notna(r["ci_high"]) else 0.0
@@ -95,10 +129,13 @@ def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
     return f"{f.format(est)} [{f.format(low)}, {f.format(high)}]"
 
 
-def fmt_p(p: float) -> str:
+def fmt_p(p: float, sign: str = "") -> str:
+    """``0.011`` / ``< 0.001`` in a table; with ``sign="="`` in prose: ``= 0.011`` / ``< 0.001`` (never "= <")."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "-"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+        return "-" if not sign else "= -"
+    if p < 0.001:
+        return "< 0.001"
+    return f"{sign} {p:.3f}" if sign else f"{p:.3f}"
 
 
 def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
@@ -109,7 +146,7 @@ def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[col] = out[col].map(fmt_p)
         elif col in ("lr", "connector_lr"):
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
-        elif col in ("trainable_params", "n", "n_items", "n_blocks", "train_size", "seed"):
+        elif col in ("trainable_params", "n", "n_items", "n_blocks", "n_units", "train_size", "seed"):
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
         elif pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].round(digits)
@@ -136,7 +173,7 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
 
     ax = ax or plt.subplots()[1]
     hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=_method_key) if hue else [None]))
-    palette = dict(zip(hues, sns.color_palette(n_colors=max(len(hues), 1))))
+    palette = method_colors(hues) if hue else {None: sns.color_palette()[0]}
     cats = list(order or (df[x].drop_duplicates().tolist() if not numeric_x else []))
     width = 0.6
     for k, h in enumerate(hues):
@@ -162,7 +199,11 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
         ax.set_xticklabels([str(c) for c in cats], rotation=30 if len(cats) > 4 else 0, ha="right"
                            if len(cats) > 4 else "center")
     if log_x:
+        from matplotlib.ticker import LogLocator, NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on a short log axis overlap
     elif numeric_x and len(df) and np.allclose(df[x].astype(float), np.round(df[x].astype(float))):
         from matplotlib.ticker import MaxNLocator
 

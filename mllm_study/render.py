@@ -66,6 +66,11 @@ def render_html(executed: Path, out_html: Path, hide_code: bool = True) -> Path:
     exporter = HTMLExporter(template_name="lab", exclude_input=hide_code, exclude_input_prompt=True,
                             exclude_output_prompt=True)
     body, _ = exporter.from_notebook_node(nb)
+    start = body.find("<body")
+    if start >= 0:  # every report links back to the index (reports/<rq>/<profile>.html -> reports/index.html)
+        end = body.find(">", start) + 1
+        body = (body[:end] + '\n<nav style="font-family:sans-serif;margin:1em 2em"><a href="../index.html">'
+                "&larr; all reports (index)</a></nav>\n" + body[end:])
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(body)
     return out_html
@@ -186,7 +191,9 @@ def write_index(reports_dir: str | Path) -> Path:
         rows.append(f"<tr><td>{link}</td><td>{_html.escape(meta_path.stem)}</td><td>{_html.escape(shown)}</td>"
                     f"<td>{_html.escape(str(meta.get('code_version', '')))}</td>"
                     f"<td>{_html.escape(str(meta.get('date', '')))}</td><td>{meta.get('seconds', '')}</td>"
-                    f"<td class='{status}'>{_html.escape(status)}</td></tr>")
+                    f"<td class='{status}'>{_html.escape(status)}"
+                    + (f"<br><small>{_html.escape(str(meta.get('error'))[-400:])}</small>" if status != "ok"
+                       and meta.get("error") else "") + "</td></tr>")
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>mllm-study reports</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

@@ -6,8 +6,9 @@ Uncertainty conventions (STUDY.md: every number carries its uncertainty):
 - one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
 - an average over datasets (unseen / seen / overall): stratified bootstrap, items resampled within each dataset,
   datasets weighted equally like the paper's plain mean (:func:`stratified_mean`);
-- a difference between two settings: item-paired, datasets (or seeds) as equally weighted blocks, percentile
-  bootstrap CI and a sign-flip permutation p (:func:`stratified_contrast`), Holm-corrected within a table;
+- a difference between two settings: one column at a time (never pooled across columns of different units),
+  replicated over training seeds when there are two or more, else over test items (and then said to ignore
+  training randomness); CI and p from the same t procedure (:func:`replicated_contrast`), Holm within a table;
 - across seeds: Student-t intervals (:func:`mllm_study.stats.summarize`).
 Test items are the same for every run of a dataset (the test subsample has a fixed seed), which is what makes
 item pairing valid. Caveat: items sharing an image are treated as independent (intervals slightly too narrow).
@@ -27,22 +28,25 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (MATCH_KEYS, Contrast, _item_array, compare_pairs, contrast_items, load_items,
-                        pair_runs, pairwise, stratified_contrast, stratified_mean, versus_base, winners,
-                        with_item_cis)
-from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, pretty, say,
-                    setup_notebook, show, verdict_md)
+from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_pairs, contrast_items, load_items,
+                        pair_runs, pairwise, replicated_contrast, stratified_contrast, stratified_mean, versus_base,
+                        winners, with_item_cis)
+from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
+                    say, setup_notebook, show, verdict_md)
+from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
 
 __all__ = [
     # scores, items and contrasts
-    "FAMILY_ORDER", "MATCH_KEYS", "column_label", "primary_scores", "final_epoch", "load_items", "with_item_cis",
-    "stratified_mean", "Contrast", "stratified_contrast", "contrast_items", "pair_runs", "compare_pairs",
+    "FAMILY_ORDER", "MATCH_KEYS", "column_label", "project_path", "primary_scores", "final_epoch", "load_items", "with_item_cis",
+    "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
-    "train_logs", "epoch_losses", "pope_items", "pope_metric_ci",
+    "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
+    # re-exported from evidence
+    "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
     # re-exported from plots and render
-    "METHOD_ORDER", "PRETTY", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
+    "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",
     "write_index",
 ]
@@ -52,6 +56,19 @@ FAMILY_ORDER = ["sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okv
 
 
 GROUP_LABELS = {"unseen": "Unseen avg", "seen": "Seen avg", "all": "Overall avg"}
+UNBOUNDED_METRICS = ("cider",)  # not on the [0, 1] scale of the other columns: never averaged with them
+
+
+def project_path(path: str | Path) -> str:
+    """``path`` relative to the project root when it lies inside it (reports never print a local absolute path);
+    else its last two parts."""
+    from .config import PARAMS_DIR
+
+    p = Path(path)
+    try:
+        return p.resolve().relative_to(PARAMS_DIR.parent.resolve()).as_posix()
+    except ValueError:
+        return p.as_posix() if not p.is_absolute() else Path(*p.parts[-2:]).as_posix()
 
 
 def column_label(family: str) -> str:
@@ -98,8 +115,10 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
     """Parameter and FLOP accounting (:mod:`mllm_study.accounting`) for each distinct method setting in ``scores``.
 
     Returns:
-        method, method_params, placement, connector, vision, peft_params, trainable_percent_acc, train_flops_per_token,
-        infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
+        method, method_params, placement, connector, vision, peft_params (the method's own parameters),
+        trainable_percent_acc, connector_trainable (trainable parameters outside the method: the tuned connector,
+        a tuned vision tower), train_flops_per_token (4 P_frozen + 6 P_trainable), train_flops_per_token_study
+        (2 P_frozen + 4 P_trainable), infer_flops_per_token, train_flops_per_image, infer_flops_per_image.
     """
     from .accounting import count_method
 
@@ -112,7 +131,9 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
                          connector, n_ctx=n_ctx, vision=vision)
         rows.append({"method": method, "method_params": params, "placement": placement, "connector": connector,
                      "vision": vision, "peft_params": r.peft_params, "trainable_percent_acc": r.trainable_percent,
+                     "connector_trainable": r.trainable - r.peft_params,
                      "train_flops_per_token": r.train_flops_per_token,
+                     "train_flops_per_token_study": r.train_flops_per_token_study,
                      "infer_flops_per_token": r.infer_flops_per_token,
                      "train_flops_per_image": r.train_flops_per_image,
                      "infer_flops_per_image": r.infer_flops_per_image})
@@ -133,11 +154,17 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
     """Wide table: rows ``index`` (e.g. method, connector), one column per paper column plus group averages.
 
     Cells are "estimate [low, high]" strings when ``text`` (CIs from ``ci_low``/``ci_high`` and, for the averages,
-    stratified bootstrap over ``items``), else the estimates. Averages appear only for rows that have every
-    column of the group.
+    stratified bootstrap over ``items``), else the estimates. A group average is the plain mean of the group's
+    columns scored in [0, 1] (CIDEr columns are left out: another unit), shown only for rows that have every such
+    column of the group, and only when the group has two or more of them.
     """
     present = [f for f in FAMILY_ORDER if f in set(scores["dataset"])]
     present += sorted(set(scores["dataset"]) - set(present))
+    # averages only over columns of one unit (scores in [0, 1]: CIDEr is left out) and of two or more columns
+    unbounded = set(scores.loc[scores["metric"].isin(UNBOUNDED_METRICS), "dataset"]) if "metric" in scores else set()
+    same_unit = [d for d in present if d not in unbounded]
+    groups = {"unseen": [d for d in same_unit if _group_of(scores, d) == "unseen"],
+              "seen": [d for d in same_unit if _group_of(scores, d) == "seen"], "all": same_unit}
     rows = []
     for key, grp in scores.groupby(list(index), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -148,10 +175,8 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
             row[column_label(ds)] = (None if r is None else
                                      fmt_ci(r.value, getattr(r, "ci_low", math.nan), getattr(r, "ci_high", math.nan))
                                      if text else r.value)
-        groups = {"unseen": [d for d in present if _group_of(grp, d) == "unseen"],
-                  "seen": [d for d in present if _group_of(grp, d) == "seen"], "all": present}
         for g, members in groups.items():
-            if not members or any(d not in by_ds for d in members) or (g == "all" and len(members) < 2):
+            if len(members) < 2 or any(d not in by_ds for d in members):
                 continue
             if items is not None and text:
                 arrays = [_item_array(items, by_ds[d].run_id, d).to_numpy() for d in members]
@@ -172,15 +197,22 @@ def _group_of(grp: pd.DataFrame, dataset: str) -> str | None:
     return str(g.iloc[0]) if len(g) else None
 
 
-def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset"):
-    """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message)."""
+MIN_FRIEDMAN_BLOCKS = 5  # below this the chi-square approximation means little: the test is not shown
+
+
+def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset",
+                   min_blocks: int = MIN_FRIEDMAN_BLOCKS):
+    """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message).
+
+    Ranks within a block need no common unit, so columns of different metrics may be blocks. With fewer than
+    ``min_blocks`` complete blocks no test is made (the message says why)."""
     blocks = [block] if isinstance(block, str) else list(block)
     wide = scores.pivot_table(index=blocks, columns=treatment, values="value", aggfunc="mean").dropna()
-    if wide.shape[1] < 3 or wide.shape[0] < 2:
-        return None, (f"Friedman test not possible: {wide.shape[0]} complete block(s) x {wide.shape[1]} "
-                      f"treatment(s) (needs >= 2 x 3)")
+    if wide.shape[1] < 3 or wide.shape[0] < max(2, min_blocks):
+        return None, (f"Friedman test not shown: {wide.shape[0]} complete block(s) x {wide.shape[1]} "
+                      f"treatment(s) (needs >= {max(2, min_blocks)} x 3)")
     res = stats.friedman_test(wide)
-    msg = (f"Friedman chi2 = {res.statistic:.2f}, df = {res.extra['df']}, p = {fmt_p(res.p_value)}, "
+    msg = (f"Friedman chi2 = {res.statistic:.2f}, df = {res.extra['df']}, p {fmt_p(res.p_value, '=')}, "
            f"Kendall's W = {res.effect_size:.2f} over {res.n} blocks")
     return res, msg
 
@@ -245,3 +277,58 @@ def _pope_stat(name: str):
 def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> stats.Interval:
     """A POPE metric (accuracy, precision, recall, f1, yes_ratio, parse_rate) with a bootstrap CI over probes."""
     return stats.bootstrap_ci(np.asarray(codes, dtype=float), _pope_stat(name), n_resamples=n_resamples, seed=0)
+
+
+BASELINES = {"chance": "chance (uniform guess)", "gold_majority": "gold majority (most frequent training answer)",
+             "question_only": "question-only (no image)"}
+
+
+def baseline_matrix(figures: pd.DataFrame | None, index: Sequence[str], columns: Sequence[str] | None = None
+                    ) -> pd.DataFrame:
+    """Rows shaped like :func:`score_matrix`'s for the world's baselines (chance, gold majority, question-only) of
+    each column, from :func:`mllm_study.validity.report_section`'s figures (empty when there are none). The base
+    model zero-shot is the score matrix's own ``none`` row."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    rows = []
+    for key, name in BASELINES.items():
+        row = {index[0]: name, **{k: "-" for k in index[1:]}}
+        for col, f in world.items():
+            if "/" in col or f.get(key) is None:
+                continue
+            label = column_label(col)
+            if columns is None or label in columns:
+                row[label] = f"{f[key]:.3f}"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out if out.shape[1] > len(index) else pd.DataFrame()
+
+
+def parse_matrix(figures: pd.DataFrame | None, scores: pd.DataFrame, index: Sequence[str]) -> pd.DataFrame:
+    """Parse rate (share of outputs in the column's answer format; mean over seeds) per ``index`` x column."""
+    if figures is None or figures.empty:
+        return pd.DataFrame()
+    m = scores.merge(figures.rename(columns={"run": "run_id", "column": "dataset"}), on=["run_id", "dataset"])
+    if m.empty:
+        return pd.DataFrame()
+    wide = m.pivot_table(index=list(index), columns="column", values="parse rate", aggfunc="mean")
+    order = [column_label(f) for f in FAMILY_ORDER if column_label(f) in wide.columns]
+    return wide[order + [c for c in wide.columns if c not in order]].round(3).reset_index()
+
+
+def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: Sequence[str] = ("chance",
+                 "question_only")) -> None:
+    """Short dashed lines at each categorical x (column labels in ``order``) for the world's baselines."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
+    styles = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
+    for kind in kinds:
+        drawn = False
+        for i, label in enumerate(order):
+            v = (by_label.get(label) or {}).get(kind)
+            if v is None:
+                continue
+            color, ls = styles[kind]
+            ax.hlines(v, i - 0.4, i + 0.4, colors=color, linestyles=ls, linewidth=1.2,
+                      label=BASELINES[kind] if not drawn else None)
+            drawn = True
+    ax.legend(fontsize="small", frameon=False)

@@ -143,10 +143,15 @@ def design_table(params_file: str | Path, profile: str):
 
     from .sweep import expand_sweep
 
-    runs = [p.run for p in expand_sweep(rq_params(params_file, profile))]
+    specs = expand_sweep(rq_params(params_file, profile))
+    runs = [p.run for p in specs]
     rows = []
     for key in ("method", "placement", "connector", "dataset", "method_params", "train_size", "test_size", "seed",
                 "lr", "epochs", "eval_every_epoch", "eval_datasets"):
+        if key == "lr":  # the rate each method trains with (its calibrated preset when the file says null)
+            rates = dict.fromkeys(f"{p.run.method} {p.resolved_lr():.1e}" for p in specs if p.run.method != "none")
+            rows.append({"factor": key, "levels": len(rates), "values": ", ".join(rates) or "-"})
+            continue
         levels = list(dict.fromkeys(json.dumps(getattr(r, key), sort_keys=True) for r in runs))
         shown = ", ".join(("default" if v == "null" else v.replace('"', "")) for v in levels)
         rows.append({"factor": key, "levels": len(levels), "values": shown})

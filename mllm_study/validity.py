@@ -320,6 +320,15 @@ def read_runs(runs_dir: str | Path, world_dir: str | Path, columns: dict[str, Co
     return runs, skipped
 
 
+REPEAT_PHRASE = 4  # report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+
+
+def _repeats_phrase(text: str, n: int = REPEAT_PHRASE) -> bool:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
 def _repeats(text: str) -> bool:
     words = re.findall(r"[a-z0-9']+", text.lower())
     return any(len(set(words[i:i + REPEAT_WORDS])) == 1 for i in range(len(words) - REPEAT_WORDS + 1))
@@ -343,6 +352,9 @@ def _run_figures(run: Run, columns: dict[str, Column]) -> dict[str, dict]:
             f.update(yes_ratio=rc["extra"]["yes_ratio"], accuracy=rc["extra"]["accuracy"])
         if col.kind == "caption":
             f["repeat_share"] = fmean(_repeats(p) for p in preds)
+            f["phrase_repeat_share"] = fmean(_repeats_phrase(p) for p in preds)
+            refs = [x for r in recs for x in (r.get("references") or [])]
+            f["reference_phrase_repeat_share"] = fmean(_repeats_phrase(x) for x in refs) if refs else 0.0
             f["object_share"] = fmean(bool(find_objects(p, col.synonyms)) for p in preds) if col.synonyms else None
         out[key] = f
     return out
@@ -612,12 +624,30 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     return Validation(data, criteria)
 
 
+def _base_model_of(recipe_dir: Path, runs_dir: str | Path, run_ids: list[str] | None) -> Path:
+    """The base model to validate a report's runs against: the one base model those runs name when it is in the
+    cache (runs made by an earlier code version, whose recipe hashed differently), else the current recipe's."""
+    named = set()
+    for d in run_dirs(runs_dir):
+        if (run_ids is None or d.name in run_ids) and (d / "spec.json").exists():
+            try:
+                named.add(read_json(d / "spec.json").get("base_model"))
+            except (OSError, ValueError):
+                continue
+    present = [recipe_dir.parent / n for n in named if n and (recipe_dir.parent / n).is_dir()]
+    return present[0] if len(present) == 1 else recipe_dir
+
+
 def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_ids: list[str] | None = None):
     """What a report shows about its own evidence (embedded world only; None for real-model profiles).
 
     Returns ``(criteria, figures)``: one row per criterion (passed, failures that concern ``run_ids``, all failures
     for world- and base-model-level criteria), and per run of ``run_ids`` and evaluated column the score beside
-    chance, the question-only baseline, the parse rate and the top share, with a ``flag`` naming what is degenerate.
+    chance, the question-only baseline, the parse rate and the top share, with a ``flag`` naming what is degenerate:
+    low parse rate, collapsed, repeated words, at or below chance (trained runs), not above question-only,
+    captions naming an object in fewer than MIN_CAPTION_OBJECTS of outputs (CHAIR cannot be read), unconverged
+    (criterion (c) for that method and column). :func:`mllm_study.findings.flags_from_figures` turns the flags into
+    what the verdicts leave out.
     """
     import pandas as pd
 
@@ -629,7 +659,7 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     if params.run.model != "tiny-llava":
         return None
     world = ensure_world(params, progress=False)
-    v = validate(runs_dir, world, tiny_llava_dir(params, world))
+    v = validate(runs_dir, world, _base_model_of(tiny_llava_dir(params, world), runs_dir, run_ids))
     ids = set(run_ids) if run_ids is not None else None
     rows = []
     for c in v.data["criteria"]:
@@ -637,6 +667,8 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
         rows.append({"criterion": f"({c['name']}) {c['title']}", "passed": c["passed"],
                      "failures here": "; ".join(mine) if mine else "-"})
     world_figs = v.data["world"]
+    unconverged = {(c["method"], c["column"]): c["mean_diff"] for c in v.data["convergence"]
+                   if c["column"] != "(mean)" and abs(c["mean_diff"]) > MAX_CONVERGENCE_DIFF}
     figs = []
     for r in v.data["runs"]:
         if ids is not None and r["run_id"] not in ids:
@@ -650,10 +682,25 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                 flags.append(f"collapsed on {f['top_prediction']!r}")
             if f.get("repeat_share") is not None and f["repeat_share"] > MAX_REPEAT_SHARE:
                 flags.append("repeated words")
-            if f.get("question_only") is not None and f["item_mean"] <= f["question_only"]:
+            elif f.get("phrase_repeat_share") is not None and \
+                    f["phrase_repeat_share"] > f["reference_phrase_repeat_share"] + MAX_REPEAT_SHARE:
+                flags.append(f"repeated phrases ({f['phrase_repeat_share']:.0%} of captions vs "
+                             f"{f['reference_phrase_repeat_share']:.0%} of references)")
+            chance = world_figs[col].get("chance")
+            if r["method"] != "none" and chance is not None and f["item_mean"] <= chance + 1e-12:
+                flags.append(f"at or below chance ({chance:.3f})")
+            elif f.get("question_only") is not None and f["item_mean"] <= f["question_only"]:
                 flags.append("not above question-only")
+            if f.get("object_share") is not None and f["object_share"] < MIN_CAPTION_OBJECTS:
+                flags.append(f"only {f['object_share']:.0%} of captions name an object")
+            if (r["method"], col) in unconverged:
+                flags.append(f"unconverged (doubled budget moves the score {unconverged[(r['method'], col)]:+.3f})")
             figs.append({"run": r["run_id"], "column": col, "score": f["item_mean"],
                          "chance": world_figs[col].get("chance"), "question-only": f.get("question_only"),
                          "parse rate": f.get("parse_rate"), "top answer": f["top_prediction"],
                          "top share": f["top_share"], "flag": ", ".join(flags) or "-"})
-    return pd.DataFrame(rows), pd.DataFrame(figs)
+    figures = pd.DataFrame(figs, columns=["run", "column", "score", "chance", "question-only", "parse rate",
+                                          "top answer", "top share", "flag"])
+    figures.attrs["world"] = {k: {n: w.get(n) for n in ("chance", "gold_majority", "question_only", "kind", "metric")}
+                              for k, w in world_figs.items()}
+    return pd.DataFrame(rows), figures

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -80,6 +81,12 @@ def test_notebook_renders_on_smoke(stem, kernel, shared):
     assert result.status == "ok", result.error
     page = html.read_text()
     assert re.search(r'<img[^>]+src="data:image/png;base64,', page), "the report has no inlined figure"
+    assert 'href="../index.html"' in page, "every report links back to the index"
+    assert "= &lt; 0.001" not in page and "= < 0.001" not in page, "p-values read 'p < 0.001'"
+    assert "/tmp/" not in page.split("</nav>", 1)[-1].replace(shared["runs"], ""), "a local absolute path in the report"
+    if stem != "rq8_summary":  # the evidence of every report that trains: used settings, loss curves, gallery
+        assert "Settings the runs used" in page and "Items drawn with seed" in page
+        assert page.count("data:image/png;base64,") >= 8 + 1, "gallery thumbnails and figures"
     assert "Traceback" not in page and 'data-mime-type="application/vnd.jupyter.stderr"' not in page, \
         "error output in the report"
     executed = nbformat.read(str(html.with_suffix(".ipynb")), as_version=4)
@@ -116,3 +123,38 @@ def test_a_failing_notebook_is_reported_not_raised(tmp_path, kernel):
     assert result.status == "failed" and "boom 2" in result.error
     assert (tmp_path / "bad" / "smoke.html").exists()  # the HTML shows the error to the reader
     assert json.loads((tmp_path / "bad" / "smoke.json").read_text())["status"] == "failed"
+
+
+GOLDEN_RESULTS = ROOT / "tests" / "golden" / "smoke_results.json"
+
+
+def _results_digest(shared: dict) -> dict[str, float]:
+    """The smoke study's results table (the runs every RQ plans) keyed by every factor (not run ids, which hash
+    the code version)."""
+    from mllm_study.results import collect_results
+
+    ids = sorted({rid for path in sorted((ROOT / "params").glob("rq*.yaml")) for rid in
+                  study.ensure_runs(path, "smoke", shared["cache"], shared["runs"], train=False)[0].attrs["run_ids"]})
+    table, _ = collect_results(shared["runs"], ids)
+    keys = ["method", "method_params", "placement", "connector", "train_dataset", "train_size", "seed", "lr",
+            "epochs", "dataset", "split", "epoch", "metric"]
+    return {" | ".join(str(r[k]) for k in keys): round(float(r["value"]), 9) for _, r in table.iterrows()}
+
+
+def test_smoke_study_results_match_the_golden_table(shared):
+    """Golden regression of the whole smoke study: every run x dataset x metric value of its results table.
+
+    Training and evaluation on CPU are deterministic, so a code change that moves any score shows here. A change
+    meant to move them regenerates the fixture with
+    ``MLLM_STUDY_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_notebooks.py -k golden`` and says so in its
+    commit message. Tolerance: absolute 1e-6 (scores are item means; float noise between CPUs is far below that).
+    """
+    got = _results_digest(shared)
+    if os.environ.get("MLLM_STUDY_UPDATE_GOLDEN"):
+        GOLDEN_RESULTS.parent.mkdir(exist_ok=True)
+        GOLDEN_RESULTS.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        pytest.skip(f"golden fixture rewritten: {GOLDEN_RESULTS}")
+    golden = json.loads(GOLDEN_RESULTS.read_text())
+    assert sorted(got) == sorted(golden), (f"rows differ: {sorted(set(got) ^ set(golden))[:5]}")
+    moved = {k: (got[k], v) for k, v in golden.items() if abs(got[k] - v) > 1e-6}
+    assert not moved, f"{len(moved)} scores moved, e.g. {list(moved.items())[:3]} (see this test's docstring)"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mllm_study import findings, report, study
+from mllm_study import contrasts, findings, report, study
 from mllm_study.config import PARAMS_DIR
 from mllm_study.metrics import compute_metric
 
@@ -112,7 +112,7 @@ def test_score_matrix_averages_and_cis():
     table, items = w.table()
     scores = report.with_item_cis(report.primary_scores(table), items)
     m = report.score_matrix(scores, ["method"], items, text=False)
-    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Seen avg"] == pytest.approx(0.9)
+    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and "Seen avg" not in m  # one seen column: no average
     assert m.loc[0, "Overall avg"] == pytest.approx((0.5 + 0.7 + 0.9) / 3)
     assert list(m.columns[1:4]) == ["SQA (img)", "IconQA-txt", "OKVQA"]  # the paper's column order
     txt = report.score_matrix(scores, ["method"], items)
@@ -163,7 +163,10 @@ def _main_table(adapter_p: float, others_p: float):
 def test_adapter_best_supported_and_contradicted():
     f = findings.finding_adapter_best(*_main_table(0.9, 0.4))
     assert f.verdict == "supported" and "best adapter" in f.ours
-    assert len(f.details) == 3 and (f.details["estimate"] > 0.4).all()
+    # one comparison per other method and column (4 columns x 3 methods), never pooled across columns
+    assert len(f.details) == 12 and (f.details["estimate"] > 0.4).all()
+    assert set(f.details["column"]) == {"SQA (img)", "IconQA-txt", "OKVQA", "VQAv2"}
+    assert "training randomness" in f.statistic  # one seed: the unit (test items) is said out loud
     assert findings.finding_adapter_best(*_main_table(0.2, 0.8)).verdict == "contradicted"
     assert findings.finding_adapter_best(*_main_table(0.5, 0.5)).verdict == "inconclusive"
 
@@ -178,8 +181,9 @@ def test_connector_helps_on_unseen():
         w.run(m, "vqav2", 0.6, connector="frozen", item_seed=5)
     f = findings.finding_connector_unseen(*w.table())
     assert f.verdict == "supported"
-    det = f.details.set_index("group")
-    assert det.loc["unseen", "estimate"] == pytest.approx(0.5) and det.loc["seen", "estimate"] == 0
+    det = f.details.set_index("dataset")
+    assert det.loc["sqa", "estimate"] == pytest.approx(0.5) and det.loc["vqav2", "estimate"] == 0
+    assert det.loc["vqav2", "group"] == "seen" and det.loc["iconqa_txt", "group"] == "unseen"
 
 
 def test_placement_finding():
@@ -188,7 +192,7 @@ def test_placement_finding():
         for pl in ("attention", "mlp", "both"):
             w.run(m, "vqav2", 0.9 if pl == best else 0.3, placement=pl, item_seed=6)
     f = findings.finding_placement(*w.table())
-    assert f.verdict == "supported" and len(f.details) == 6
+    assert f.verdict == "supported" and len(f.details) == 6  # 3 methods x 2 other placements x 1 column
     w2 = World(n_items=60)
     for pl in ("attention", "mlp", "both"):
         w2.run("lora", "vqav2", 0.9 if pl == "attention" else 0.3, placement=pl, item_seed=6)
@@ -234,7 +238,7 @@ def test_adapter_hallucination():
         w.run(m, "flickr30k", chair, metric="chair", epoch=3, item_seed=10)
     f = findings.finding_adapter_hallucination(*w.table())
     assert f.verdict == "supported"
-    assert sorted(f.details["expected"].tolist()) == [-1, -1, 1, 1]
+    assert sorted(f.details["expected"].tolist()) == [-1, -1] + [1] * 6  # CHAIR x 2 methods, POPE x 3 splits x 2
 
 
 def test_evaluate_findings_reports_missing_rqs_as_not_measured():
@@ -246,7 +250,7 @@ def test_evaluate_findings_reports_missing_rqs_as_not_measured():
     assert by["placement"].verdict == "inconclusive" and by["placement"].ours.startswith("Not measured")
     tab = findings.findings_table(found)
     assert list(tab.columns) == ["RQ", "Paper's finding", "Our measurement", "Verdict", "Statistic"]
-    assert len(findings.findings_details(found)) == 3
+    assert len(findings.findings_details(found)) == 12
 
 
 # ---- params files ---------------------------------------------------------------------------------------------
@@ -314,7 +318,7 @@ def test_write_index_lists_reports_with_parameters_and_version(tmp_path):
         (d / "quick.json").write_text(json.dumps({
             "parameters": {"profile": "quick", "params_file": f"params/{stem}.yaml", "cache": "/x/.cache",
                            "runs": "/x/runs", "train": False},
-            "status": status, "code_version": "0.1.0+gabc", "date": "2026-01-01T00:00:00+00:00", "seconds": 3.2,
+            "status": status, "error": None if status == "ok" else "ValueError: boom in cell 3", "code_version": "0.1.0+gabc", "date": "2026-01-01T00:00:00+00:00", "seconds": 3.2,
             "key": "k"}))
     out = report.write_index(tmp_path)
     page = out.read_text()
@@ -322,6 +326,7 @@ def test_write_index_lists_reports_with_parameters_and_version(tmp_path):
     assert 'href="rq1_main/quick.html"' in page and 'href="rq2_placement/quick.html"' in page
     assert "params/rq1_main.yaml" in page and "0.1.0+gabc" in page and "2026-01-01" in page
     assert "class='failed'" in page
+    assert "boom in cell 3" in page  # the index shows why a report failed
     assert report.report_is_current(tmp_path / "rq1_main" / "quick.html", "k")
     assert not report.report_is_current(tmp_path / "rq1_main" / "quick.html", "other")
     assert not report.report_is_current(tmp_path / "rq2_placement" / "quick.html", "k")  # failed: render again
@@ -342,3 +347,153 @@ def test_notebook_list_is_in_rq_order():
     assert stems[0] == "rq1_main" and stems[-1] == "rq8_summary" and len(stems) == 8
     with pytest.raises(ValueError, match="unknown notebook"):
         study.run_study("smoke", notebooks=["rq9_nothing"])
+
+
+# ---- the unit of replication, validity flags, formatting (issue 14) -------------------------------------------
+def test_replicated_contrast_on_items_is_the_paired_t_of_scipy():
+    from scipy import stats as ss
+
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 2, 50).astype(float), rng.integers(0, 2, 50).astype(float)
+    ids = [f"i{k}" for k in range(50)]
+    c = report.replicated_contrast([pd.Series(a - b, index=ids)])
+    ref = ss.ttest_rel(a, b)
+    half = ss.t.ppf(0.975, 49) * np.std(a - b, ddof=1) / np.sqrt(50)
+    assert c.p_value == pytest.approx(ref.pvalue) and c.estimate == pytest.approx(np.mean(a - b))
+    assert (c.ci_low, c.ci_high) == pytest.approx((np.mean(a - b) - half, np.mean(a - b) + half))
+    assert c.unit.startswith("test items") and "training randomness" in c.unit and c.n_units == 50
+
+
+def test_replicated_contrast_with_seeds_replicates_over_seeds():
+    from scipy import stats as ss
+
+    # two settings x three seeds; per seed the mean over settings of the mean item difference
+    ids = [f"i{k}" for k in range(4)]
+    d = {21: [0.10, 0.30], 42: [0.20, 0.20], 63: [0.50, 0.10]}
+    diffs, seeds = [], []
+    for seed, vals in d.items():
+        for v in vals:
+            diffs.append(pd.Series(np.full(4, v) + np.array([0.1, -0.1, 0.05, -0.05]), index=ids))
+            seeds.append(seed)
+    c = report.replicated_contrast(diffs, seeds)
+    per_seed = np.array([0.2, 0.2, 0.3])  # (0.1 + 0.3) / 2, (0.2 + 0.2) / 2, (0.5 + 0.1) / 2
+    ref = ss.ttest_1samp(per_seed, 0.0)
+    assert c.unit == contrasts.UNIT_SEEDS and c.n_units == 3 and c.n_blocks == 6
+    assert c.estimate == pytest.approx(per_seed.mean()) and c.p_value == pytest.approx(ref.pvalue)
+    lo, hi = ss.t.interval(0.95, 2, loc=per_seed.mean(), scale=ss.sem(per_seed))
+    assert (c.ci_low, c.ci_high) == pytest.approx((lo, hi))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_ci_beside_a_p_agrees_with_it(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 80))
+    d = pd.Series(rng.normal(rng.normal(0, 0.3), 1, n))
+    c = report.replicated_contrast([d])
+    assert (c.p_value < 0.05) == (c.ci_low > 0 or c.ci_high < 0)
+
+
+def _flagged_main(flag_columns=("sqa", "iconqa_txt", "okvqa", "vqav2"), reason="collapsed on 'a'"):
+    table, items = _main_table(0.9, 0.4)
+    adapter = table[table["method"] == "adapter"]
+    flags = {(r, d): reason for r, d in zip(adapter["run_id"], adapter["dataset"]) if d in flag_columns}
+    return table, items, flags
+
+
+@pytest.mark.parametrize("reason", ["collapsed on 'a'", "at or below chance (0.250)", "not above question-only",
+                                    "low parse rate", "unconverged (doubled budget moves the score +0.050)",
+                                    "repeated words", "only 10% of captions name an object"])
+def test_a_finding_on_flagged_runs_is_not_measurable_with_the_reason(reason):
+    table, items, flags = _flagged_main(reason=reason)
+    f = findings.finding_adapter_best(table, items, flags=flags)
+    assert f.verdict == findings.NOT_MEASURABLE and reason.split(" (")[0].split(" on ")[0] in f.statistic
+    assert f.details["estimate"].isna().all() and f.details["not_measurable"].str.contains(reason, regex=False).all()
+
+
+def test_flagged_columns_are_left_out_and_named_the_rest_decides():
+    table, items, flags = _flagged_main(flag_columns=("sqa",))
+    f = findings.finding_adapter_best(table, items, flags=flags)
+    assert f.verdict == "supported" and "SQA (img)" in f.statistic and "left out" in f.statistic
+    measured = f.details.dropna(subset=["estimate"])
+    assert len(measured) == 9 and "sqa" not in set(measured["dataset"])
+    assert measured["p_holm"].notna().all()
+
+
+def test_flags_from_figures_keeps_only_flagged_measurements():
+    figs = pd.DataFrame([{"run": "r1", "column": "sqa", "flag": "-"},
+                         {"run": "r1", "column": "pope/random", "flag": "collapsed on 'yes'"}])
+    assert findings.flags_from_figures(figs) == {("r1", "pope/random"): "collapsed on 'yes'"}
+    assert findings.flags_from_figures(None) == {}
+
+
+def test_no_finding_pools_columns_of_different_units():
+    # CIDEr on flickr30k: adapter far behind (degenerate captions); accuracy columns: adapter slightly ahead
+    w = World(n_items=60)
+    for ds in ("sqa", "iconqa_txt"):
+        w.run("lora", ds, 0.4, item_seed=1)
+        w.run("adapter", ds, 0.9, item_seed=2)
+    rng = np.random.default_rng(0)
+    w.run("lora", "flickr30k", 0, metric="cider", scores=rng.uniform(2, 5, 60))
+    w.run("adapter", "flickr30k", 0, metric="cider", scores=rng.uniform(0, 0.2, 60))
+    f = findings.finding_adapter_best(*w.table())
+    det = f.details.set_index("dataset")
+    assert det.loc["flickr30k", "estimate"] < -2 and det.loc["sqa", "estimate"] == pytest.approx(0.5)
+    assert f.verdict == "contradicted"  # flickr30k counts as its own comparison, not as weight in a pooled mean
+    flags = {(r, "flickr30k"): "repeated words" for r in set(w.table()[0]["run_id"]) if "flickr30k" in r}
+    assert findings.finding_adapter_best(*w.table(), flags=flags).verdict == "supported"
+
+
+def test_stability_leaves_out_flagged_runs():
+    w = World()
+    spread = {"adapter": [0.500, 0.501, 0.499, 0.500, 0.502], "lora": [0.3, 0.6, 0.45, 0.7, 0.2]}
+    for m, values in spread.items():
+        for seed, v in zip((21, 42, 63, 84, 105), values):
+            w.run(m, "iconqa_txt", 0.0, seed=seed, scores=np.full(10, v))
+    table, items = w.table()
+    flags = {(r, "iconqa_txt"): "collapsed on '2'" for r in table.loc[table["method"] == "adapter", "run_id"]}
+    f = findings.finding_adapter_stable(table, items, flags=flags)
+    assert f.verdict == findings.NOT_MEASURABLE and "collapsed on '2'" in f.statistic
+
+
+def test_p_values_read_right_in_prose_and_tables():
+    assert report.fmt_p(0.0004) == "< 0.001" and report.fmt_p(0.0004, "=") == "< 0.001"
+    assert report.fmt_p(0.0114, "=") == "= 0.011" and report.fmt_p(0.0114) == "0.011"
+    f = findings.finding_adapter_best(*_main_table(0.9, 0.4))
+    assert "= <" not in f.statistic and "p_Holm < 0.001" in f.statistic
+
+
+def test_friedman_needs_five_blocks():
+    w = World()
+    for ds in ("sqa", "iconqa_txt"):
+        for m, p in (("lora", 0.3), ("ia3", 0.5), ("adapter", 0.7)):
+            w.run(m, ds, p)
+    res, msg = report.friedman_ranks(report.primary_scores(w.table()[0]))
+    assert res is None and "not shown" in msg and "2 complete block" in msg
+
+
+def test_one_colour_per_method_everywhere():
+    a = report.method_colors(["adapter", "lora"])
+    b = report.method_colors(["lora", "ia3", "prefix", "adapter"])
+    assert a["adapter"] == b["adapter"] and a["lora"] == b["lora"]
+    assert len({tuple(v) for v in b.values()}) == 4
+
+
+def test_group_averages_never_mix_cider_with_accuracies():
+    w = World()
+    for ds, p in (("sqa", 0.5), ("iconqa_txt", 0.7)):
+        w.run("lora", ds, p)
+    w.run("lora", "flickr30k", 0, metric="cider", scores=np.full(40, 3.0))
+    table, items = w.table()
+    m = report.score_matrix(report.primary_scores(table), ["method"], items, text=False)
+    assert m.loc[0, "Unseen avg"] == pytest.approx(0.6) and m.loc[0, "Flickr30k"] == pytest.approx(3.0)
+
+
+def test_report_paths_are_relative_to_the_project():
+    assert report.project_path(ROOT / "params" / "rq1_main.yaml") == "params/rq1_main.yaml"
+    assert report.project_path("/somewhere/else/runs") == "else/runs"
+
+
+def test_design_tables_show_the_rates_used_not_default():
+    table = study.design_table(PARAMS_DIR / "rq1_main.yaml", "quick")
+    lr = table.set_index("factor").loc["lr", "values"]
+    assert "default" not in lr and "lora " in lr and "e-" in lr
