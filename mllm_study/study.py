@@ -226,9 +226,29 @@ def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None,
                 summary = run_sweep(params, progress=False, stream=out)
         failed = summary.failed
     table, report = collect_results(params.paths.runs, ids)
+    if not train:
+        from .runs import is_done
+
+        missing = [rid for rid in ids if not is_done(Path(params.paths.runs) / rid)]
+        if missing:
+            command = f"mllm-study sweep {_shown(params_file)} --profile {profile} --workers 2"
+            text = (f"{len(missing)} of {len(ids)} runs of {_shown(params_file)} ({profile}) are missing in "
+                    f"{_shown(params.paths.runs)}, e.g. {', '.join(missing[:3])}; make them with `{command}` "
+                    f"(or `mllm-study study --profile {profile}`, or train=True here)")
+            if len(missing) == len(ids):
+                raise FileNotFoundError(text)
+            print(text, file=stream or sys.stdout)
     table.attrs.update(runs_dir=str(params.paths.runs), run_ids=ids, params_file=str(params_file), profile=profile,
                        failed=failed, sources=list(params.sources))
     return table, report
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the project root when it is inside it (what a reader can type), else as is."""
+    try:
+        return str(project_path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def load_rq_tables(profile: str, cache: str | None = None, runs: str | None = None, train: bool = False,

@@ -73,10 +73,12 @@ def test_notebook_is_committed_clean(stem):
 @pytest.mark.parametrize("stem", NOTEBOOKS)
 def test_notebook_renders_on_smoke(stem, kernel, shared):
     params_file = ROOT / "params" / f"{stem}.yaml"
-    parameters = {"profile": "smoke", "params_file": str(params_file) if params_file.exists() else "",
+    # as JupyterLab runs it: the kernel's working directory is notebooks/, the params file given relative to the
+    # project root (the notebook's own default form)
+    parameters = {"profile": "smoke", "params_file": f"params/{stem}.yaml" if params_file.exists() else "",
                   "cache": shared["cache"], "runs": shared["runs"], "train": False}
     html = shared["reports"] / stem / "smoke.html"
-    result = report.execute_notebook(ROOT / "notebooks" / f"{stem}.ipynb", parameters, html, cwd=ROOT,
+    result = report.execute_notebook(ROOT / "notebooks" / f"{stem}.ipynb", parameters, html, cwd=ROOT / "notebooks",
                                      kernel_name=kernel)
     assert result.status == "ok", result.error
     page = html.read_text()
@@ -108,6 +110,23 @@ def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kerne
     assert second.ok and second.reports[stem]["cached"] and second.runs_trained == 0
     index = Path(second.index).read_text()
     assert f'href="{stem}/smoke.html"' in index
+
+
+def test_a_notebook_names_a_parameter_it_does_not_know_and_missing_runs(tmp_path, kernel, shared):
+    nb = ROOT / "notebooks" / "rq4_data_size.ipynb"
+    bad = {"profile": "smoke", "params_file": "params/rq4_data_size.yaml", "cache": shared["cache"],
+           "runs": shared["runs"], "trian": True}
+    result = report.execute_notebook(nb, bad, tmp_path / "a" / "smoke.html", cwd=ROOT / "notebooks",
+                                     kernel_name=kernel)
+    assert result.status == "failed" and "unknown notebook parameter(s) 'trian' (did you mean 'train'?)" in result.error
+    empty = {"profile": "smoke", "params_file": "params/rq4_data_size.yaml", "cache": shared["cache"],
+             "runs": str(tmp_path / "no-runs"), "train": False}
+    result = report.execute_notebook(nb, empty, tmp_path / "b" / "smoke.html", cwd=ROOT / "notebooks",
+                                     kernel_name=kernel)
+    assert result.status == "failed" and "runs of params/rq4_data_size.yaml (smoke) are missing" in result.error
+    assert "mllm-study sweep params/rq4_data_size.yaml --profile smoke" in result.error
+    trained = [d for d in (tmp_path / "no-runs").glob("*") if not d.name.startswith(".")]  # .plans: the plan cache
+    assert not trained
 
 
 def test_a_failing_notebook_is_reported_not_raised(tmp_path, kernel):
