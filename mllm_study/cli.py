@@ -457,6 +457,13 @@ def _set_threads() -> None:
         torch.set_num_threads(int(n))
 
 
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mllm-study`` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
@@ -468,10 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return main_params(argv[1:])
     args = build_parser().parse_args(argv)
     _set_threads()
-    if getattr(args, "quiet", False):
+    if getattr(args, "quiet", False) or not _terminal():
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # transformers' own bars ("Loading weights") write carriage returns
     from .config import ConfigError
     from .data import DataError
 

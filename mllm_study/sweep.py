@@ -327,8 +327,10 @@ def default_workers() -> int:
 def _worker_sweeps(params_list: list[Params], tracker: Progress | None = None) -> list[SweepSummary]:
     """One local worker: every sweep in order, one torch thread; claims keep the workers on different runs."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars from the workers: one line per run is the progress
     return [run_sweep(params, progress=False, stream=sys.stderr, tracker=tracker) for params in params_list]
 
 
