@@ -29,9 +29,9 @@ GALLERY_SEED = 0  # the gallery's items are drawn with this seed: the same items
 
 def world_dir(profile: str, cache: str | Path) -> Path | None:
     """The embedded world's folder of ``profile`` (None for real-data profiles: their records name their images)."""
-    from .config import load_params
+    from .config import load_params, project_path
 
-    params = load_params(profile=profile, overrides={"paths.cache": str(cache)})
+    params = load_params(profile=profile, overrides={"paths.cache": str(project_path(cache))})  # from the root
     if params.run.model != "tiny-llava":
         return None
     from .models import ensure_world

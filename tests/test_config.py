@@ -104,3 +104,18 @@ def test_a_notebook_reports_parameters_it_does_not_know():
     check_parameters(["profile", "train"], [own])  # opened in JupyterLab: nothing injected, nothing to report
     with pytest.raises(ValueError, match=r"unknown notebook parameter\(s\) 'trian' \(did you mean 'train'\?\)"):
         check_parameters(["profile", "train"], [own, injected])
+
+
+def test_paths_a_notebook_passes_are_taken_from_the_project_root(tmp_path, monkeypatch):
+    """A kernel started in notebooks/ (JupyterLab) passes the parameters' relative paths; nothing may land there."""
+    from mllm_study import evidence, models, study
+    from mllm_study.config import PROJECT_ROOT
+
+    seen = []
+    monkeypatch.setattr(models, "ensure_world", lambda params, progress=True: seen.append(params.paths.cache) or
+                        tmp_path)
+    monkeypatch.chdir(PROJECT_ROOT / "notebooks")
+    evidence.world_dir("smoke", ".cache")
+    params = study.rq_params("params/rq4_data_size.yaml", "smoke", ".cache", "runs")
+    assert seen == [str(PROJECT_ROOT / ".cache")]
+    assert (params.paths.cache, params.paths.runs) == (str(PROJECT_ROOT / ".cache"), str(PROJECT_ROOT / "runs"))
