@@ -174,27 +174,16 @@ _FILE_ROLES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gp
 
 
 def _read_json_or_lines(path: Path) -> list:
-    """A JSON list, or JSON lines (one record per line); errors name the file (and line)."""
+    """A JSON list, or JSON lines (one record per line), read by the converters' reader; errors name the file (and
+    line) as DataError."""
+    from .converters.base import load_json_lines
+
     try:
-        text = path.read_text(encoding="utf-8")
+        return load_json_lines(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc})") from None
-        return rows
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg}); expected a JSON list or "
-                                "JSON lines of LLaVA records") from None
-    return rows
+    except ValueError as exc:  # JSON syntax (names the file and line) or undecodable text
+        raise DataError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 def _file_turns(raw: dict, where: str) -> list[dict]:
