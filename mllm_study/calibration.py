@@ -132,20 +132,21 @@ def has_calibration(profile: str, params_file: Path = CALIBRATION_FILE) -> bool:
 
 def calibrate(profile: str, cache: str | None = None, runs: str | None = None, train: bool = True,
               progress: bool = False, stream=None, params_file: Path = CALIBRATION_FILE,
-              workers: int | None = None) -> Calibration:
+              workers: int | None = None, overrides: Any = None) -> Calibration:
     """Run (or reuse) the calibration sweep of ``profile``, extend grids whose best rate is on an edge, and check the
     profile's presets and convergence. Writes ``<runs>/calibration-<profile>.json``.
 
     Args:
         workers: local processes for the static grid (default :func:`mllm_study.sweep.default_workers`); the base
             model is pre-trained first, in this process.
+        overrides: ``--set`` values applied last (``mllm-study study --set``), e.g. another base-model recipe.
     """
     from .runs import run_id, resolve_spec, write_json_atomic
     from .study import profile_block, rq_params
     from .sweep import default_workers, expand_sweep, run_sweep, run_sweeps
 
     stream = stream or sys.stderr
-    params = rq_params(params_file, profile, cache, runs)
+    params = rq_params(params_file, profile, cache, runs, overrides=overrides)
     options = profile_block(params_file, profile).get("_calibration") or {}
     if not options:
         raise ConfigError(f"{params_file}: no _profiles.{profile}._calibration block: profile {profile!r} has no "

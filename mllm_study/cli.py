@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
         p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
         p.add_argument("--reports", help="reports folder (default: the profile's paths.reports)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one params key in every research question, the calibration and the notebooks, "
+                            "e.g. --set run.seed=1 or --set pretrain.lr=3e-3 (repeatable; applied last)")
         p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("calibrate", help="choose each PEFT method's learning rate for an embedded profile: a log grid "
@@ -366,7 +369,7 @@ def _cmd_study(args, train: bool = True) -> int:
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     summary = run_study(args.profile, only, cache=args.cache, runs=args.runs, reports=args.reports, train=train,
-                        force=args.force, progress=not args.quiet)
+                        force=args.force, progress=not args.quiet, overrides=list(args.overrides))
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
 

@@ -22,7 +22,7 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "list_profiles", "check_value",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides", "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -415,6 +415,18 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
     return key.strip(), value
+
+
+def parse_overrides(items: Any) -> dict[str, Any]:
+    """``{"section.key": value}`` from ``--set`` strings (a list, as the notebooks' ``overrides`` parameter holds
+    them) or an already parsed mapping; ``None`` or empty gives ``{}``."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    if isinstance(items, str):
+        items = [items]
+    return dict(parse_override(str(o)) for o in items)
 
 
 def _resolve_data_file(merged: dict[str, dict]) -> None:

@@ -14,7 +14,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,11 +27,13 @@ __all__ = ["GALLERY_SEED", "loss_curves", "gallery_items", "gallery_html", "runs
 GALLERY_SEED = 0  # the gallery's items are drawn with this seed: the same items in every render
 
 
-def world_dir(profile: str, cache: str | Path) -> Path | None:
-    """The embedded world's folder of ``profile`` (None for real-data profiles: their records name their images)."""
-    from .config import load_params, project_path
+def world_dir(profile: str, cache: str | Path, overrides: Any = None) -> Path | None:
+    """The embedded world's folder of ``profile`` and ``--set`` overrides (None for real-data profiles: their records
+    name their images)."""
+    from .config import load_params, parse_overrides, project_path
 
-    params = load_params(profile=profile, overrides={"paths.cache": str(project_path(cache))})  # from the root
+    params = load_params(profile=profile, overrides={**parse_overrides(overrides),
+                                                     "paths.cache": str(project_path(cache))})  # from the root
     if params.run.model != "tiny-llava":
         return None
     from .models import ensure_world

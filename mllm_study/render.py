@@ -184,7 +184,8 @@ def write_index(reports_dir: str | Path) -> Path:
         html_path = meta_path.with_suffix(".html")
         rel = html_path.relative_to(reports_dir).as_posix()
         params = meta["parameters"]
-        shown = ", ".join(f"{k}={_short(k, v)}" for k, v in params.items() if k != "train")
+        shown = ", ".join(f"{k}={_short(k, v)}" for k, v in params.items()
+                          if k != "train" and not (k == "overrides" and not v))
         status = meta.get("status", "?")
         link = f'<a href="{_html.escape(rel)}">{_html.escape(meta_path.parent.name)}</a>' \
             if html_path.exists() else _html.escape(meta_path.parent.name)

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import PARAMS_DIR, ConfigError, Params, load_params, project_path
+from .config import PARAMS_DIR, ConfigError, Params, load_params, parse_overrides, project_path
 
 __all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
@@ -105,7 +105,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
         The :class:`Params` whose ``sweep`` declares this RQ's runs under that profile.
     """
     params_file, cache, runs = project_path(params_file), project_path(cache), project_path(runs)
-    block, extra = profile_block(params_file, profile), overrides
+    block, extra = profile_block(params_file, profile), parse_overrides(overrides)
     overrides = {}
     for section, values in block.items():
         if section == "sweep" or section.startswith("_"):
@@ -131,19 +131,31 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
     return params
 
 
+def _override_strings(overrides: Any) -> list[str]:
+    """``--set`` values as ``section.key=value`` strings (what a notebook parameter can carry), checked."""
+    if not overrides:
+        return []
+    if isinstance(overrides, dict):
+        return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    items = [overrides] if isinstance(overrides, str) else [str(o) for o in overrides]
+    parse_overrides(items)  # a malformed one is an error here, before anything runs
+    return items
+
+
 def report_options(params_file: str | Path, profile: str) -> dict:
     """The ``_report`` options of an RQ file (analysis settings, e.g. ``n_ctx`` for FLOPs), profile block last."""
     top = _read_yaml(project_path(params_file)).get("_report") or {}
     return {**top, **(profile_block(params_file, profile).get("_report") or {})}
 
 
-def design_table(params_file: str | Path, profile: str):
-    """The runs an RQ declares under ``profile``, as factor -> levels (for the notebook's design section)."""
+def design_table(params_file: str | Path, profile: str, overrides: Any = None):
+    """The runs an RQ declares under ``profile`` (and ``--set`` overrides), as factor -> levels (for the notebook's
+    design section)."""
     import pandas as pd
 
     from .sweep import expand_sweep
 
-    specs = expand_sweep(rq_params(params_file, profile))
+    specs = expand_sweep(rq_params(params_file, profile, overrides=overrides))
     runs = [p.run for p in specs]
     rows = []
     for key in ("method", "placement", "connector", "dataset", "method_params", "train_size", "test_size", "seed",
@@ -195,7 +207,7 @@ def plan_runs(params: Params, cached: bool = False) -> list[str]:
 
 
 def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,
-                train: bool = True, progress: bool = False, stream=None):
+                train: bool = True, progress: bool = False, stream=None, overrides: Any = None):
     """Run (or reuse) every run an RQ declares under ``profile`` and return its tidy results table.
 
     Args:
@@ -205,6 +217,7 @@ def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None,
         train: run missing runs (``run_sweep``: skip finished, claim, record failures); False only collects.
         progress: progress bars while training.
         stream: where per-run status lines go (default: stdout, so a notebook shows them as plain output).
+        overrides: ``--set`` values (``["run.seed=1", ...]`` or a mapping), applied last, as under ``study --set``.
 
     Returns:
         ``(table, report)``: the tidy table of :func:`mllm_study.results.collect_results` restricted to this RQ's
@@ -214,7 +227,7 @@ def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None,
     from .results import collect_results
     from .sweep import run_sweep
 
-    params = rq_params(params_file, profile, cache, runs)
+    params = rq_params(params_file, profile, cache, runs, overrides=overrides)
     ids = plan_runs(params, cached=not train)
     failed: dict[str, str] = {}
     if train:
@@ -231,10 +244,11 @@ def ensure_runs(params_file: str | Path, profile: str, cache: str | None = None,
 
         missing = [rid for rid in ids if not is_done(Path(params.paths.runs) / rid)]
         if missing:
-            command = f"mllm-study sweep {_shown(params_file)} --profile {profile} --workers 2"
+            sets = "".join(f" --set {o}" for o in _override_strings(overrides))
+            command = f"mllm-study sweep {_shown(params_file)} --profile {profile}{sets} --workers 2"
             text = (f"{len(missing)} of {len(ids)} runs of {_shown(params_file)} ({profile}) are missing in "
                     f"{_shown(params.paths.runs)}, e.g. {', '.join(missing[:3])}; make them with `{command}` "
-                    f"(or `mllm-study study --profile {profile}`, or train=True here)")
+                    f"(or `mllm-study study --profile {profile}{sets}`, or train=True here)")
             if len(missing) == len(ids):
                 raise FileNotFoundError(text)
             print(text, file=stream or sys.stdout)
@@ -252,11 +266,11 @@ def _shown(path: str | Path) -> str:
 
 
 def load_rq_tables(profile: str, cache: str | None = None, runs: str | None = None, train: bool = False,
-                   params_dir: Path = PARAMS_DIR) -> dict[str, tuple[Any, Any]]:
+                   params_dir: Path = PARAMS_DIR, overrides: Any = None) -> dict[str, tuple[Any, Any]]:
     """``{rq stem: (table, report)}`` for every ``params/rq*.yaml`` (what the summary notebook reads)."""
     out = {}
     for path in sorted(Path(params_dir).glob("rq*.yaml")):
-        out[path.stem] = ensure_runs(path, profile, cache, runs, train=train)
+        out[path.stem] = ensure_runs(path, profile, cache, runs, train=train, overrides=overrides)
     return out
 
 
@@ -334,7 +348,7 @@ def _inputs_key(notebook: Path, parameters: dict, files: list[Path], run_ids: li
 
 def run_study(profile: str, notebooks: list[str] | None = None, cache: str | None = None, runs: str | None = None,
               reports: str | None = None, train: bool = True, force: bool = False, progress: bool = True,
-              stream=None) -> StudySummary:
+              stream=None, overrides: Any = None) -> StudySummary:
     """Train (or reuse) every run of the selected RQs, then execute their notebooks and render the HTML reports.
 
     Args:
@@ -344,6 +358,8 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         train: train missing runs first (False: only re-render from what exists, ``mllm-study report``).
         force: re-render reports whose inputs did not change.
         progress: progress bars and per-notebook lines on ``stream`` (default stderr).
+        overrides: ``--set`` values (``["run.seed=1", ...]``), applied last to every research question's params,
+            the calibration and the notebooks (their ``overrides`` parameter), so reports show the runs trained.
 
     Returns:
         A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
@@ -357,14 +373,18 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     unknown = sorted(set(stems) - set(list_notebooks()))
     if unknown:
         raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(list_notebooks())}")
-    base = load_params(profile=profile)
+    sets = _override_strings(overrides)
+    base = load_params(profile=profile, overrides=parse_overrides(sets))
     cache_dir = Path(cache or base.paths.cache).resolve()
     runs_dir = Path(runs or base.paths.runs).resolve()
     reports_dir = Path(reports or base.paths.reports).resolve()
     summary = StudySummary(profile=profile)
     rq_files = {p.stem: p for p in sorted(PARAMS_DIR.glob("rq*.yaml"))}
     needed = rq_files if SUMMARY_NOTEBOOK in stems else {s: rq_files[s] for s in stems if s in rq_files}
-    rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir)) for stem, path in needed.items()}
+    rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir), overrides=sets) for stem, path in needed.items()}
+    if sets:
+        print(f"== overrides: {' '.join(sets)} (reports in {reports_dir} are replaced; --reports keeps them apart)",
+              file=stream, flush=True)
     workers = default_workers()
     if train:
         # 0. world and base model, once, in this process (before any worker starts)
@@ -379,7 +399,8 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
 
         if has_calibration(profile):
             cal = _timed(summary, "calibration", lambda: calibrate(profile, str(cache_dir), str(runs_dir),
-                                                                   stream=stream, workers=workers), stream)
+                                                                   stream=stream, workers=workers,
+                                                                   overrides=sets), stream)
             summary.calibration = cal.lines()
             summary.runs_failed.update(cal.failed)
             print("\n".join(summary.calibration), file=stream, flush=True)
@@ -403,7 +424,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         nb = NOTEBOOKS_DIR / f"{stem}.ipynb"
         params_file = rq_files.get(stem)
         parameters = {"profile": profile, "params_file": str(params_file) if params_file else "",
-                      "cache": str(cache_dir), "runs": str(runs_dir), "train": False}
+                      "cache": str(cache_dir), "runs": str(runs_dir), "train": False, "overrides": sets}
         html = reports_dir / stem / f"{profile}.html"
         files = [PARAMS_DIR / "defaults.yaml", PARAMS_DIR / f"{profile}.yaml",
                  *([params_file] if params_file else list(rq_files.values()))]

@@ -638,7 +638,8 @@ def _base_model_of(recipe_dir: Path, runs_dir: str | Path, run_ids: list[str] | 
     return present[0] if len(present) == 1 else recipe_dir
 
 
-def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_ids: list[str] | None = None):
+def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_ids: list[str] | None = None,
+                   overrides: Any = None):
     """What a report shows about its own evidence (embedded world only; None for real-model profiles).
 
     Returns ``(criteria, figures)``: one row per criterion (passed, failures that concern ``run_ids``, all failures
@@ -651,11 +652,11 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     """
     import pandas as pd
 
-    from .config import load_params, project_path
+    from .config import load_params, parse_overrides, project_path
     from .models import ensure_world, tiny_llava_dir
 
     cache, runs_dir = project_path(cache), project_path(runs_dir)  # as the notebooks pass them: from the root
-    params = load_params(profile=profile, overrides={"paths.cache": str(cache)})
+    params = load_params(profile=profile, overrides={**parse_overrides(overrides), "paths.cache": str(cache)})
     if params.run.model != "tiny-llava":
         return None
     world = ensure_world(params, progress=False)

@@ -112,6 +112,30 @@ def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kerne
     assert f'href="{stem}/smoke.html"' in index
 
 
+def test_study_set_reaches_the_runs_the_calibration_and_the_notebook(tmp_path, kernel, shared):
+    """``mllm-study study --set run.seed=7``: every run it trains (calibration included) has seed 7, and the
+    notebook reads those runs (its design table says seed 7) rather than the profile's own."""
+    from mllm_study.runs import read_json
+
+    stem, runs = "rq4_data_size", tmp_path / "runs"
+    summary = study.run_study("smoke", notebooks=[stem], cache=shared["cache"], runs=str(runs),
+                              reports=str(tmp_path / "reports"), progress=False, stream=io.StringIO(),
+                              overrides=["run.seed=7"])
+    assert summary.ok, summary.lines()
+    seeds = {read_json(d / "spec.json")["run"]["seed"] for d in runs.iterdir() if (d / "spec.json").exists()}
+    assert seeds == {7} and summary.runs_trained == 3 and summary.calibration
+    html = tmp_path / "reports" / stem / "smoke.html"
+    meta = json.loads(html.with_suffix(".json").read_text())
+    assert meta["parameters"]["overrides"] == ["run.seed=7"]
+    executed = nbformat.read(str(html.with_suffix(".ipynb")), as_version=4)
+    design = next(o for c in executed.cells for o in c.get("outputs", []) if "factor" in str(o.get("data", "")))
+    assert re.search(r"<td[^>]*>seed</td>\s*<td[^>]*>1</td>\s*<td[^>]*>7</td>", design["data"]["text/html"])
+    assert "overrides=[&#x27;run.seed=7&#x27;]" in (tmp_path / "reports" / "index.html").read_text()
+    with pytest.raises(ValueError, match="section.key=value"):
+        study.run_study("smoke", notebooks=[stem], runs=str(runs), overrides=["seed7"], progress=False,
+                        stream=io.StringIO())
+
+
 def test_a_notebook_names_a_parameter_it_does_not_know_and_missing_runs(tmp_path, kernel, shared):
     nb = ROOT / "notebooks" / "rq4_data_size.ipynb"
     bad = {"profile": "smoke", "params_file": "params/rq4_data_size.yaml", "cache": shared["cache"],
