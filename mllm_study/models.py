@@ -26,7 +26,7 @@ from .config import Params, PretrainConfig
 __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
     "tiny_llava_dir", "load_model", "load_checkpoint", "image_use_check", "world_corpus",
-    "image_only_qwen2_vl_processor",
+    "image_only_qwen2_vl_processor", "world_tokenizer", "pretrain_tokenizer", "pretrain_inputs", "VOCABULARY_FILE",
 ]
 
 TINY_MODEL = "tiny-llava"
@@ -89,6 +89,38 @@ def build_tokenizer(texts: list[str], case_sensitive: bool = False):
                                    padding_side="left")
 
 
+#: The word-level vocabulary of the embedded world, in id order (committed; measured from the quick world, seed 0).
+#: The tiny model's tokenizer is built from it, not from the generated text, so that an unseen family's generator can
+#: change (its prompts, its answer formats) without moving the pre-trained weights; a word outside it is a test failure
+#: (tests/test_world.py), and adding one changes the embedding matrix, i.e. the base model.
+VOCABULARY_FILE = Path(__file__).parent / "world" / "vocabulary.json"
+
+
+def world_tokenizer(vocabulary: list[str] | None = None):
+    """The tiny model's tokenizer over the committed world vocabulary (the same ids as :func:`build_tokenizer` on the
+    quick world's text, which produced it): lowercasing, whitespace/punctuation split, ``<s>`` prepended."""
+    from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = vocabulary if vocabulary is not None else json.loads(VOCABULARY_FILE.read_text())
+    if tokens[:len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or len(set(tokens)) != len(tokens):
+        raise ValueError(f"{VOCABULARY_FILE}: must start with {SPECIAL_TOKENS} and hold no duplicate")
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
+                                   padding_side="left")
+
+
+def pretrain_tokenizer(cfg: PretrainConfig, world_dir: str | Path):
+    """The tokenizer a pre-training uses: the committed vocabulary, or (``pretrain.case_sensitive``, a measured
+    option) one trained on the world's own text with case kept."""
+    return build_tokenizer(world_corpus(world_dir), True) if cfg.case_sensitive else world_tokenizer()
+
+
 def build_tiny_llava(tokenizer, cfg: PretrainConfig, seed: int | None = None):
     """A randomly initialised tiny LLaVA and its processor, from transformers configs only (no download)."""
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
@@ -132,20 +164,38 @@ def ensure_world(params: Params, progress: bool = True) -> Path:
 
 
 def recipe_code_digest() -> str:
-    """SHA-256 over the source of every module that decides the pre-trained weights (world/ and RECIPE_MODULES)."""
+    """SHA-256 over the source of every module whose code decides the pre-trained weights (RECIPE_MODULES); the
+    world's code enters through the data it generated (:func:`pretrain_inputs`)."""
     root = Path(__file__).parent
-    files = sorted((root / "world").glob("*.py")) + [root / m for m in RECIPE_MODULES]
     digest = hashlib.sha256()
-    for f in files:
+    for f in [root / m for m in RECIPE_MODULES]:
         digest.update(f"{f.relative_to(root)}\n".encode() + f.read_bytes())
     return digest.hexdigest()
+
+
+def pretrain_inputs(cfg: PretrainConfig, world_dir: Path) -> dict[str, str]:
+    """Content digests of every world file a pre-training reads: the ``pretrain`` split (records and images) of the
+    alignment and seen families, and the vocabulary (the committed file, or with ``case_sensitive`` the whole
+    world, whose text then trains the tokenizer). Unseen families do not enter: they can change without moving
+    the base model."""
+    manifest = json.loads((world_dir / "manifest.json").read_text())
+    splits = manifest.get("split_fingerprints") or {}
+    out = {}
+    for family in ("align", *SEEN_FAMILIES):
+        key = f"{family}/pretrain"
+        if key not in splits:
+            raise ValueError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: delete "
+                             f"{world_dir} and it is regenerated)")
+        out[key] = splits[key]
+    out["vocabulary"] = manifest["fingerprint"] if cfg.case_sensitive else \
+        hashlib.sha256(VOCABULARY_FILE.read_bytes()).hexdigest()
+    return out
 
 
 def _recipe_key(cfg: PretrainConfig, world_dir: Path) -> str:
     import transformers
 
-    manifest = json.loads((world_dir / "manifest.json").read_text())
-    recipe = {"pretrain": dataclasses.asdict(cfg), "world": manifest.get("fingerprint", manifest),
+    recipe = {"pretrain": dataclasses.asdict(cfg), "inputs": pretrain_inputs(cfg, world_dir),
               "recipe_version": RECIPE_VERSION, "code": recipe_code_digest(),
               "versions": [torch.__version__, transformers.__version__]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
@@ -195,8 +245,9 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     cfg = params.pretrain
     out = tiny_llava_dir(params, world_dir)
     if (out / "pretrain_record.json").exists():
+        _refresh_image_use_check(out, world_dir, cfg.eval_size, progress)
         return out
-    tokenizer = build_tokenizer(world_corpus(world_dir), cfg.case_sensitive)
+    tokenizer = pretrain_tokenizer(cfg, world_dir)
     model, processor = build_tiny_llava(tokenizer, cfg)
     collator = Collator(processor, mode="train")
     record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}
@@ -232,6 +283,7 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     for p in model.parameters():
         p.requires_grad = False
     record["image_use_check"] = image_use_check(model, processor, world_dir, cfg.eval_size, progress)
+    record["image_use_world"] = _world_fingerprint(world_dir)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -243,6 +295,27 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     else:
         tmp.rename(out)
     return out
+
+
+def _world_fingerprint(world_dir: Path) -> str:
+    return json.loads((Path(world_dir) / "manifest.json").read_text())["fingerprint"]
+
+
+def _refresh_image_use_check(model_dir: Path, world_dir: Path, size: int, progress: bool) -> None:
+    """Re-measure the record's image-use check when the world changed since (an unseen family's generator: the
+    weights do not depend on it, its zero-shot scores do). Rewrites ``pretrain_record.json`` atomically."""
+    path = model_dir / "pretrain_record.json"
+    record = json.loads(path.read_text())
+    fingerprint = _world_fingerprint(world_dir)
+    if record.get("image_use_world") == fingerprint:
+        return
+    model, processor = load_checkpoint(model_dir)
+    model.eval()
+    record["image_use_check"] = image_use_check(model, processor, world_dir, size, progress)
+    record["image_use_world"] = fingerprint
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

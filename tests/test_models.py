@@ -92,13 +92,66 @@ def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_
     second = models.pretrain_tiny_llava(again, world, progress=False)
     digest = [hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest() for d in (smoke_model_dir, second)]
     assert digest[0] == digest[1]
-    # a change to the code of the world or of the training loop changes the recipe key
+    # a change to the code of the training loop or to the vocabulary changes the recipe key
     root = Path(mllm_study.__file__).parent
     read = Path.read_bytes
-    for changed in (root / "world" / "tasks.py", root / "train.py"):
+    for changed in (root / "train.py", root / "data.py", models.VOCABULARY_FILE):
         monkeypatch.setattr(Path, "read_bytes", lambda self, c=changed: read(self) + (b"#" if self == c else b""))
         assert models.tiny_llava_dir(again, world).name != smoke_model_dir.name, changed
         monkeypatch.setattr(Path, "read_bytes", read)
+
+
+def _world_with_manifest(world: Path, tmp_path: Path, edit) -> Path:
+    """A world folder whose manifest is ``world``'s edited by ``edit`` (the recipe key reads only the manifest)."""
+    out = tmp_path / f"w{len(list(tmp_path.iterdir()))}"
+    out.mkdir()
+    manifest = json.loads((world / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_the_recipe_key_follows_the_pretraining_data_not_the_unseen_families(smoke_params, smoke_world, tmp_path):
+    """Pre-training reads the pretrain splits of align and the seen families and the committed vocabulary: a change
+    to any of them is a new base model; a changed unseen family (its prompts, its answers) keeps it."""
+    from mllm_study import models
+
+    key = models.tiny_llava_dir(smoke_params, smoke_world).name
+
+    def changed(split):
+        def edit(m):
+            m["split_fingerprints"][split] = "0" * 64
+            m["fingerprint"] = "1" * 64
+        return models.tiny_llava_dir(smoke_params, _world_with_manifest(smoke_world, tmp_path, edit)).name
+
+    for unseen in ("sqa/train", "sqa/test", "iconqa_txt/test", "flickr30k/train", "pope/random", "vqav2/test"):
+        assert changed(unseen) == key, unseen
+    for read in ("align/pretrain", "okvqa/pretrain", "ocrvqa/pretrain", "vqav2/pretrain"):
+        assert changed(read) != key, read
+    old = _world_with_manifest(smoke_world, tmp_path, lambda m: m.pop("split_fingerprints"))
+    with pytest.raises(ValueError, match="no fingerprint of align/pretrain"):
+        models.tiny_llava_dir(smoke_params, old)
+
+
+def test_the_committed_vocabulary_gives_the_ids_the_world_text_gave(smoke_world):
+    """The tokenizer over the committed vocabulary encodes like one trained on the text it was measured from, and
+    covers every word of the world (an unknown word would be read as <unk> by the tiny model)."""
+    from mllm_study import models
+
+    tok = models.world_tokenizer()
+    texts = models.world_corpus(smoke_world)
+    backend, vocab = tok.backend_tokenizer, tok.get_vocab()
+    unknown = sorted({w for t in texts for w, _ in backend.pre_tokenizer.pre_tokenize_str(t.lower()) if w not in vocab})
+    assert not unknown, f"words outside {models.VOCABULARY_FILE.name}: {unknown[:10]}"
+    trained = build_tokenizer(texts)
+    shared = set(trained.get_vocab()) & set(tok.get_vocab())
+    sample = [t for t in texts[::37]]
+    same = [tok.convert_ids_to_tokens(tok(t)["input_ids"]) == trained.convert_ids_to_tokens(trained(t)["input_ids"])
+            for t in sample]  # the same tokens (the ids differ: the smoke world's words have other frequencies)
+    assert all(same) and len(same) > 10
+    assert shared == set(trained.get_vocab())  # the smoke world's words are a subset
+    with pytest.raises(ValueError, match="must start with"):
+        models.world_tokenizer(["the", "<pad>"])
 
 
 def test_a_case_sensitive_tokenizer_keeps_option_letters_apart_from_articles():

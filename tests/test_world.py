@@ -482,3 +482,25 @@ def test_seen_pretrain_split_teaches_the_unseen_formats(world):
     assert formats[None] < sum(formats.values()) * 0.7
     for fam in ("vqav2", "okvqa", "ocrvqa"):  # the columns the study scores stay plain
         assert not any(r.get("format") for split in ("train", "test") for r in load(world[0], fam, split))
+
+
+def test_every_profile_speaks_the_committed_vocabulary():
+    """Items of every family and split, sampled across the full profile's index range (the quick and smoke worlds
+    are its prefixes), use only words of mllm_study/world/vocabulary.json, which the tiny model's tokenizer is built
+    from: a generator that adds a word must add it there (and so re-pretrains the base model)."""
+    from mllm_study.models import VOCABULARY_FILE, world_tokenizer
+
+    tok = world_tokenizer()
+    vocab, backend = tok.get_vocab(), tok.backend_tokenizer
+    unknown: dict[str, str] = {}
+    for family in FAMILY_ORDER:
+        for split, n in split_sizes(family, "full").items():
+            for i in range(0, n, max(1, n // 40)):
+                record, _ = build_item(family, 0, split, i)
+                texts = [t["value"] for t in record["conversations"]] + list(record.get("references") or []) + \
+                    list(record.get("choices") or [])
+                for text in texts:
+                    for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text)):
+                        if word not in vocab:
+                            unknown.setdefault(word, f"{family}/{split}/{i}")
+    assert not unknown, f"words outside {VOCABULARY_FILE.name}: {dict(list(unknown.items())[:10])}"

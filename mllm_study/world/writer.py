@@ -98,10 +98,14 @@ def _dumps_records(records: list[dict]) -> str:
 def _write_world(root: Path, profile: str, seed: int, families: list[str], progress: bool) -> dict:
     hashes: dict[str, str] = {}
 
-    def write(rel: str, data: bytes) -> None:
+    split_hashes: dict[str, hashlib._Hash] = {}
+
+    def write(rel: str, data: bytes, split: str | None = None) -> None:
         path = root / rel
         path.write_bytes(data)
         hashes[rel] = hashlib.sha256(data).hexdigest()
+        if split is not None:  # what one split's consumers read: its records and images, nothing else
+            split_hashes.setdefault(split, hashlib.sha256()).update(f"{rel} {hashes[rel]}\n".encode())
 
     plan = {f: split_sizes(f, profile) for f in families}
     total = sum(n for sizes in plan.values() for n in sizes.values())
@@ -116,10 +120,10 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
                     record, image = build_item(family, seed, split, i)
                     buf = io.BytesIO()
                     image.save(buf, format="PNG")  # Pillow writes no timestamp: identical bytes for identical pixels
-                    write(f"{family}/images/{record['image']}", buf.getvalue())
+                    write(f"{family}/images/{record['image']}", buf.getvalue(), f"{family}/{split}")
                     records.append(record)
                     bar.update(1)
-                write(f"{family}/{split}.json", _dumps_records(records).encode())
+                write(f"{family}/{split}.json", _dumps_records(records).encode(), f"{family}/{split}")
             meta = {
                 "name": family, "family": family, "metric": info.metric, "group": info.group,
                 "max_new_tokens": info.max_new_tokens, "image_folder": "images", "splits": sizes,
@@ -131,7 +135,8 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
     fingerprint = hashlib.sha256("".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()).hexdigest()
     manifest = {"generator": GENERATOR_VERSION, "code": world_code_digest(), "profile": profile, "seed": seed,
                 "families": fam_entries,
-                "n_files": len(hashes), "fingerprint": fingerprint}
+                "n_files": len(hashes), "fingerprint": fingerprint,
+                "split_fingerprints": {k: h.hexdigest() for k, h in sorted(split_hashes.items())}}
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -158,7 +163,9 @@ def generate_world(
         progress: show a tqdm progress bar.
 
     Returns:
-        The manifest: generator, profile, seed, families (column, metric, group, split sizes), n_files, fingerprint.
+        The manifest: generator, profile, seed, families (column, metric, group, split sizes), n_files, fingerprint
+        (all files) and split_fingerprints (per ``family/split``: its records and images; pre-training keys on those
+        it reads).
 
     Raises:
         KeyError: unknown profile or family.
