@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one params key, e.g. --set run.lr=1e-4 (repeatable)")
 
     p = sub.add_parser("results", help="the tidy results table of finished runs (CSV to stdout or --out)")
-    p.add_argument("--runs", default="runs", help="runs folder")
+    p.add_argument("--runs", help="runs folder (default: the project's runs/)")
     p.add_argument("--out", help="write CSV (or .parquet) here instead of printing")
 
     sub.add_parser("params", add_help=False, help="parameter and FLOP accounting of a method on a model, no weights "
@@ -170,12 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _here(path: str | None) -> str | None:
+    """A folder given on the command line: relative to the working directory, as a shell user means it."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
 def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from .config import load_params, parse_override
+    """Params of a command: defaults <- profile <- --params <- --set. The ``paths`` of params files are taken from
+    the project root (from any working directory the same cache, base model and runs, as in the notebooks); a
+    ``--set paths.X=...`` value from the working directory."""
+    import dataclasses
+
+    from .config import load_params, parse_override, project_path
 
     overrides = dict(parse_override(o) for o in args.overrides)
     overrides.update(extra or {})
-    return load_params(args.params, args.profile, overrides)
+    overrides.update({k: _here(str(v)) for k, v in overrides.items() if k.startswith("paths.") and v is not None})
+    params = load_params(args.params, args.profile, overrides)
+    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
+                                                       dataclasses.asdict(params.paths).items()})
+    return params
 
 
 def _cmd_world(args) -> int:
@@ -245,12 +259,20 @@ def _cmd_run(args) -> int:
 def sweep_params(path: str, profile: str | None, overrides: dict):
     """Params of ``mllm-study sweep PATH --profile P``: a research-question file's ``_profiles.<P>`` design applies,
     exactly as under ``mllm-study study``, so both commands plan the same runs."""
-    from .config import load_params
+    import dataclasses
+
+    from .config import load_params, project_path
     from .study import rq_params
 
+    if Path(path).exists():  # a file named from the working directory; else from the project root
+        path = _here(path)
+    overrides = {k: (_here(str(v)) if k.startswith("paths.") and v is not None else v) for k, v in overrides.items()}
     if profile:
         return rq_params(path, profile, overrides=overrides)
-    return load_params(path, None, overrides)
+    params = load_params(path, None, overrides)
+    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
+                                                       dataclasses.asdict(params.paths).items()})
+    return params
 
 
 def _cmd_sweep(args) -> int:
@@ -368,7 +390,8 @@ def _cmd_study(args, train: bool = True) -> int:
     from .study import run_study
 
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
-    summary = run_study(args.profile, only, cache=args.cache, runs=args.runs, reports=args.reports, train=train,
+    summary = run_study(args.profile, only, cache=_here(args.cache), runs=_here(args.runs),
+                        reports=_here(args.reports), train=train,
                         force=args.force, progress=not args.quiet, overrides=list(args.overrides))
     print("\n".join(summary.lines()))
     return 0 if summary.ok else 1
@@ -377,9 +400,12 @@ def _cmd_study(args, train: bool = True) -> int:
 def _cmd_results(args) -> int:
     from .results import collect_results
 
-    if not Path(args.runs).is_dir():
-        raise FileNotFoundError(f"runs folder not found: {args.runs}")
-    table, report = collect_results(args.runs)
+    from .config import load_params, project_path
+
+    runs = Path(_here(args.runs)) if args.runs else project_path(load_params().paths.runs)
+    if not runs.is_dir():
+        raise FileNotFoundError(f"runs folder not found: {runs}")
+    table, report = collect_results(runs)
     print(report, file=sys.stderr)
     if args.out:
         if str(args.out).endswith(".parquet"):
@@ -413,7 +439,7 @@ def _cmd_rescore(args) -> int:
 def _cmd_calibrate(args) -> int:
     from .calibration import calibrate
 
-    result = calibrate(args.profile, cache=args.cache, runs=args.runs, progress=False, workers=args.workers,
+    result = calibrate(args.profile, cache=_here(args.cache), runs=_here(args.runs), progress=False, workers=args.workers,
                        stream=sys.stderr if not args.quiet else io.StringIO())
     print("\n".join(result.lines()))
     return 0 if result.ok else 1
@@ -424,7 +450,7 @@ def _cmd_validate(args) -> int:
     from .validity import run_dirs, validate
 
     params = _params(args)
-    runs = Path(args.runs or params.paths.runs)
+    runs = Path(_here(args.runs) or params.paths.runs)
     run_dirs(runs)  # a missing or empty runs folder is an error before any world is generated
     world = Path(args.world) if args.world else ensure_world(params, not args.quiet)
     base = Path(args.base_model) if args.base_model else (

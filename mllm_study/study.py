@@ -375,9 +375,10 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(list_notebooks())}")
     sets = _override_strings(overrides)
     base = load_params(profile=profile, overrides=parse_overrides(sets))
-    cache_dir = Path(cache or base.paths.cache).resolve()
-    runs_dir = Path(runs or base.paths.runs).resolve()
-    reports_dir = Path(reports or base.paths.reports).resolve()
+    # from the project root unless absolute (the CLI passes its folders absolute): the same files from any directory
+    cache_dir = project_path(cache or base.paths.cache).resolve()
+    runs_dir = project_path(runs or base.paths.runs).resolve()
+    reports_dir = project_path(reports or base.paths.reports).resolve()
     summary = StudySummary(profile=profile)
     rq_files = {p.stem: p for p in sorted(PARAMS_DIR.glob("rq*.yaml"))}
     needed = rq_files if SUMMARY_NOTEBOOK in stems else {s: rq_files[s] for s in stems if s in rq_files}

@@ -190,12 +190,20 @@ class Progress:
 
     @staticmethod
     def _done(runs_dir: Path, ids: list[str]) -> int:
-        from .runs import is_done
+        """Runs that ended: finished, or failed in this study (a failed run counts as attempted; it re-runs next
+        time)."""
+        from .runs import is_done, read_json
 
-        return sum(is_done(runs_dir / rid) for rid in ids)
+        def failed(rid: str) -> bool:
+            try:
+                return read_json(runs_dir / rid / "status.json").get("status") == "failed"
+            except (OSError, ValueError):
+                return False
+
+        return sum(is_done(runs_dir / rid) or failed(rid) for rid in ids)
 
     def line(self, rid: str, seconds: float, failed: str | None = None) -> str:
-        """``[done/total] <rid> 12.3 s, accuracy 0.615 | elapsed 3:12, ETA 5:40`` (or ``failed: ...``)."""
+        """``[ended/total] <rid> 12.3 s, accuracy 0.615 | elapsed 3:12, ETA 5:40`` (or ``failed: ...``)."""
         from .runs import read_json
 
         done = self._done(Path(self.runs_dir), self.ids)

@@ -151,3 +151,22 @@ def test_world_command_is_deterministic(tmp_path, capsys):
     assert "world written to" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["seed"] == 0
+
+
+def test_params_paths_are_the_projects_from_any_directory_and_command_line_folders_the_shells(tmp_path, monkeypatch):
+    """From another working directory a command reads the project's .cache and runs/ (not a fresh cache that would
+    pre-train the base model again); folders typed on the command line are taken from the working directory."""
+    from pathlib import Path
+
+    from mllm_study import cli
+    from mllm_study.config import PROJECT_ROOT
+
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args(["validate", "--profile", "smoke"])
+    params = cli._params(args)
+    assert Path(params.paths.cache) == PROJECT_ROOT / ".cache" and Path(params.paths.runs) == PROJECT_ROOT / "runs"
+    args = cli.build_parser().parse_args(["validate", "--profile", "smoke", "--set", "paths.runs=mine"])
+    assert Path(cli._params(args).paths.runs) == tmp_path / "mine"
+    (tmp_path / "my.yaml").write_text("paths: {runs: elsewhere}\n")
+    assert Path(cli.sweep_params("my.yaml", None, {}).paths.runs) == PROJECT_ROOT / "elsewhere"
+    assert main(["results", "--runs", "nothing-here"]) == 2
