@@ -65,6 +65,12 @@ def test_notebook_is_committed_clean(stem):
     assert nb.cells[1].cell_type == "markdown" and nb.cells[1].source.startswith("# RQ")
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "strip outputs"
+    # papermill --help-notebook infers every parameter with its type (a comment it cannot parse drops the line)
+    from papermill.translators import PythonTranslator
+
+    inferred = {p.name: p.inferred_type_name for p in PythonTranslator.inspect(nb.cells[0])}
+    assert inferred == {"profile": "str", "params_file": "str", "cache": "str", "runs": "str", "train": "bool",
+                        "overrides": "list"}, inferred
     if stem != "rq8_summary":
         intro = nb.cells[1].source
         assert all(w in intro for w in ("Scientific factors", "Nuisance factors", "Fixed")), "repeat the design"
