@@ -421,6 +421,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     report_start = time.perf_counter()
 
     # 3. notebooks -> reports/<stem>/<profile>.html (skipped when nothing they depend on changed)
+    pending: list[tuple[str, tuple]] = []
     for k, stem in enumerate(stems, 1):
         nb = NOTEBOOKS_DIR / f"{stem}.ipynb"
         params_file = rq_files.get(stem)
@@ -431,17 +432,51 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
                  *([params_file] if params_file else list(rq_files.values()))]
         ids = plans.get(stem) or [rid for ids in plans.values() for rid in ids]
         key = _inputs_key(nb, parameters, [f for f in files if f.exists()], ids, runs_dir)
-        print(f"[{k}/{len(stems)}] {stem} -> {html}", file=stream, flush=True)
         if not force and rep.report_is_current(html, key):
+            print(f"[{k}/{len(stems)}] {stem}: unchanged, {_shown(html)}", file=stream, flush=True)
             summary.reports[stem] = {"status": "ok", "html": str(html), "seconds": 0.0, "cached": True}
             continue
-        result = rep.execute_notebook(nb, parameters, html, cwd=ROOT, key=key)
+        pending.append((stem, (nb, parameters, html, ROOT, key)))
+    for stem, result in _execute_notebooks(pending, workers):  # one kernel per worker (each loads the runs)
+        html = reports_dir / stem / f"{profile}.html"
+        done = len(summary.reports) + 1
+        print(f"[{done}/{len(stems)}] {stem} {result.status} in {result.seconds:.0f} s -> {_shown(html)}"
+              + (f": {result.error}" if result.error else ""), file=stream, flush=True)
         summary.reports[stem] = {"status": result.status, "html": str(html), "seconds": result.seconds,
                                  "cached": False, "error": result.error}
+    summary.reports = {stem: summary.reports[stem] for stem in stems if stem in summary.reports}
     summary.index = str(rep.write_index(reports_dir))
     summary.stages["reports"] = time.perf_counter() - report_start
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _execute_one(args: tuple):
+    from .render import execute_notebook
+
+    nb, parameters, html, cwd, key = args
+    return execute_notebook(nb, parameters, html, cwd=cwd, key=key)
+
+
+def _execute_notebooks(pending: list[tuple[str, tuple]], workers: int):
+    """``(stem, NotebookResult)`` as each notebook finishes; up to ``workers`` kernels at once (spawned processes,
+    like the sweep's workers), so a 2-core machine renders two reports at a time."""
+    if workers <= 1 or len(pending) <= 1:
+        for stem, args in pending:
+            yield stem, _execute_one(args)
+        return
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(min(workers, len(pending))) as pool:
+        results = {stem: pool.apply_async(_execute_one, (args,)) for stem, args in pending}
+        waiting = dict(results)
+        while waiting:
+            for stem, res in list(waiting.items()):
+                if res.ready():
+                    del waiting[stem]
+                    yield stem, res.get()
+            if waiting:
+                time.sleep(0.2)
 
 
 def _timed(summary: StudySummary, stage: str, fn, stream):

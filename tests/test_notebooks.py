@@ -106,16 +106,20 @@ def test_notebook_renders_on_smoke(stem, kernel, shared):
     assert meta["status"] == "ok" and meta["parameters"]["profile"] == "smoke"
 
 
-def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kernel):
-    stem = "rq4_data_size"  # small; its runs exist (the fixture trained them), so only the notebook executes
+def test_study_driver_skips_unchanged_reports_and_writes_the_index(shared, kernel, monkeypatch):
+    stems = ["rq4_data_size", "rq2_placement"]  # small; their runs exist (the fixture trained them)
+    monkeypatch.setenv("MLLM_STUDY_WORKERS", "2")  # two kernels at once, as on a 2-core machine
     kwargs = dict(cache=shared["cache"], runs=shared["runs"], reports=str(shared["reports"] / "driver"),
-                  progress=False, stream=io.StringIO())
-    first = study.run_study("smoke", notebooks=[stem], **kwargs)
-    assert first.ok and not first.reports[stem]["cached"], first.lines()
-    second = study.run_study("smoke", notebooks=[stem], train=False, **kwargs)
-    assert second.ok and second.reports[stem]["cached"] and second.runs_trained == 0
+                  progress=False)
+    log = io.StringIO()
+    first = study.run_study("smoke", notebooks=stems, stream=log, **kwargs)
+    assert first.ok and not any(first.reports[s]["cached"] for s in stems), first.lines()
+    assert list(first.reports) == stems  # in the order asked, whichever kernel finished first
+    assert sorted(re.findall(r"\[\d/2\] (\w+) ok in \d+ s", log.getvalue())) == sorted(stems), log.getvalue()
+    second = study.run_study("smoke", notebooks=stems, train=False, stream=io.StringIO(), **kwargs)
+    assert second.ok and all(second.reports[s]["cached"] for s in stems) and second.runs_trained == 0
     index = Path(second.index).read_text()
-    assert f'href="{stem}/smoke.html"' in index
+    assert all(f'href="{s}/smoke.html"' in index for s in stems)
 
 
 def test_study_set_reaches_the_runs_the_calibration_and_the_notebook(tmp_path, kernel, shared):
