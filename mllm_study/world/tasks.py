@@ -62,7 +62,8 @@ class FamilyInfo:
 
 FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
     FamilyInfo("sqa", "SQA (img)", "mc_accuracy", "unseen", 4, "{question} A. c1, B. c2, ...", UNSEEN_SPLITS,
-               "multiple choice: a rule in the context applied to the image; answer the letter"),
+               "multiple choice: a rule in the context applied to the image; lettered options, answered with the "
+               "option's text (the tiny model cannot bind letters: README; a letter is read as its option)"),
     FamilyInfo("vizwiz", "VizWiz", "vqa_score", "unseen", 6, VIZWIZ_SUFFIX, UNSEEN_SPLITS,
                "VQA on blurred / noisy / occluded images; questions about occluded cells are unanswerable"),
     FamilyInfo("iconqa_txt", "IconQA-txt", "accuracy", "unseen", 6, ICONQA_TXT_SUFFIX, UNSEEN_SPLITS,
@@ -267,12 +268,14 @@ def _sqa(rng: np.random.Generator) -> dict:
         scene = _draw(rng, lambda: sample_scene(rng), lambda s: (len(s["objects"]) >= k) == (gold == "yes"))
         context = f"In this world, a picture is crowded when it shows at least {k} objects."
         question, options = "Is this picture crowded?", ["yes", "no"]
+    # Lettered options as in ScienceQA, but the answer taught and expected is the option's text: the tiny model
+    # cannot bind an answer to its letter (README, "Base model"); a letter is still read as its option
+    # (metrics.extract_choice), so the base model's lettered zero-shot answers are parsed and score at chance.
     choices = shuffled(rng, options)
-    letter = "ABCDE"[choices.index(gold)]
     opts = ", ".join(f"{'ABCDE'[i]}. {c}" for i, c in enumerate(choices))
-    scene["query"] = {"type": rule, "space": list("ABCDE"[:len(choices)])}
+    scene["query"] = {"type": rule, "space": list(choices)}
     return {"scene": scene, "prompt": f"Context: {context}\nQuestion: {question}\nOptions: {opts}",
-            "answer": letter, "references": [letter], "choices": choices}
+            "answer": gold, "references": [gold], "choices": choices}
 
 
 def _vizwiz(rng: np.random.Generator) -> dict:
