@@ -43,6 +43,7 @@ __all__ = [
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
+    "baseline_lines", "baseline_values", "refresh_legend",
     # re-exported from evidence
     "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
     # re-exported from plots and render
@@ -281,6 +282,7 @@ def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> 
 
 BASELINES = {"chance": "chance (uniform guess)", "gold_majority": "gold majority (most frequent training answer)",
              "question_only": "question-only (no image)"}
+BASELINE_STYLES = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
 
 
 def baseline_matrix(figures: pd.DataFrame | None, index: Sequence[str], columns: Sequence[str] | None = None
@@ -320,7 +322,7 @@ def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: 
     """Short dashed lines at each categorical x (column labels in ``order``) for the world's baselines."""
     world = (figures.attrs.get("world") if figures is not None else None) or {}
     by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
-    styles = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
+    styles = BASELINE_STYLES
     for kind in kinds:
         drawn = False
         for i, label in enumerate(order):
@@ -331,4 +333,47 @@ def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: 
             ax.hlines(v, i - 0.4, i + 0.4, colors=color, linestyles=ls, linewidth=1.2,
                       label=BASELINES[kind] if not drawn else None)
             drawn = True
-    ax.legend(fontsize="small", frameon=False)
+    refresh_legend(ax)
+
+
+def refresh_legend(ax) -> None:
+    """Redraw ``ax``'s legend with every labelled artist (the baselines too), keeping the legend's title."""
+    old = ax.get_legend()
+    title = old.get_title().get_text() if old is not None else None
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title or None, fontsize="small", frameon=False)
+
+
+def baseline_values(figures: pd.DataFrame | None, column: str, kinds: Sequence[str] = ("chance", "question_only")
+                    ) -> dict[str, float]:
+    """The world's baselines of one column (its label "SQA (img)" or its key ``sqa``) that exist, by kind."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
+    f = by_label.get(column) or world.get(column) or {}
+    return {k: float(f[k]) for k in kinds if f.get(k) is not None}
+
+
+def baseline_lines(ax, figures: pd.DataFrame | None, columns: str | Sequence[str],
+                   kinds: Sequence[str] = ("chance", "question_only"), annotate: bool | None = None) -> dict:
+    """Horizontal lines across ``ax`` at each column's chance and question-only baseline (a panel whose x axis is
+    not the column: placement, size, epoch, trainable parameters), with one legend entry per kind saying what the
+    line is. ``columns``: one column label, or several sharing the panel (each line is then labelled at its right
+    end with the column; ``annotate`` forces that on or off). Returns ``{column: {kind: value}}`` drawn."""
+    cols = [columns] if isinstance(columns, str) else list(dict.fromkeys(columns))
+    annotate = len(cols) > 1 if annotate is None else annotate
+    drawn: dict[str, dict[str, float]] = {}
+    seen: set[str] = set()
+    for col in cols:
+        for kind, v in baseline_values(figures, col, kinds).items():
+            color, ls = BASELINE_STYLES[kind]
+            ax.axhline(v, color=color, linestyle=ls, linewidth=1.1, alpha=0.8, zorder=0,
+                       label=BASELINES[kind] if kind not in seen else None)
+            if annotate:
+                ax.annotate(col, xy=(1.0, v), xycoords=("axes fraction", "data"), xytext=(2, 0),
+                            textcoords="offset points", fontsize="x-small", color=color, va="center")
+            seen.add(kind)
+            drawn.setdefault(col, {})[kind] = v
+    if drawn:
+        refresh_legend(ax)
+    return drawn

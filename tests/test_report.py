@@ -497,3 +497,74 @@ def test_design_tables_show_the_rates_used_not_default():
     table = study.design_table(PARAMS_DIR / "rq1_main.yaml", "quick")
     lr = table.set_index("factor").loc["lr", "values"]
     assert "default" not in lr and "lora " in lr and "e-" in lr
+
+
+# ---- chance and baseline lines in the score figures ------------------------------------------------------------
+def _baseline_figures() -> pd.DataFrame:
+    """A validity figures table as :func:`mllm_study.validity.report_section` returns it: the world's baselines per
+    column in ``attrs['world']`` (a caption column without any, a POPE split keyed with a slash)."""
+    figures = pd.DataFrame(columns=["run", "column", "score", "chance", "question-only", "parse rate", "flag"])
+    figures.attrs["world"] = {
+        "sqa": {"chance": 0.45, "gold_majority": 0.5, "question_only": 0.40, "kind": "mc", "metric": "mc_accuracy"},
+        "vizwiz": {"chance": 0.25, "gold_majority": 0.2, "question_only": 0.30, "kind": "open", "metric": "vqa_score"},
+        "flickr30k": {"chance": None, "gold_majority": None, "question_only": None, "kind": "caption",
+                      "metric": "cider"},
+        "pope/random": {"chance": 0.5, "gold_majority": 0.5, "question_only": 0.7, "kind": "yesno", "metric": "pope"}}
+    return figures
+
+
+def _lines(ax):
+    """(y, colour, label) of every horizontal line drawn on ``ax`` (axhline and hlines alike)."""
+    import matplotlib.colors as mcolors
+
+    out = []
+    for line in ax.get_lines():
+        ys = set(np.round(np.asarray(line.get_ydata(), dtype=float), 9))
+        if len(ys) == 1:
+            out.append((ys.pop(), mcolors.to_hex(line.get_color()), line.get_label()))
+    for coll in ax.collections:
+        for seg in coll.get_segments():
+            if len(seg) == 2 and seg[0][1] == seg[1][1]:
+                out.append((round(float(seg[0][1]), 9), mcolors.to_hex(coll.get_color()[0]), coll.get_label()))
+    return out
+
+
+def test_baseline_lines_sit_at_each_columns_chance_and_question_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = _baseline_figures()
+    sqa, viz = report.column_label("sqa"), report.column_label("vizwiz")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.6, 0.7], label="lora")
+    ax.legend(title="Method")
+    drawn = report.baseline_lines(ax, figures, sqa)
+    assert drawn == {sqa: {"chance": 0.45, "question_only": 0.40}}
+    lines = [(y, label) for y, _, label in _lines(ax) if y in (0.45, 0.4)]
+    assert sorted(lines) == [(0.4, report.BASELINES["question_only"]), (0.45, report.BASELINES["chance"])]
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "Method"  # the hue legend keeps its title and gains the two baselines
+    assert [t.get_text() for t in legend.get_texts()] == ["lora", report.BASELINES["chance"],
+                                                          report.BASELINES["question_only"]]
+    # several columns on one panel: every column's lines, one legend entry per kind, each line named at its end
+    fig, ax = plt.subplots()
+    drawn = report.baseline_lines(ax, figures, [sqa, viz, report.column_label("flickr30k")])
+    assert drawn == {sqa: {"chance": 0.45, "question_only": 0.40}, viz: {"chance": 0.25, "question_only": 0.30}}
+    assert sorted(y for y, _, _ in _lines(ax)) == [0.25, 0.3, 0.4, 0.45]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [report.BASELINES["chance"],
+                                                                  report.BASELINES["question_only"]]
+    assert sorted(t.get_text() for t in ax.texts) == sorted([sqa, sqa, viz, viz])
+    # a key with a slash (a POPE split) and a column without baselines (captions) or no figures at all: nothing
+    fig, ax = plt.subplots()
+    assert report.baseline_lines(ax, figures, "pope/random") == {"pope/random": {"chance": 0.5, "question_only": 0.7}}
+    assert report.baseline_lines(plt.subplots()[1], figures, report.column_label("flickr30k")) == {}
+    assert report.baseline_lines(plt.subplots()[1], None, sqa) == {}
+    # the categorical form (RQ1: columns along x): a short line over each column's position at its own value
+    fig, ax = plt.subplots()
+    report.chance_lines(ax, figures, [viz, sqa])
+    segs = sorted((round(float(s[0][0]), 3), round(float(s[0][1]), 3)) for c in ax.collections
+                  for s in c.get_segments())
+    assert segs == [(-0.4, 0.25), (-0.4, 0.3), (0.6, 0.4), (0.6, 0.45)]
+    plt.close("all")
