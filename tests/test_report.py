@@ -499,6 +499,26 @@ def test_design_tables_show_the_rates_used_not_default():
     assert "default" not in lr and "lora " in lr and "e-" in lr
 
 
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_design_tables_list_only_the_levels_the_profile_runs(profile):
+    """The base model zero-shot (method none) trains nothing: its default connector (frozen), epochs and evaluation
+    schedule are not levels of the design. RQ7 runs every trained method with the connector tuned, after every
+    epoch; RQ6 trains its one epoch count."""
+    from mllm_study.sweep import expand_sweep
+
+    for stem in ("rq7_hallucination", "rq6_generalization"):
+        table = study.design_table(PARAMS_DIR / f"{stem}.yaml", profile).set_index("factor")
+        trained = [p.run for p in expand_sweep(study.rq_params(PARAMS_DIR / f"{stem}.yaml", profile))
+                   if p.run.method != "none"]
+        for key in ("connector", "epochs", "eval_every_epoch"):
+            planned = {str(getattr(r, key)).lower() for r in trained}
+            shown = set(table.loc[key, "values"].split(", "))
+            assert shown == planned and table.loc[key, "levels"] == len(planned), (stem, key, shown, planned)
+        assert "none" in table.loc["method", "values"]  # the reference itself stays listed
+    rq7 = study.design_table(PARAMS_DIR / "rq7_hallucination.yaml", profile).set_index("factor")
+    assert rq7.loc["connector", "values"] == "tuned" and rq7.loc["eval_every_epoch", "values"] == "true"
+
+
 # ---- chance and baseline lines in the score figures ------------------------------------------------------------
 def _baseline_figures() -> pd.DataFrame:
     """A validity figures table as :func:`mllm_study.validity.report_section` returns it: the world's baselines per
