@@ -33,6 +33,7 @@ from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_p
                         winners, with_item_cis)
 from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
+from .datasize import EQUAL_EPOCHS, EQUAL_STEPS, log_linear_fits, log_linear_weights, size_designs
 from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
@@ -44,6 +45,8 @@ __all__ = [
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
     "baseline_lines", "baseline_values", "refresh_legend",
+    # re-exported from datasize (RQ4's designs and log-linear fits)
+    "EQUAL_EPOCHS", "EQUAL_STEPS", "size_designs", "log_linear_fits", "log_linear_weights",
     # re-exported from evidence
     "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
     # re-exported from plots and render

@@ -126,7 +126,7 @@ def test_study_set_reaches_the_runs_the_calibration_and_the_notebook(tmp_path, k
                               overrides=["run.seed=7"])
     assert summary.ok, summary.lines()
     seeds = {read_json(d / "spec.json")["run"]["seed"] for d in runs.iterdir() if (d / "spec.json").exists()}
-    assert seeds == {7} and summary.runs_trained == 3 and summary.calibration
+    assert seeds == {7} and summary.runs_trained == 5 and summary.calibration  # 3 sizes, 2 equal-steps
     html = tmp_path / "reports" / stem / "smoke.html"
     meta = json.loads(html.with_suffix(".json").read_text())
     assert meta["parameters"]["overrides"] == ["run.seed=7"]

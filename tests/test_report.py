@@ -588,3 +588,82 @@ def test_baseline_lines_sit_at_each_columns_chance_and_question_only():
                   for s in c.get_segments())
     assert segs == [(-0.4, 0.25), (-0.4, 0.3), (0.6, 0.4), (0.6, 0.45)]
     plt.close("all")
+
+
+# ---- RQ4: equal-steps beside equal-epochs, and the log-linear test of diminishing returns ----------------------
+def _size_series(means_by_design: dict, n_items: int = 60, seed: int = 0):
+    """Scores and items of one method on one column: per design a list of (size, epochs, steps, mean); the medium
+    run (300 at 5 epochs, 95 steps) is one run shared by both designs. Items are 0/1 with exactly the mean."""
+    rng = np.random.default_rng(seed)
+    rows, items, done = [], [], {}
+    for design, series in means_by_design.items():
+        for size, epochs, steps, mean in series:
+            rid = done.get((size, epochs)) or f"lora-n{size}-e{epochs}"
+            if (size, epochs) in done:
+                continue
+            done[(size, epochs)] = rid
+            k = int(round(mean * n_items))
+            scores = np.array([1.0] * k + [0.0] * (n_items - k))
+            rng.shuffle(scores)
+            rows.append({"run_id": rid, "model": "tiny", "method": "lora", "method_params": "{}", "placement": "both",
+                         "connector": "tuned", "vision": "frozen", "train_dataset": "sqa", "train_size": size,
+                         "seed": 42, "lr": 1e-3, "connector_lr": 1e-4, "epochs": float(epochs), "dataset": "sqa",
+                         "split": "test", "epoch": None, "metric": "mc_accuracy", "value": scores.mean(),
+                         "train_steps": steps, "column": report.column_label("sqa")})
+            items += [{"run_id": rid, "dataset": "sqa", "split": "test", "epoch": -1, "metric": "mc_accuracy",
+                       "id": f"q{i}", "score": s, "prediction": "A", "references": ["A"]} for i, s in enumerate(scores)]
+    return pd.DataFrame(rows), pd.DataFrame(items)
+
+
+def test_log_linear_weights_give_the_ols_slope_and_the_largest_sizes_residual():
+    sizes = [150, 300, 600, 3000]
+    y = np.array([0.2, 0.3, 0.35, 0.4])
+    w, v = report.log_linear_weights(sizes)
+    b, a = np.polyfit(np.log10(sizes), y, 1)
+    assert w @ y == pytest.approx(b) and v @ y == pytest.approx(y[-1] - (a + b * np.log10(3000)))
+    line = 0.1 + 0.25 * np.log10(sizes)  # exactly log-linear: slope 0.25 per tenfold, no residual
+    assert w @ line == pytest.approx(0.25) and v @ line == pytest.approx(0.0, abs=1e-12)
+    assert not report.log_linear_weights([10, 100])[1].any()  # two sizes: a line fits exactly
+    with pytest.raises(ValueError):
+        report.log_linear_weights([10, 10])
+
+
+def test_size_designs_tell_equal_steps_from_equal_epochs_and_the_fit_tests_the_curvature():
+    # equal epochs: 5 epochs at every size (50 / 95 / 190 steps); equal steps: 95 steps at every size
+    flat_high = {report.EQUAL_EPOCHS: [(150, 5, 50, 0.30), (300, 5, 95, 0.50), (600, 5, 190, 0.55)],
+                 report.EQUAL_STEPS: [(150, 9.5, 95, 0.40), (300, 5, 95, 0.50), (600, 2.5, 95, 0.60)]}
+    scores, items = _size_series(flat_high)
+    designed = report.size_designs(scores)
+    got = {d: sorted(zip(g["train_size"], g["epochs"], g["train_steps"])) for d, g in designed.groupby("design")}
+    assert got == {report.EQUAL_EPOCHS: [(150, 5.0, 50), (300, 5.0, 95), (600, 5.0, 190)],
+                   report.EQUAL_STEPS: [(150, 9.5, 95), (300, 5.0, 95), (600, 2.5, 95)]}
+    fits = report.log_linear_fits(designed, items).set_index("design")
+    x = np.log10([150, 300, 600])
+    for design, series in flat_high.items():
+        b, a = np.polyfit(x, [m for *_, m in series], 1)
+        assert fits.loc[design, "slope"] == pytest.approx(b)
+        assert fits.loc[design, "residual"] == pytest.approx(series[-1][-1] - (a + b * x[-1]))
+    # equal epochs flattens (0.30 -> 0.50 -> 0.55 on doubling sizes): the largest size lies below the line, and
+    # the CI comes from the same t as the p (one seed: over items)
+    ee = fits.loc[report.EQUAL_EPOCHS]
+    assert ee["residual"] < 0 and ee["reading"].startswith("on the") == (ee["res_high"] >= 0)
+    assert (ee["res_high"] < 0) == (ee["res_p"] < 0.05) and "test items" in ee["unit"]
+    es = fits.loc[report.EQUAL_STEPS]  # exactly log-linear (equal gains per doubling): on the fit
+    assert es["residual"] == pytest.approx(0.0, abs=1e-12) and es["reading"].startswith("on the log-linear fit")
+    assert fits.loc[report.EQUAL_STEPS, "steps"] == "95, 95, 95"
+    # a flagged measurement leaves its series out with the reason
+    flagged = report.log_linear_fits(designed, items, flags={("lora-n600-e2.5", "sqa"): "collapsed on 'A'"})
+    es = flagged.set_index("design").loc[report.EQUAL_STEPS]
+    assert es["reading"].startswith("not measurable") and "collapsed on 'A'" in es["reading"]
+    # only the equal-epochs design run: no equal-steps rows
+    only = scores[scores["epochs"] == 5.0]
+    assert set(report.size_designs(only)["design"]) == {report.EQUAL_EPOCHS}
+
+
+def test_a_strongly_flattening_curve_reads_below_the_log_linear_fit():
+    series = {report.EQUAL_EPOCHS: [(100, 3, 10, 0.10), (1000, 3, 100, 0.60), (10000, 3, 1000, 0.62)]}
+    scores, items = _size_series(series, n_items=200)
+    fits = report.log_linear_fits(report.size_designs(scores), items)
+    row = fits.iloc[0]
+    assert row["slope"] > 0 and row["ci_low"] > 0 and row["res_high"] < 0
+    assert row["reading"].startswith("below the log-linear fit") and row["res_p_holm"] < 0.05
