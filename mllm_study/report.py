@@ -44,7 +44,7 @@ __all__ = [
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
-    "baseline_lines", "baseline_values", "refresh_legend",
+    "baseline_lines", "baseline_values", "refresh_legend", "with_parsed",
     # re-exported from datasize (RQ4's designs and log-linear fits)
     "EQUAL_EPOCHS", "EQUAL_STEPS", "size_designs", "log_linear_fits", "log_linear_weights",
     # re-exported from evidence
@@ -318,6 +318,36 @@ def parse_matrix(figures: pd.DataFrame | None, scores: pd.DataFrame, index: Sequ
     wide = m.pivot_table(index=list(index), columns="column", values="parse rate", aggfunc="mean")
     order = [column_label(f) for f in FAMILY_ORDER if column_label(f) in wide.columns]
     return wide[order + [c for c in wide.columns if c not in order]].round(3).reset_index()
+
+
+def with_parsed(items: pd.DataFrame, world_dir: str | Path | None) -> pd.DataFrame:
+    """``items`` with ``parsed``: whether each prediction is an answer in its column's format, read by the same
+    parser the validity instrument's parse rate uses (a letter or option for multiple choice, yes/no for POPE, a
+    number for fill-in-the-blank, a listed choice for IconQA-txt, any non-empty answer for open VQA). NaN where
+    the world has no such column (real-data profiles: ``world_dir`` None)."""
+    from .data import load_dataset_info, load_split
+    from .validity import Column, _kind, _parsed
+
+    out = items.copy()
+    out["parsed"] = np.nan
+    if world_dir is None or out.empty:
+        return out
+    folders = {}
+    for folder in Path(world_dir).iterdir():
+        if (folder / "dataset.json").exists():
+            folders[load_dataset_info(folder)["name"]] = folder
+    for (dataset, split, metric), g in out.groupby(["dataset", "split", "metric"], sort=False):
+        folder = folders.get(dataset)
+        if folder is None or not (folder / f"{split}.json").exists():
+            continue
+        recs = {r["id"]: r for r in load_split(folder, split, check_images=False)}
+        info = load_dataset_info(folder)
+        if metric != info["metric"]:  # an extra metric row (CHAIR beside CIDEr): its text is the caption's
+            continue
+        col = Column(dataset, dataset, split, metric, info.get("group", ""), _kind(metric, list(recs.values())), recs)
+        out.loc[g.index, "parsed"] = [float(_parsed(col, str(p or ""), recs[i]) is not None) if i in recs else np.nan
+                                      for p, i in zip(g["prediction"], g["id"])]
+    return out
 
 
 def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: Sequence[str] = ("chance",

@@ -89,6 +89,10 @@ def test_notebook_renders_on_smoke(stem, kernel, shared):
     if stem != "rq8_summary":  # the evidence of every report that trains: used settings, loss curves, gallery
         assert "Settings the runs used" in page and "Items drawn with seed" in page
         assert page.count("data:image/png;base64,") >= 8 + 1, "gallery thumbnails and figures"
+    if stem == "rq6_generalization":  # forgetting separated from format collapse: parse rate per epoch
+        assert "Forgetting or format collapse" in page and "parse-rate change" in page
+    if stem == "rq4_data_size":  # both designs and the log-linear test
+        assert "equal steps" in page and "equal epochs" in page and "residual at largest" in page
     if stem == "rq3_budget":  # measured cost beside the estimates, from each run's metrics.json
         assert "Measured cost beside the estimates" in page and "peak memory MiB" in page
         assert re.search(r"Achieved rate over \d+ runs: median [0-9.]+ GFLOP/s", page)

@@ -667,3 +667,24 @@ def test_a_strongly_flattening_curve_reads_below_the_log_linear_fit():
     row = fits.iloc[0]
     assert row["slope"] > 0 and row["ci_low"] > 0 and row["res_high"] < 0
     assert row["reading"].startswith("below the log-linear fit") and row["res_p_holm"] < 0.05
+
+
+def test_with_parsed_reads_each_prediction_in_its_columns_format(smoke_world):
+    """RQ6's parse rate per epoch: the validity instrument's parsers per column (a letter or option for multiple
+    choice, a number for fill-in-the-blank, a non-empty answer after VQA normalisation for open VQA)."""
+    from mllm_study.data import load_split
+
+    rows = []
+    cases = {"sqa": [("A", 1.0), ("the answer is B", 1.0), ("zzz qqq", 0.0), ("", 0.0)],
+             "iconqa_blank": [("3", 1.0), ("three apples", 0.0)],
+             "vqav2": [("red", 1.0), ("a", 0.0), ("", 0.0)]}
+    metrics = {"sqa": "mc_accuracy", "iconqa_blank": "accuracy", "vqav2": "vqa_score"}
+    for dataset, preds in cases.items():
+        recs = load_split(smoke_world / dataset, "test", check_images=False)
+        for rec, (pred, _) in zip(recs, preds):
+            rows.append({"run_id": "r", "dataset": dataset, "split": "test", "epoch": 1, "metric": metrics[dataset],
+                         "id": rec["id"], "score": 0.0, "prediction": pred, "references": []})
+    items = pd.DataFrame(rows)
+    got = report.with_parsed(items, smoke_world)
+    assert got["parsed"].tolist() == [v for preds in cases.values() for _, v in preds]
+    assert report.with_parsed(items, None)["parsed"].isna().all()  # real data: no world, no formats
