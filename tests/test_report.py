@@ -212,6 +212,28 @@ def test_data_size_diminishing_returns():
     assert findings.finding_data_size(*w2.table()).verdict == "contradicted"
 
 
+def test_data_size_reads_the_equal_steps_design_when_it_was_run():
+    """Equal epochs: the score grows with the size, but so do the steps (50 / 95 / 190); equal steps (95 at every
+    size): no gain. The finding reads the design that is not confounded, and says so."""
+    import math
+
+    w = World(n_items=100)
+    for n, p, epochs in ((150, 0.2, 5.0), (300, 0.6, 5.0), (600, 0.7, 5.0), (150, 0.6, 9.5), (600, 0.6, 2.5)):
+        rid = w.run("lora", "iconqa_txt", p, train_size=n, epochs=epochs, item_seed=3)
+        w.rows[-1]["run_id"] = f"{rid}-e{epochs}"  # the helper's ids leave the epochs out: one run each
+        for it in w.items[-w.n:]:
+            it["run_id"] = f"{rid}-e{epochs}"
+    table, items = w.table()
+    confounded = findings.finding_data_size(table, items)  # no steps recorded: the equal-epochs pairs only
+    assert confounded.verdict == "supported" and "Equal-steps" not in confounded.ours
+    table["train_steps"] = [math.ceil(math.ceil(n / 16) * e) for n, e in zip(table["train_size"], table["epochs"])]
+    f = findings.finding_data_size(table, items)
+    assert f.ours.startswith("Equal-steps design (every size trained for 95 optimizer steps")
+    assert f.verdict != "supported" and "[150, 300, 600]" in f.ours
+    gains = f.details[f.details["comparison"].str.startswith("n=600 - n=150")]
+    assert len(gains) == 1 and abs(gains["estimate"].iloc[0]) < 0.05
+
+
 def test_adapter_stability():
     w = World()
     spread = {"adapter": [0.500, 0.501, 0.499, 0.500, 0.502], "lora": [0.3, 0.6, 0.45, 0.7, 0.2],
