@@ -710,3 +710,31 @@ def test_with_parsed_reads_each_prediction_in_its_columns_format(smoke_world):
     got = report.with_parsed(items, smoke_world)
     assert got["parsed"].tolist() == [v for preds in cases.values() for _, v in preds]
     assert report.with_parsed(items, None)["parsed"].isna().all()  # real data: no world, no formats
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full", "paper-llava-1.5-7b"])
+def test_rq4_equal_steps_runs_train_the_medium_sizes_steps_and_are_no_convergence_probes(profile):
+    """Every size of RQ4's equal-steps design trains the medium size's optimizer steps (ceil of steps per epoch x
+    epochs, on one process; within 1% at real scale), and no run is another's exact doubling of the epochs (the
+    validity instrument's convergence check reads such a pair as a doubled-budget probe)."""
+    import math
+
+    from mllm_study.sweep import expand_sweep
+
+    runs = [p.run for p in expand_sweep(study.rq_params(PARAMS_DIR / "rq4_data_size.yaml", profile))]
+    steps = lambda r: math.ceil(math.ceil(math.ceil(r.train_size / r.batch_size) / r.grad_accum) * r.epochs)  # noqa
+    by: dict = {}
+    for r in runs:
+        by.setdefault((r.method, r.dataset), []).append(r)
+    for key, rs in by.items():
+        sizes = sorted({r.train_size for r in rs})
+        mid = sizes[len(sizes) // 2]
+        ref = min((r for r in rs if r.train_size == mid), key=lambda r: r.epochs)
+        target = steps(ref)
+        for n in sizes:
+            got = [steps(r) for r in rs if r.train_size == n]
+            assert any(abs(s - target) <= 0.01 * target for s in got), (profile, key, n, got, target)
+        for a in rs:
+            for b in rs:
+                if a.train_size == b.train_size and a is not b:
+                    assert not math.isclose(b.epochs, 2 * a.epochs), (profile, key, a.train_size, a.epochs, b.epochs)
