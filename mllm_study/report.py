@@ -370,12 +370,17 @@ def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: 
 
 
 def refresh_legend(ax) -> None:
-    """Redraw ``ax``'s legend with every labelled artist (the baselines too), keeping the legend's title."""
+    """Redraw ``ax``'s legend with every labelled artist (the baselines too), keeping the legend's title; in the
+    last column of its figure the legend goes beside the axes (with the baselines it is long enough to hide points)."""
     old = ax.get_legend()
     title = old.get_title().get_text() if old is not None else None
     handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(handles, labels, title=title or None, fontsize="small", frameon=False)
+    if not handles:
+        return
+    spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+    last = spec is None or spec.colspan.stop == spec.get_gridspec().ncols
+    where = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)) if last else {}
+    ax.legend(handles, labels, title=title or None, fontsize="small", frameon=False, **where)
 
 
 def baseline_values(figures: pd.DataFrame | None, column: str, kinds: Sequence[str] = ("chance", "question_only")
