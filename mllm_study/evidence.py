@@ -263,6 +263,11 @@ def steps_note(runs_dir: str | Path, scores: pd.DataFrame, factor: str = "train_
         return ""
     text = ", ".join(f"n={k}: {'/'.join(map(str, sorted(v)))} steps" for k, v in sorted(steps.items()))
     means = [np.mean(sorted(v)) for _, v in sorted(steps.items())]
+    shared = set.intersection(*steps.values())
+    if shared:  # an equal-steps design beside the equal-epochs one
+        return (f"Optimizer steps per size: {text}. The equal-epochs runs give larger sets more steps (size and "
+                f"training length confounded, as in the paper); the equal-steps runs train every size for "
+                f"{'/'.join(map(str, sorted(shared)))} steps and separate the two (both designs below).")
     if all(b > a for a, b in zip(means, means[1:])):
         return (f"**Data size is confounded with training length:** the runs keep the epochs fixed, so the optimizer "
                 f"steps grow with the data ({text}). A gain here is more data *and* more steps; an equal-steps "

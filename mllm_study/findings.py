@@ -266,9 +266,22 @@ def finding_placement(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | N
 
 def finding_data_size(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """High minus low train size per column (more data helps, +1), and the change of the gain per decade of data
-    from the first to the second size step (diminishing beyond a log-linear curve, -1)."""
+    from the first to the second size step (diminishing beyond a log-linear curve, -1). With an equal-steps design
+    among the runs (``train_steps`` recorded, :func:`mllm_study.datasize.size_designs`) both are read on it, where
+    data size is not confounded with the number of optimizer steps; else on the equal-epochs runs."""
     key = "data_size"
     scores = primary_scores(table)
+    design = ""
+    if "train_steps" in scores:  # an equal-steps design beside equal epochs: the size effect without more steps
+        from .datasize import EQUAL_STEPS, size_designs
+
+        designed = size_designs(scores)
+        same = designed[designed["design"] == EQUAL_STEPS]
+        if not same.empty:
+            steps = "/".join(str(int(v)) for v in sorted(same["train_steps"].astype(float).unique()))
+            scores = same.drop(columns="design").assign(epochs=0.0)  # its epochs differ by size by construction
+            design = (f"Equal-steps design (every size trained for {steps} optimizer steps, epochs scaled inversely "
+                      "with the size), so a size effect is not more training; the equal-epochs curve is in RQ4. ")
     sizes = sorted(int(s) for s in scores["train_size"].dropna().unique())
     if len(sizes) < 2:
         return _no_data(key, "fewer than two training-set sizes")
@@ -279,7 +292,7 @@ def finding_data_size(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | N
         gain = compare_pairs(items, pairs, label=f"n={high} - n={low}", flags=flags)
         parts.append(gain)
         expected += [1] * len(gain)
-    ours = f"Sizes {sizes}."
+    ours = f"{design}Sizes {sizes}."
     if len(sizes) >= 3:
         mid = sizes[len(sizes) // 2]
         x = np.log10([low, mid, high])

@@ -33,6 +33,7 @@ from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_p
                         winners, with_item_cis)
 from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
+from .datasize import EQUAL_EPOCHS, EQUAL_STEPS, log_linear_fits, log_linear_weights, size_designs
 from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
@@ -43,6 +44,9 @@ __all__ = [
     "stratified_mean", "Contrast", "stratified_contrast", "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs",
     "pairwise", "versus_base", "winners", "score_matrix", "friedman_ranks", "flops_for_runs", "size_label",
     "train_logs", "epoch_losses", "pope_items", "pope_metric_ci", "baseline_matrix", "parse_matrix", "chance_lines",
+    "baseline_lines", "baseline_values", "refresh_legend", "with_parsed",
+    # re-exported from datasize (RQ4's designs and log-linear fits)
+    "EQUAL_EPOCHS", "EQUAL_STEPS", "size_designs", "log_linear_fits", "log_linear_weights",
     # re-exported from evidence
     "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
     # re-exported from plots and render
@@ -281,6 +285,7 @@ def pope_metric_ci(codes: Sequence[int], name: str, n_resamples: int = 1000) -> 
 
 BASELINES = {"chance": "chance (uniform guess)", "gold_majority": "gold majority (most frequent training answer)",
              "question_only": "question-only (no image)"}
+BASELINE_STYLES = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
 
 
 def baseline_matrix(figures: pd.DataFrame | None, index: Sequence[str], columns: Sequence[str] | None = None
@@ -315,12 +320,42 @@ def parse_matrix(figures: pd.DataFrame | None, scores: pd.DataFrame, index: Sequ
     return wide[order + [c for c in wide.columns if c not in order]].round(3).reset_index()
 
 
+def with_parsed(items: pd.DataFrame, world_dir: str | Path | None) -> pd.DataFrame:
+    """``items`` with ``parsed``: whether each prediction is an answer in its column's format, read by the same
+    parser the validity instrument's parse rate uses (a letter or option for multiple choice, yes/no for POPE, a
+    number for fill-in-the-blank, a listed choice for IconQA-txt, any non-empty answer for open VQA). NaN where
+    the world has no such column (real-data profiles: ``world_dir`` None)."""
+    from .data import load_dataset_info, load_split
+    from .validity import Column, _kind, _parsed
+
+    out = items.copy()
+    out["parsed"] = np.nan
+    if world_dir is None or out.empty:
+        return out
+    folders = {}
+    for folder in Path(world_dir).iterdir():
+        if (folder / "dataset.json").exists():
+            folders[load_dataset_info(folder)["name"]] = folder
+    for (dataset, split, metric), g in out.groupby(["dataset", "split", "metric"], sort=False):
+        folder = folders.get(dataset)
+        if folder is None or not (folder / f"{split}.json").exists():
+            continue
+        recs = {r["id"]: r for r in load_split(folder, split, check_images=False)}
+        info = load_dataset_info(folder)
+        if metric != info["metric"]:  # an extra metric row (CHAIR beside CIDEr): its text is the caption's
+            continue
+        col = Column(dataset, dataset, split, metric, info.get("group", ""), _kind(metric, list(recs.values())), recs)
+        out.loc[g.index, "parsed"] = [float(_parsed(col, str(p or ""), recs[i]) is not None) if i in recs else np.nan
+                                      for p, i in zip(g["prediction"], g["id"])]
+    return out
+
+
 def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: Sequence[str] = ("chance",
                  "question_only")) -> None:
     """Short dashed lines at each categorical x (column labels in ``order``) for the world's baselines."""
     world = (figures.attrs.get("world") if figures is not None else None) or {}
     by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
-    styles = {"chance": ("black", "--"), "question_only": ("tab:red", ":"), "gold_majority": ("tab:purple", "-.")}
+    styles = BASELINE_STYLES
     for kind in kinds:
         drawn = False
         for i, label in enumerate(order):
@@ -331,4 +366,52 @@ def chance_lines(ax, figures: pd.DataFrame | None, order: Sequence[str], kinds: 
             ax.hlines(v, i - 0.4, i + 0.4, colors=color, linestyles=ls, linewidth=1.2,
                       label=BASELINES[kind] if not drawn else None)
             drawn = True
-    ax.legend(fontsize="small", frameon=False)
+    refresh_legend(ax)
+
+
+def refresh_legend(ax) -> None:
+    """Redraw ``ax``'s legend with every labelled artist (the baselines too), keeping the legend's title; in the
+    last column of its figure the legend goes beside the axes (with the baselines it is long enough to hide points)."""
+    old = ax.get_legend()
+    title = old.get_title().get_text() if old is not None else None
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+    last = spec is None or spec.colspan.stop == spec.get_gridspec().ncols
+    where = dict(loc="upper left", bbox_to_anchor=(1.01, 1.0)) if last else {}
+    ax.legend(handles, labels, title=title or None, fontsize="small", frameon=False, **where)
+
+
+def baseline_values(figures: pd.DataFrame | None, column: str, kinds: Sequence[str] = ("chance", "question_only")
+                    ) -> dict[str, float]:
+    """The world's baselines of one column (its label "SQA (img)" or its key ``sqa``) that exist, by kind."""
+    world = (figures.attrs.get("world") if figures is not None else None) or {}
+    by_label = {column_label(k): f for k, f in world.items() if "/" not in k}
+    f = by_label.get(column) or world.get(column) or {}
+    return {k: float(f[k]) for k in kinds if f.get(k) is not None}
+
+
+def baseline_lines(ax, figures: pd.DataFrame | None, columns: str | Sequence[str],
+                   kinds: Sequence[str] = ("chance", "question_only"), annotate: bool | None = None) -> dict:
+    """Horizontal lines across ``ax`` at each column's chance and question-only baseline (a panel whose x axis is
+    not the column: placement, size, epoch, trainable parameters), with one legend entry per kind saying what the
+    line is. ``columns``: one column label, or several sharing the panel (each line is then labelled at its right
+    end with the column; ``annotate`` forces that on or off). Returns ``{column: {kind: value}}`` drawn."""
+    cols = [columns] if isinstance(columns, str) else list(dict.fromkeys(columns))
+    annotate = len(cols) > 1 if annotate is None else annotate
+    drawn: dict[str, dict[str, float]] = {}
+    seen: set[str] = set()
+    for col in cols:
+        for kind, v in baseline_values(figures, col, kinds).items():
+            color, ls = BASELINE_STYLES[kind]
+            ax.axhline(v, color=color, linestyle=ls, linewidth=1.1, alpha=0.8, zorder=0,
+                       label=BASELINES[kind] if kind not in seen else None)
+            if annotate:
+                ax.annotate(col, xy=(1.0, v), xycoords=("axes fraction", "data"), xytext=(2, 0),
+                            textcoords="offset points", fontsize="x-small", color=color, va="center")
+            seen.add(kind)
+            drawn.setdefault(col, {})[kind] = v
+    if drawn:
+        refresh_legend(ax)
+    return drawn

@@ -68,7 +68,10 @@ def collect_results(runs_dir: str | Path, run_ids: Iterable[str] | None = None) 
 
     Returns:
         (table, report). Extra columns: ``trainable_params``, ``trainable_percent``, ``train_seconds``,
-        ``samples_per_second``, ``final_loss``, and the method parameters as ``param_<name>``.
+        ``samples_per_second``, ``final_loss``, the measured cost of training (``train_steps``, ``train_samples``,
+        ``train_tokens`` (non-padding input tokens), ``tokens_per_second``, ``peak_memory_mb`` with
+        ``peak_memory_kind``: ``cuda_max_allocated`` per run, or ``cpu_rss``, the process's peak resident memory so
+        far), and the method parameters as ``param_<name>``.
     """
     runs_dir = Path(runs_dir)
     report = CollectReport()
@@ -104,7 +107,10 @@ def collect_results(runs_dir: str | Path, run_ids: Iterable[str] | None = None) 
         train = metrics.get("train", {})
         extra = {"trainable_params": train.get("trainable_params"), "trainable_percent": train.get("trainable_percent"),
                  "train_seconds": train.get("seconds"), "samples_per_second": train.get("samples_per_second"),
-                 "final_loss": train.get("final_loss")}
+                 "final_loss": train.get("final_loss"), "train_steps": train.get("steps"),
+                 "train_samples": train.get("samples"), "train_tokens": train.get("tokens"),
+                 "tokens_per_second": train.get("tokens_per_second"), "peak_memory_mb": train.get("peak_memory_mb"),
+                 "peak_memory_kind": train.get("peak_memory_kind")}
         for r in metrics.get("results", []):
             rows.append({**factors, **{k: r.get(k) for k in ("dataset", "family", "group", "split", "epoch", "metric",
                                                              "value", "n")}, **extra, **params})

@@ -148,6 +148,9 @@ def report_options(params_file: str | Path, profile: str) -> dict:
     return {**top, **(profile_block(params_file, profile).get("_report") or {})}
 
 
+TRAINING_FACTORS = ("placement", "connector", "method_params", "train_size", "epochs", "eval_every_epoch")
+
+
 def design_table(params_file: str | Path, profile: str, overrides: Any = None):
     """The runs an RQ declares under ``profile`` (and ``--set`` overrides), as factor -> levels (for the notebook's
     design section)."""
@@ -157,6 +160,9 @@ def design_table(params_file: str | Path, profile: str, overrides: Any = None):
 
     specs = expand_sweep(rq_params(params_file, profile, overrides=overrides))
     runs = [p.run for p in specs]
+    # the base model zero-shot (method none) trains nothing: its defaults (connector frozen, the profile's epochs,
+    # no per-epoch evaluation) are not levels the study plans, so training factors list only the trained runs
+    trained = [r for r in runs if r.method != "none"] or runs
     rows = []
     for key in ("method", "placement", "connector", "dataset", "method_params", "train_size", "test_size", "seed",
                 "lr", "epochs", "eval_every_epoch", "eval_datasets"):
@@ -164,7 +170,8 @@ def design_table(params_file: str | Path, profile: str, overrides: Any = None):
             rates = dict.fromkeys(f"{p.run.method} {p.resolved_lr():.1e}" for p in specs if p.run.method != "none")
             rows.append({"factor": key, "levels": len(rates), "values": ", ".join(rates) or "-"})
             continue
-        levels = list(dict.fromkeys(json.dumps(getattr(r, key), sort_keys=True) for r in runs))
+        of = trained if key in TRAINING_FACTORS else runs
+        levels = list(dict.fromkeys(json.dumps(getattr(r, key), sort_keys=True) for r in of))
         shown = ", ".join(("default" if v == "null" else v.replace('"', "")) for v in levels)
         rows.append({"factor": key, "levels": len(levels), "values": shown})
     rows.append({"factor": "runs", "levels": len(runs), "values": f"{len(runs)} run specs"})

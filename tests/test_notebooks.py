@@ -95,6 +95,13 @@ def test_notebook_renders_on_smoke(stem, kernel, shared):
     if stem != "rq8_summary":  # the evidence of every report that trains: used settings, loss curves, gallery
         assert "Settings the runs used" in page and "Items drawn with seed" in page
         assert page.count("data:image/png;base64,") >= 8 + 1, "gallery thumbnails and figures"
+    if stem == "rq6_generalization":  # forgetting separated from format collapse: parse rate per epoch
+        assert "Forgetting or format collapse" in page and "parse-rate change" in page
+    if stem == "rq4_data_size":  # both designs and the log-linear test
+        assert "equal steps" in page and "equal epochs" in page and "residual at largest" in page
+    if stem == "rq3_budget":  # measured cost beside the estimates, from each run's metrics.json
+        assert "Measured cost beside the estimates" in page and "peak memory MiB" in page
+        assert re.search(r"Achieved rate over \d+ runs: median [0-9.]+ GFLOP/s", page)
     assert "Traceback" not in page and 'data-mime-type="application/vnd.jupyter.stderr"' not in page, \
         "error output in the report"
     executed = nbformat.read(str(html.with_suffix(".ipynb")), as_version=4)
@@ -133,7 +140,7 @@ def test_study_set_reaches_the_runs_the_calibration_and_the_notebook(tmp_path, k
                               overrides=["run.seed=7"])
     assert summary.ok, summary.lines()
     seeds = {read_json(d / "spec.json")["run"]["seed"] for d in runs.iterdir() if (d / "spec.json").exists()}
-    assert seeds == {7} and summary.runs_trained == 3 and summary.calibration
+    assert seeds == {7} and summary.runs_trained == 5 and summary.calibration  # 3 sizes, 2 equal-steps
     html = tmp_path / "reports" / stem / "smoke.html"
     meta = json.loads(html.with_suffix(".json").read_text())
     assert meta["parameters"]["overrides"] == ["run.seed=7"]

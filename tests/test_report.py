@@ -212,6 +212,28 @@ def test_data_size_diminishing_returns():
     assert findings.finding_data_size(*w2.table()).verdict == "contradicted"
 
 
+def test_data_size_reads_the_equal_steps_design_when_it_was_run():
+    """Equal epochs: the score grows with the size, but so do the steps (50 / 95 / 190); equal steps (95 at every
+    size): no gain. The finding reads the design that is not confounded, and says so."""
+    import math
+
+    w = World(n_items=100)
+    for n, p, epochs in ((150, 0.2, 5.0), (300, 0.6, 5.0), (600, 0.7, 5.0), (150, 0.6, 9.5), (600, 0.6, 2.5)):
+        rid = w.run("lora", "iconqa_txt", p, train_size=n, epochs=epochs, item_seed=3)
+        w.rows[-1]["run_id"] = f"{rid}-e{epochs}"  # the helper's ids leave the epochs out: one run each
+        for it in w.items[-w.n:]:
+            it["run_id"] = f"{rid}-e{epochs}"
+    table, items = w.table()
+    confounded = findings.finding_data_size(table, items)  # no steps recorded: the equal-epochs pairs only
+    assert confounded.verdict == "supported" and "Equal-steps" not in confounded.ours
+    table["train_steps"] = [math.ceil(math.ceil(n / 16) * e) for n, e in zip(table["train_size"], table["epochs"])]
+    f = findings.finding_data_size(table, items)
+    assert f.ours.startswith("Equal-steps design (every size trained for 95 optimizer steps")
+    assert f.verdict != "supported" and "[150, 300, 600]" in f.ours
+    gains = f.details[f.details["comparison"].str.startswith("n=600 - n=150")]
+    assert len(gains) == 1 and abs(gains["estimate"].iloc[0]) < 0.05
+
+
 def test_adapter_stability():
     w = World()
     spread = {"adapter": [0.500, 0.501, 0.499, 0.500, 0.502], "lora": [0.3, 0.6, 0.45, 0.7, 0.2],
@@ -497,3 +519,222 @@ def test_design_tables_show_the_rates_used_not_default():
     table = study.design_table(PARAMS_DIR / "rq1_main.yaml", "quick")
     lr = table.set_index("factor").loc["lr", "values"]
     assert "default" not in lr and "lora " in lr and "e-" in lr
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_design_tables_list_only_the_levels_the_profile_runs(profile):
+    """The base model zero-shot (method none) trains nothing: its default connector (frozen), epochs and evaluation
+    schedule are not levels of the design. RQ7 runs every trained method with the connector tuned, after every
+    epoch; RQ6 trains its one epoch count."""
+    from mllm_study.sweep import expand_sweep
+
+    for stem in ("rq7_hallucination", "rq6_generalization"):
+        table = study.design_table(PARAMS_DIR / f"{stem}.yaml", profile).set_index("factor")
+        trained = [p.run for p in expand_sweep(study.rq_params(PARAMS_DIR / f"{stem}.yaml", profile))
+                   if p.run.method != "none"]
+        for key in ("connector", "epochs", "eval_every_epoch"):
+            planned = {str(getattr(r, key)).lower() for r in trained}
+            shown = set(table.loc[key, "values"].split(", "))
+            assert shown == planned and table.loc[key, "levels"] == len(planned), (stem, key, shown, planned)
+        assert "none" in table.loc["method", "values"]  # the reference itself stays listed
+    rq7 = study.design_table(PARAMS_DIR / "rq7_hallucination.yaml", profile).set_index("factor")
+    assert rq7.loc["connector", "values"] == "tuned" and rq7.loc["eval_every_epoch", "values"] == "true"
+
+
+# ---- chance and baseline lines in the score figures ------------------------------------------------------------
+def _baseline_figures() -> pd.DataFrame:
+    """A validity figures table as :func:`mllm_study.validity.report_section` returns it: the world's baselines per
+    column in ``attrs['world']`` (a caption column without any, a POPE split keyed with a slash)."""
+    figures = pd.DataFrame(columns=["run", "column", "score", "chance", "question-only", "parse rate", "flag"])
+    figures.attrs["world"] = {
+        "sqa": {"chance": 0.45, "gold_majority": 0.5, "question_only": 0.40, "kind": "mc", "metric": "mc_accuracy"},
+        "vizwiz": {"chance": 0.25, "gold_majority": 0.2, "question_only": 0.30, "kind": "open", "metric": "vqa_score"},
+        "flickr30k": {"chance": None, "gold_majority": None, "question_only": None, "kind": "caption",
+                      "metric": "cider"},
+        "pope/random": {"chance": 0.5, "gold_majority": 0.5, "question_only": 0.7, "kind": "yesno", "metric": "pope"}}
+    return figures
+
+
+def _lines(ax):
+    """(y, colour, label) of every horizontal line drawn on ``ax`` (axhline and hlines alike)."""
+    import matplotlib.colors as mcolors
+
+    out = []
+    for line in ax.get_lines():
+        ys = set(np.round(np.asarray(line.get_ydata(), dtype=float), 9))
+        if len(ys) == 1:
+            out.append((ys.pop(), mcolors.to_hex(line.get_color()), line.get_label()))
+    for coll in ax.collections:
+        for seg in coll.get_segments():
+            if len(seg) == 2 and seg[0][1] == seg[1][1]:
+                out.append((round(float(seg[0][1]), 9), mcolors.to_hex(coll.get_color()[0]), coll.get_label()))
+    return out
+
+
+def test_baseline_lines_sit_at_each_columns_chance_and_question_only():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = _baseline_figures()
+    sqa, viz = report.column_label("sqa"), report.column_label("vizwiz")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0.6, 0.7], label="lora")
+    ax.legend(title="Method")
+    drawn = report.baseline_lines(ax, figures, sqa)
+    assert drawn == {sqa: {"chance": 0.45, "question_only": 0.40}}
+    lines = [(y, label) for y, _, label in _lines(ax) if y in (0.45, 0.4)]
+    assert sorted(lines) == [(0.4, report.BASELINES["question_only"]), (0.45, report.BASELINES["chance"])]
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "Method"  # the hue legend keeps its title and gains the two baselines
+    assert [t.get_text() for t in legend.get_texts()] == ["lora", report.BASELINES["chance"],
+                                                          report.BASELINES["question_only"]]
+    # several columns on one panel: every column's lines, one legend entry per kind, each line named at its end
+    fig, ax = plt.subplots()
+    drawn = report.baseline_lines(ax, figures, [sqa, viz, report.column_label("flickr30k")])
+    assert drawn == {sqa: {"chance": 0.45, "question_only": 0.40}, viz: {"chance": 0.25, "question_only": 0.30}}
+    assert sorted(y for y, _, _ in _lines(ax)) == [0.25, 0.3, 0.4, 0.45]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [report.BASELINES["chance"],
+                                                                  report.BASELINES["question_only"]]
+    assert sorted(t.get_text() for t in ax.texts) == sorted([sqa, sqa, viz, viz])
+    # a key with a slash (a POPE split) and a column without baselines (captions) or no figures at all: nothing
+    fig, ax = plt.subplots()
+    assert report.baseline_lines(ax, figures, "pope/random") == {"pope/random": {"chance": 0.5, "question_only": 0.7}}
+    assert report.baseline_lines(plt.subplots()[1], figures, report.column_label("flickr30k")) == {}
+    assert report.baseline_lines(plt.subplots()[1], None, sqa) == {}
+    # the categorical form (RQ1: columns along x): a short line over each column's position at its own value
+    fig, ax = plt.subplots()
+    report.chance_lines(ax, figures, [viz, sqa])
+    segs = sorted((round(float(s[0][0]), 3), round(float(s[0][1]), 3)) for c in ax.collections
+                  for s in c.get_segments())
+    assert segs == [(-0.4, 0.25), (-0.4, 0.3), (0.6, 0.4), (0.6, 0.45)]
+    plt.close("all")
+
+
+# ---- RQ4: equal-steps beside equal-epochs, and the log-linear test of diminishing returns ----------------------
+def _size_series(means_by_design: dict, n_items: int = 60, seed: int = 0):
+    """Scores and items of one method on one column: per design a list of (size, epochs, steps, mean); the medium
+    run (300 at 5 epochs, 95 steps) is one run shared by both designs. Items are 0/1 with exactly the mean."""
+    rng = np.random.default_rng(seed)
+    rows, items, done = [], [], {}
+    for design, series in means_by_design.items():
+        for size, epochs, steps, mean in series:
+            rid = done.get((size, epochs)) or f"lora-n{size}-e{epochs}"
+            if (size, epochs) in done:
+                continue
+            done[(size, epochs)] = rid
+            k = int(round(mean * n_items))
+            scores = np.array([1.0] * k + [0.0] * (n_items - k))
+            rng.shuffle(scores)
+            rows.append({"run_id": rid, "model": "tiny", "method": "lora", "method_params": "{}", "placement": "both",
+                         "connector": "tuned", "vision": "frozen", "train_dataset": "sqa", "train_size": size,
+                         "seed": 42, "lr": 1e-3, "connector_lr": 1e-4, "epochs": float(epochs), "dataset": "sqa",
+                         "split": "test", "epoch": None, "metric": "mc_accuracy", "value": scores.mean(),
+                         "train_steps": steps, "column": report.column_label("sqa")})
+            items += [{"run_id": rid, "dataset": "sqa", "split": "test", "epoch": -1, "metric": "mc_accuracy",
+                       "id": f"q{i}", "score": s, "prediction": "A", "references": ["A"]} for i, s in enumerate(scores)]
+    return pd.DataFrame(rows), pd.DataFrame(items)
+
+
+def test_log_linear_weights_give_the_ols_slope_and_the_largest_sizes_residual():
+    sizes = [150, 300, 600, 3000]
+    y = np.array([0.2, 0.3, 0.35, 0.4])
+    w, v = report.log_linear_weights(sizes)
+    b, a = np.polyfit(np.log10(sizes), y, 1)
+    assert w @ y == pytest.approx(b) and v @ y == pytest.approx(y[-1] - (a + b * np.log10(3000)))
+    line = 0.1 + 0.25 * np.log10(sizes)  # exactly log-linear: slope 0.25 per tenfold, no residual
+    assert w @ line == pytest.approx(0.25) and v @ line == pytest.approx(0.0, abs=1e-12)
+    assert not report.log_linear_weights([10, 100])[1].any()  # two sizes: a line fits exactly
+    with pytest.raises(ValueError):
+        report.log_linear_weights([10, 10])
+
+
+def test_size_designs_tell_equal_steps_from_equal_epochs_and_the_fit_tests_the_curvature():
+    # equal epochs: 5 epochs at every size (50 / 95 / 190 steps); equal steps: 95 steps at every size
+    flat_high = {report.EQUAL_EPOCHS: [(150, 5, 50, 0.30), (300, 5, 95, 0.50), (600, 5, 190, 0.55)],
+                 report.EQUAL_STEPS: [(150, 9.5, 95, 0.40), (300, 5, 95, 0.50), (600, 2.5, 95, 0.60)]}
+    scores, items = _size_series(flat_high)
+    designed = report.size_designs(scores)
+    got = {d: sorted(zip(g["train_size"], g["epochs"], g["train_steps"])) for d, g in designed.groupby("design")}
+    assert got == {report.EQUAL_EPOCHS: [(150, 5.0, 50), (300, 5.0, 95), (600, 5.0, 190)],
+                   report.EQUAL_STEPS: [(150, 9.5, 95), (300, 5.0, 95), (600, 2.5, 95)]}
+    fits = report.log_linear_fits(designed, items).set_index("design")
+    x = np.log10([150, 300, 600])
+    for design, series in flat_high.items():
+        b, a = np.polyfit(x, [m for *_, m in series], 1)
+        assert fits.loc[design, "slope"] == pytest.approx(b)
+        assert fits.loc[design, "residual"] == pytest.approx(series[-1][-1] - (a + b * x[-1]))
+    # equal epochs flattens (0.30 -> 0.50 -> 0.55 on doubling sizes): the largest size lies below the line, and
+    # the CI comes from the same t as the p (one seed: over items)
+    ee = fits.loc[report.EQUAL_EPOCHS]
+    assert ee["residual"] < 0 and ee["reading"].startswith("on the") == (ee["res_high"] >= 0)
+    assert (ee["res_high"] < 0) == (ee["res_p"] < 0.05) and "test items" in ee["unit"]
+    es = fits.loc[report.EQUAL_STEPS]  # exactly log-linear (equal gains per doubling): on the fit
+    assert es["residual"] == pytest.approx(0.0, abs=1e-12) and es["reading"].startswith("on the log-linear fit")
+    assert fits.loc[report.EQUAL_STEPS, "steps"] == "95, 95, 95"
+    # a flagged measurement leaves its series out with the reason
+    flagged = report.log_linear_fits(designed, items, flags={("lora-n600-e2.5", "sqa"): "collapsed on 'A'"})
+    es = flagged.set_index("design").loc[report.EQUAL_STEPS]
+    assert es["reading"].startswith("not measurable") and "collapsed on 'A'" in es["reading"]
+    # only the equal-epochs design run: no equal-steps rows
+    only = scores[scores["epochs"] == 5.0]
+    assert set(report.size_designs(only)["design"]) == {report.EQUAL_EPOCHS}
+
+
+def test_a_strongly_flattening_curve_reads_below_the_log_linear_fit():
+    series = {report.EQUAL_EPOCHS: [(100, 3, 10, 0.10), (1000, 3, 100, 0.60), (10000, 3, 1000, 0.62)]}
+    scores, items = _size_series(series, n_items=200)
+    fits = report.log_linear_fits(report.size_designs(scores), items)
+    row = fits.iloc[0]
+    assert row["slope"] > 0 and row["ci_low"] > 0 and row["res_high"] < 0
+    assert row["reading"].startswith("below the log-linear fit") and row["res_p_holm"] < 0.05
+
+
+def test_with_parsed_reads_each_prediction_in_its_columns_format(smoke_world):
+    """RQ6's parse rate per epoch: the validity instrument's parsers per column (a letter or option for multiple
+    choice, a number for fill-in-the-blank, a non-empty answer after VQA normalisation for open VQA)."""
+    from mllm_study.data import load_split
+
+    rows = []
+    cases = {"sqa": [("A", 1.0), ("the answer is B", 1.0), ("zzz qqq", 0.0), ("", 0.0)],
+             "iconqa_blank": [("3", 1.0), ("three apples", 0.0)],
+             "vqav2": [("red", 1.0), ("a", 0.0), ("", 0.0)]}
+    metrics = {"sqa": "mc_accuracy", "iconqa_blank": "accuracy", "vqav2": "vqa_score"}
+    for dataset, preds in cases.items():
+        recs = load_split(smoke_world / dataset, "test", check_images=False)
+        for rec, (pred, _) in zip(recs, preds):
+            rows.append({"run_id": "r", "dataset": dataset, "split": "test", "epoch": 1, "metric": metrics[dataset],
+                         "id": rec["id"], "score": 0.0, "prediction": pred, "references": []})
+    items = pd.DataFrame(rows)
+    got = report.with_parsed(items, smoke_world)
+    assert got["parsed"].tolist() == [v for preds in cases.values() for _, v in preds]
+    assert report.with_parsed(items, None)["parsed"].isna().all()  # real data: no world, no formats
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full", "paper-llava-1.5-7b"])
+def test_rq4_equal_steps_runs_train_the_medium_sizes_steps_and_are_no_convergence_probes(profile):
+    """Every size of RQ4's equal-steps design trains the medium size's optimizer steps (ceil of steps per epoch x
+    epochs, on one process; within 1% at real scale), and no run is another's exact doubling of the epochs (the
+    validity instrument's convergence check reads such a pair as a doubled-budget probe)."""
+    import math
+
+    from mllm_study.sweep import expand_sweep
+
+    runs = [p.run for p in expand_sweep(study.rq_params(PARAMS_DIR / "rq4_data_size.yaml", profile))]
+    steps = lambda r: math.ceil(math.ceil(math.ceil(r.train_size / r.batch_size) / r.grad_accum) * r.epochs)  # noqa
+    by: dict = {}
+    for r in runs:
+        by.setdefault((r.method, r.dataset), []).append(r)
+    for key, rs in by.items():
+        sizes = sorted({r.train_size for r in rs})
+        mid = sizes[len(sizes) // 2]
+        ref = min((r for r in rs if r.train_size == mid), key=lambda r: r.epochs)
+        target = steps(ref)
+        for n in sizes:
+            got = [steps(r) for r in rs if r.train_size == n]
+            assert any(abs(s - target) <= 0.01 * target for s in got), (profile, key, n, got, target)
+        for a in rs:
+            for b in rs:
+                if a.train_size == b.train_size and a is not b:
+                    assert not math.isclose(b.epochs, 2 * a.epochs), (profile, key, a.train_size, a.epochs, b.epochs)
