@@ -177,7 +177,7 @@ def test_bad_input_catalogue(tmp_path, smoke_params, smoke_world, smoke_model_di
         expected = r"cannot load model .*no-such-checkpoint"
     elif case == "no_module":
         args += ["--set", "run.layers=[7]"]
-        expected = r"layer"
+        expected = r"run: error: layers \[7\] do not exist in the language model \(llava-hf: layers 0\.\.1\)$"
     else:
         args += ["--set", "run.placement=ffn"]  # (--placement ffn is refused by the option's choices)
         expected = r"run.placement must be attention, mlp or both \(got 'ffn'\)"
