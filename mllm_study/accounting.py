@@ -27,7 +27,8 @@ Conventions (STUDY.md):
 - FLOPs per image: the vision tower (frozen in the study) runs on its patches and the connector on the image
   tokens. Nothing below a frozen vision tower trains, so it runs forward only (2); tuned it costs 6. The connector
   costs 2 forward, + 2 for its weight gradients when tuned, + 2 for activation gradients when the vision tower
-  below it trains: train = (2 | 6) * P_vision * n_patches + (2 + 2 [tuned] + 2 [vision tuned]) * P_connector * n_image_tokens,
+  below it trains: train = (2 | 6) * P_vision * n_patches
+  + (2 + 2 [tuned] + 2 [vision tuned]) * P_connector * n_image_tokens,
   inference = 2 * (P_vision * n_patches + P_connector * n_image_tokens). LLaVA-1.5: 577 patches (CLS included),
   576 image tokens; Qwen2-VL (dynamic resolution): a 448x448 image is assumed, 1024 patches, 256 tokens.
 """

@@ -22,7 +22,8 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides", "list_profiles", "check_value",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides",
+    "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"

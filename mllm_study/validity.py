@@ -45,7 +45,8 @@ from .metrics import compute_metric, extract_choice, find_objects, normalize_ans
 from .records import run_damage
 from .runs import _file_digest, is_done, read_json, write_json_atomic
 
-__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs", "validate",
+__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
+           "validate",
            "world_columns"]
 
 QUESTION_ONLY_MARGIN = 0.05  # (a) question-only <= chance (or gold-majority) + this
@@ -320,7 +321,8 @@ def read_runs(runs_dir: str | Path, world_dir: str | Path, columns: dict[str, Co
     return runs, skipped
 
 
-REPEAT_PHRASE = 4  # report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+# report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+REPEAT_PHRASE = 4
 
 
 def _repeats_phrase(text: str, n: int = REPEAT_PHRASE) -> bool:

@@ -107,7 +107,8 @@ def test_submitit_job_array_runs_one_run_per_task(tmp_path, smoke_params, smoke_
 
 def test_one_run_on_two_processes_with_accelerate_launch(tmp_path, smoke_params, smoke_model_dir):
     # --multi_gpu launches through torchrun; without GPUs every process runs on the CPU (gloo): MULTI_CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_study", "run", "--profile", "smoke",
            "--quiet", "--method", "lora", "--train-size", "32", "--test-size", "8",
            "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'runs'}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,12 +86,12 @@ def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_mo
     assert tiny_llava_dir(other, smoke_world) != smoke_model_dir
 
 
+@pytest.mark.slow  # pre-trains the smoke model again (make test-fast skips)
 def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_world, smoke_model_dir, tmp_path,
                                                             monkeypatch):
     """Same recipe, machine and thread count: bit-identical weights; the key covers the world's and trainer's code."""
     import hashlib
     from dataclasses import replace
-    from pathlib import Path
 
     import mllm_study
     from mllm_study import models
@@ -175,7 +176,8 @@ def test_a_case_sensitive_tokenizer_keeps_option_letters_apart_from_articles():
 @pytest.mark.parametrize("text_first", [False, True])
 def test_the_chat_template_places_the_image_as_configured(text_first):
     _, processor = build_tiny_llava(build_tokenizer(TEXTS), PretrainConfig(image_after_text=text_first))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
+    messages = [{"role": "user",
+                 "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
     question_first = "user : what color is the circle ? <image> assistant : red </s>"

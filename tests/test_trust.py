@@ -369,7 +369,8 @@ def test_missing_and_unwritable_folders_are_one_line_errors(tmp_path, smoke_para
     assert err == f"mllm-study results: error: runs folder not found: {tmp_path / 'nonexistent'}\n"
     (tmp_path / "a-file").write_text("")  # a runs folder that cannot be created (root ignores read-only modes)
     code = main(["run", "--profile", "smoke", "--quiet", "--method", "none", "--test-size", "4",
-                 "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'a-file' / 'runs'}"])
+                 "--set", f"paths.cache={smoke_params.paths.cache}",
+                 "--set", f"paths.runs={tmp_path / 'a-file' / 'runs'}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("mllm-study run: error: Not a directory: ") and len(err.splitlines()) == 1, err
 
