@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
-                                        "(STUDY.md); prints the figures, exits 1 if a criterion fails")
+                                        "(docs/study.md); prints the figures, exits 1 if a criterion fails")
     _add_params_options(p)
     p.add_argument("--runs", help="runs folder (default: the params' paths.runs)")
     p.add_argument("--world", help="world folder (default: the params' world, generated if missing)")

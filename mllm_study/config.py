@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class WorldConfig:
-    """The embedded synthetic world (see STUDY.md)."""
+    """The embedded synthetic world (see docs/study.md, "The embedded world")."""
 
     profile: str = "quick"  # world size: smoke | quick | full
     seed: int = 0  # world seed; the same seed gives byte-identical files

@@ -451,7 +451,7 @@ def test_rendering_matches_scene_graph(world):
 
 # ---------------------------------------------------------------------------------------- validity of the world
 def test_no_question_only_shortcut():
-    """A model that reads only the question scores at most chance + 0.05 in every family (STUDY.md)."""
+    """A model that reads only the question scores at most chance + 0.05 in every family (docs/study.md)."""
     from mllm_study.world.audit import SHORTCUT_MARGIN, audit_world
 
     audit = audit_world(seed=0, n_train=600, n_test=400)
