@@ -40,6 +40,7 @@ def test_configs_are_kept_in_the_repo():
         load_model_config("llava-2")
 
 
+@pytest.mark.slow
 def test_paper_configurations_on_llava_7b_match_closed_forms(rows_7b):
     by, rows = rows_7b
     # one row per paper method x connector, in that order, all on the same 7B base at the default context
@@ -58,6 +59,7 @@ def test_paper_configurations_on_llava_7b_match_closed_forms(rows_7b):
     assert by["adapter", "frozen"].placement == "mlp" and by["prefix", "frozen"].placement is None
 
 
+@pytest.mark.slow
 def test_flops_follow_the_study_formulas(rows_7b):
     by, *_ = rows_7b
     ia3 = by["ia3", "frozen"]
@@ -79,6 +81,7 @@ def test_flops_follow_the_study_formulas(rows_7b):
     assert vision / 577 == pytest.approx(303.5e6, rel=0.01)  # CLIP ViT-L/14-336 vision tower ~303.5M parameters
 
 
+@pytest.mark.slow
 def test_table_prints_every_row(rows_7b):
     _, rows = rows_7b
     table = format_params_table("llava-1.5-7b", rows=rows)
@@ -87,6 +90,7 @@ def test_table_prints_every_row(rows_7b):
     assert any(line.startswith("lora") and "319,815,680" in line and "4.332" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_qwen2_vl_prefix_counts_grouped_kv_heads():
     row = count_method("qwen2-vl-7b", "prefix")
     # 28 layers, 4 key/value heads x head_dim 128 = 512-wide keys and values
@@ -94,6 +98,7 @@ def test_qwen2_vl_prefix_counts_grouped_kv_heads():
     assert row.all_params - row.peft_params == 8_291_375_616
 
 
+@pytest.mark.slow
 def test_main_params_json(capsys):
     assert main_params(["--model", "llava-1.5-7b", "--methods", "ia3", "--connector", "frozen", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -108,6 +113,7 @@ VISION_7B = 1024 + 3 * 14 * 14 * 1024 + 577 * 1024 + 2 * 2048 \
     + 24 * (4 * (1024 * 1024 + 1024) + (1024 * 4096 + 4096) + (4096 * 1024 + 1024) + 2 * 2048)
 
 
+@pytest.mark.slow
 def test_a_tuned_vision_encoder_is_counted(capsys):
     assert VISION_7B == 303_507_456
     assert main_params(["--model", "llava-1.5-7b", "--methods", "ia3", "--connector", "frozen",

@@ -68,6 +68,7 @@ def _run_dir_contents(run_dir):
     return metrics, log, (run_dir / "predictions.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_run_metrics_identical_with_and_without_caches(smoke_params, smoke_model_dir, tmp_path, monkeypatch):
     """A whole run (train with per-epoch evaluation, then metrics and predictions) with every encoding cache off,
     with the memory caches and a cold disk cache, and with a warm disk cache: identical results."""
@@ -108,6 +109,7 @@ def test_run_metrics_identical_with_and_without_caches(smoke_params, smoke_model
     assert plain == cold == warm
 
 
+@pytest.mark.slow
 def test_training_identical_with_and_without_collator_cache(smoke_base, smoke_world):
     model, processor = smoke_base
     records = _train_records(smoke_world)
@@ -173,6 +175,7 @@ def test_shared_cache_is_bounded(smoke_base, smoke_world, monkeypatch):
     assert len(collator._cache) == len(records)  # the collator keeps its own for its lifetime
 
 
+@pytest.mark.slow
 def test_answer_logits_give_the_same_loss_up_to_rounding(smoke_base, smoke_world):
     model, processor = smoke_base
     records = _train_records(smoke_world)
@@ -229,6 +232,7 @@ def test_mixed_precision_setting(monkeypatch):
         mixed_precision_setting()
 
 
+@pytest.mark.slow
 def test_train_throughput_benchmark_runs(smoke_params, smoke_model_dir, capsys):
     import importlib.util
     from pathlib import Path
@@ -300,6 +304,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_mixed_precision_path_on_cpu(smoke_model_dir, smoke_world, tmp_path):
     """The CUDA path's mechanics, run with bf16 autocast on CPU in a fresh process (one accelerator per process):
     answer-only logits by default, per-epoch evaluation on the plain forward, the autocast wrapper removed."""

@@ -49,6 +49,7 @@ def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir,
     assert not capsys.readouterr().out.strip().endswith(str(run_dir))
 
 
+@pytest.mark.slow
 def test_vision_tuned_run_trains_saves_and_reloads_the_vision_encoder(smoke_params, smoke_model_dir, capsys):
     from pathlib import Path
 
@@ -146,6 +147,7 @@ def test_argparse_rejects_unknown_option_and_type(capsys):
     assert "invalid float value: 'fast'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_world_command_is_deterministic(tmp_path, capsys):
     def files(root):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
