@@ -450,7 +450,7 @@ def _convergence(trained: list[Run]) -> tuple[Criterion, list[dict]]:
     for (method, column), pairs in sorted(by.items()):
         rows.append({"method": method, "column": column, "pairs": len(pairs), "mean_diff": fmean(d for d, _ in pairs),
                      "runs": [p for _, p in pairs]})
-    for method in sorted({m for m, _ in by}):  # the method's mean over its columns (docs/study.md: "no mean score")
+    for method in sorted({m for m, _ in by}):  # the method's mean over its columns (docs/study.md: no mean score)
         diffs = [d for (m, _), pairs in by.items() if m == method for d, _ in pairs]
         diff = fmean(diffs)
         rows.append({"method": method, "column": "(mean)", "pairs": len(diffs), "mean_diff": diff, "runs": []})
