@@ -1,12 +1,14 @@
 # mllm-study: set-up and the two commands of the README.
 #   make study   install everything, then run the main job (quick profile)
-#   make test    install what the tests need, then run the test suite
+#   make test    install what the tests need, then run the test suite (what CI runs, through .ci/run)
+#   make test-fast  the suite without the tests marked slow (the inner loop; see CONTRIBUTING.md)
+#   make style   ruff over the package, the tests and the benchmarks (the suite checks it too: tests/test_style.py)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install study test style clean
+.PHONY: install study test test-fast style clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +19,7 @@ $(BIN)/python:
 $(STAMP): requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip install --quiet "pytest>=8" pytest-timeout
+	$(BIN)/pip install --quiet "pytest>=8" pytest-timeout ruff==0.17.6
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mllm-study)" >/dev/null
 	touch $(STAMP)
 
@@ -28,6 +30,12 @@ study: install
 
 test: install
 	$(BIN)/python -m pytest -q --timeout 900
+
+test-fast: install
+	$(BIN)/python -m pytest -q --timeout 900 -m "not slow"
+
+style: install
+	$(BIN)/ruff check mllm_study tests benchmarks
 
 clean:
 	rm -rf .cache runs reports/*/ .pytest_cache

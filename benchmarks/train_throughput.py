@@ -279,7 +279,8 @@ def run_trainer(params, method: str, records: list[dict], steps: int, batch_size
         kwargs["warmup_steps"] = params.run.warmup_ratio
     if torch.cuda.is_available():
         kwargs["bf16" if torch.cuda.is_bf16_supported() else "fp16"] = True
-    clock = StepClock(PreEncodedCollator(collator, model) if collator is not None else PerBatchCollator(processor, model))
+    clock = StepClock(PreEncodedCollator(collator, model) if collator is not None
+                      else PerBatchCollator(processor, model))
     set_seed(params.run.seed)
     trainer = Trainer(model=model, args=TrainingArguments(**kwargs), train_dataset=records,
                       data_collator=clock, callbacks=[KeepLoss()])
@@ -652,12 +653,13 @@ def main(argv: list[str] | None = None) -> dict:
 
             row = {"same_batches": same}
             for steps in lengths:
-                row[f"short" if steps == args.steps else "long"] = {
+                row["short" if steps == args.steps else "long"] = {
                     "wall": spread(ratios("fair", steps, "seconds")), "cpu": spread(ratios("fair", steps, "cpu"))}
             sl = lengths[-1]  # steady state from the longest runs
             row["steady"] = {"steps": sl, "wall": spread(step_ratios(sl, "step_wall")),
                              "cpu": spread(step_ratios(sl, "step_cpu")), "log": spread(step_ratios(sl, "step_log")),
-                             "ms": {s: spread([x["step_wall"] * 1e3 for x in res[(s, sl)]]) for s in ("project", "fair")}}
+                             "ms": {s: spread([x["step_wall"] * 1e3 for x in res[(s, sl)]])
+                                    for s in ("project", "fair")}}
             if oob:
                 row["out_of_the_box"] = {"wall": spread(ratios("oob", args.steps, "seconds")),
                                          "cpu": spread(ratios("oob", args.steps, "cpu"))}

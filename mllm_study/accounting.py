@@ -8,7 +8,7 @@ llava-hf/llava-1.5-7b-hf, llava-hf/llava-1.5-13b-hf and Qwen/Qwen2-VL-7B-Instruc
 each method is applied through the registry exactly as in training (peft and the bottleneck adapter both work on
 meta tensors) and the parameters are counted.
 
-Conventions (STUDY.md):
+Conventions (docs/study.md, "Methods and their hyperparameters" and RQ 3):
 - trainable % = trainable / (all base parameters + PEFT parameters), like peft's ``print_trainable_parameters``,
   except that peft's trainable *copy* of a tuned connector (``modules_to_save``) is not counted twice: the
   connector is a base parameter that trains.
@@ -17,7 +17,7 @@ Conventions (STUDY.md):
   train = 4 * P_frozen + 6 * P_trainable, because PEFT modules sit in every layer, so activation gradients flow
   back through every frozen weight of the language model, while only trainable weights need weight gradients;
   inference = 2 * (P_non-embedding + n_layer * d_model * n_ctx). ``train_flops_per_token_study`` keeps the older
-  STUDY.md reading, 2 * P_frozen + 4 * P_trainable, which leaves out those activation gradients (it comes out
+  docs/study.md reading, 2 * P_frozen + 4 * P_trainable, which leaves out those activation gradients (it comes out
   below inference for every PEFT method) and is shown beside the count only for comparison.
   P counts the parameters a text token passes through: the language model without its input embedding table
   (``lm_head`` included) plus the PEFT parameters in it (unmerged; LoRA and IA3 merged would cost nothing extra).
@@ -27,7 +27,8 @@ Conventions (STUDY.md):
 - FLOPs per image: the vision tower (frozen in the study) runs on its patches and the connector on the image
   tokens. Nothing below a frozen vision tower trains, so it runs forward only (2); tuned it costs 6. The connector
   costs 2 forward, + 2 for its weight gradients when tuned, + 2 for activation gradients when the vision tower
-  below it trains: train = (2 | 6) * P_vision * n_patches + (2 + 2 [tuned] + 2 [vision tuned]) * P_connector * n_image_tokens,
+  below it trains: train = (2 | 6) * P_vision * n_patches
+  + (2 + 2 [tuned] + 2 [vision tuned]) * P_connector * n_image_tokens,
   inference = 2 * (P_vision * n_patches + P_connector * n_image_tokens). LLaVA-1.5: 577 patches (CLS included),
   576 image tokens; Qwen2-VL (dynamic resolution): a 448x448 image is assumed, 1024 patches, 256 tokens.
 """

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
-                                        "(STUDY.md); prints the figures, exits 1 if a criterion fails")
+                                        "(docs/study.md); prints the figures, exits 1 if a criterion fails")
     _add_params_options(p)
     p.add_argument("--runs", help="runs folder (default: the params' paths.runs)")
     p.add_argument("--world", help="world folder (default: the params' world, generated if missing)")
@@ -293,7 +293,8 @@ def _cmd_sweep(args) -> int:
     plan = plan_sweep(params, shard, progress=not args.quiet)
     ids = [rid for rid, _ in plan]
     state = sweep_status(params.paths.runs, ids)
-    print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items()) + f" (of {len(ids)}, shard {shard[0]}/{shard[1]})")
+    print("sweep " + ", ".join(f"{k} {len(v)}" for k, v in state.items())
+          + f" (of {len(ids)}, shard {shard[0]}/{shard[1]})")
     if args.status:
         return 0
     if args.slurm:
@@ -356,7 +357,8 @@ def _pool_sweep(args, shard):
     w = args.workers
     argvs = []
     for k in range(w):
-        argv = ["sweep", args.sweep_params, "--shard", f"{i * w + k}/{n * w}", "--quiet", "--retries", str(args.retries)]
+        argv = ["sweep", args.sweep_params, "--shard", f"{i * w + k}/{n * w}", "--quiet",
+                "--retries", str(args.retries)]
         if args.profile:
             argv += ["--profile", args.profile]
         for o in args.overrides:
@@ -439,7 +441,8 @@ def _cmd_rescore(args) -> int:
 def _cmd_calibrate(args) -> int:
     from .calibration import calibrate
 
-    result = calibrate(args.profile, cache=_here(args.cache), runs=_here(args.runs), progress=False, workers=args.workers,
+    result = calibrate(args.profile, cache=_here(args.cache), runs=_here(args.runs), progress=False,
+                       workers=args.workers,
                        stream=sys.stderr if not args.quiet else io.StringIO())
     print("\n".join(result.lines()))
     return 0 if result.ok else 1
@@ -512,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data import DataError
 
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
-                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results, "rescore": _cmd_rescore,
+                "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
+                "rescore": _cmd_rescore,
                 "data": _cmd_data, "validate": _cmd_validate,
                 "calibrate": _cmd_calibrate}
     try:

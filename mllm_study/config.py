@@ -22,7 +22,8 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides", "list_profiles", "check_value",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides",
+    "list_profiles", "check_value",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -45,7 +46,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class WorldConfig:
-    """The embedded synthetic world (see STUDY.md)."""
+    """The embedded synthetic world (see docs/study.md, "The embedded world")."""
 
     profile: str = "quick"  # world size: smoke | quick | full
     seed: int = 0  # world seed; the same seed gives byte-identical files

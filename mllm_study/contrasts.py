@@ -2,7 +2,7 @@
 
 Usage: ``compare_pairs(load_items(runs_dir, scores), pair_runs(scores, "connector", "tuned", "frozen"), by="group")``
 
-Conventions (STUDY.md: every number carries its uncertainty; see also :mod:`mllm_study.report`):
+Conventions (docs/study.md, "Uncertainty": every number carries its uncertainty; see also :mod:`mllm_study.report`):
 - one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
 - an average over datasets: stratified bootstrap, items resampled within each dataset, datasets weighted equally
   (:func:`stratified_mean`);

@@ -41,7 +41,8 @@ class CollectReport:
         damaged = len(self.damaged)
         detail = "; ".join(x for x in (detail, f"{damaged} damaged" if damaged else "") if x)
         text = f"read {self.used} finished runs, skipped {len(self.skipped)}" + (f" ({detail})" if detail else "")
-        return "\n".join([text, *(f"damaged run {rid}: {why} (a sweep re-runs it)" for rid, why in self.damaged.items())])
+        return "\n".join([text, *(f"damaged run {rid}: {why} (a sweep re-runs it)"
+                                  for rid, why in self.damaged.items())])
 
     @property
     def damaged(self) -> dict[str, str]:

@@ -24,7 +24,8 @@ from typing import Any
 from . import __version__
 from .config import Params
 
-__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries", "base_model", "eval_targets",
+__all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries",
+           "base_model", "eval_targets",
            "read_json", "write_json_atomic"]
 
 

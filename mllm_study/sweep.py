@@ -15,7 +15,6 @@ import dataclasses
 import itertools
 import json
 import os
-import platform
 import signal
 import sys
 import time

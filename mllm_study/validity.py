@@ -1,4 +1,5 @@
-"""The validity instrument: can this miniature show the study's factors? (STUDY.md, "What makes the miniature valid")
+"""The validity instrument: can this miniature show the study's factors? (docs/study.md, "What makes the
+miniature valid")
 
 Usage: ``v = validate("runs", world_dir, base_model_dir); print(v.text()); raise SystemExit(v.exit_code)``, or
 ``mllm-study validate --profile quick [--json OUT]``; ``v.data`` holds every figure (the JSON file).
@@ -45,7 +46,8 @@ from .metrics import compute_metric, extract_choice, find_objects, normalize_ans
 from .records import run_damage
 from .runs import _file_digest, is_done, read_json, write_json_atomic
 
-__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs", "validate",
+__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
+           "validate",
            "world_columns"]
 
 QUESTION_ONLY_MARGIN = 0.05  # (a) question-only <= chance (or gold-majority) + this
@@ -320,7 +322,8 @@ def read_runs(runs_dir: str | Path, world_dir: str | Path, columns: dict[str, Co
     return runs, skipped
 
 
-REPEAT_PHRASE = 4  # report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+# report flag: a caption that says the same 4-word phrase twice ("and a red cross ... and a red cross")
+REPEAT_PHRASE = 4
 
 
 def _repeats_phrase(text: str, n: int = REPEAT_PHRASE) -> bool:
@@ -447,7 +450,7 @@ def _convergence(trained: list[Run]) -> tuple[Criterion, list[dict]]:
     for (method, column), pairs in sorted(by.items()):
         rows.append({"method": method, "column": column, "pairs": len(pairs), "mean_diff": fmean(d for d, _ in pairs),
                      "runs": [p for _, p in pairs]})
-    for method in sorted({m for m, _ in by}):  # the method's mean over its columns (STUDY.md: "no mean score")
+    for method in sorted({m for m, _ in by}):  # the method's mean over its columns (docs/study.md: no mean score)
         diffs = [d for (m, _), pairs in by.items() if m == method for d, _ in pairs]
         diff = fmean(diffs)
         rows.append({"method": method, "column": "(mean)", "pairs": len(diffs), "mean_diff": diff, "runs": []})

@@ -24,6 +24,7 @@ def test_step_clock_and_spread():
     assert bench.spread([3.0, float("nan"), 1.0, 2.0]) == (2.0, 1.0, 3.0)
 
 
+@pytest.mark.slow
 def test_fair_baseline_same_batches_and_optimizer(smoke_params, smoke_model_dir, capsys):
     bench = _bench("train_throughput")
     summary = bench.main(["--profile", "smoke", "--cache", smoke_params.paths.cache, "--methods", "ia3",
@@ -42,6 +43,7 @@ def test_fair_baseline_same_batches_and_optimizer(smoke_params, smoke_model_dir,
     assert row["held_out"]["trainer"] == pytest.approx(row["held_out"]["trainer"])
 
 
+@pytest.mark.slow
 def test_eval_benchmark_medians_and_identical_predictions(smoke_params, smoke_model_dir, capsys):
     bench = _bench("eval_throughput")
     out = bench.main(["--profile", "smoke", "--cache", smoke_params.paths.cache, "--n", "4", "--repeats", "2",

@@ -47,6 +47,7 @@ def test_calibration_verdicts():
     assert cal.ok
 
 
+@pytest.mark.slow
 def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_dir, tmp_path):
     runs = tmp_path / "runs"
     first = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)

@@ -17,7 +17,7 @@ from PIL import Image
 from mllm_study.cli import main
 from mllm_study.converters import convert
 from mllm_study.data import load_split
-from test_converters import check_folder, image, load, make_flickr30k, make_pope, make_scienceqa, make_vqa, \
+from test_converters import check_folder, load, make_flickr30k, make_pope, make_scienceqa, make_vqa, \
     write_json
 
 VQA = "Answer the question using a single word or phrase."

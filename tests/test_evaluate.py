@@ -39,14 +39,38 @@ def test_batched_generation_equals_one_at_a_time(smoke_model, smoke_world):
     assert batched == single
 
 
-def test_likelihood_scoring_picks_one_of_the_options(smoke_model, smoke_world):
+def test_likelihood_scoring_picks_the_most_likely_option(smoke_model, smoke_world):
+    """A known answer: the output layer is biased towards one option's token, so that option is the most likely one
+    by a wide margin (about the bias, in nats) and must be the pick; the target is an option the unbiased model did
+    not pick, so the pick has to move to it."""
     model, processor = smoke_model
-    records = load_split(smoke_world / "iconqa_txt", "test")[:6]
-    picks = choose_by_likelihood(model, processor, records, "accuracy", progress=False)
-    assert all(p in r["choices"] for p, r in zip(picks, records))
-    sqa = load_split(smoke_world / "sqa", "test")[:4]
-    letters = choose_by_likelihood(model, processor, sqa, "mc_accuracy", progress=False)
-    assert all(x in "ABCDE"[: len(r["choices"])] for x, r in zip(letters, sqa))
+    tok = processor.tokenizer
+
+    def favouring(token: int):
+        def bias(module, inputs, output):
+            output = output.clone()
+            output[..., token] += 30.0
+            return output
+
+        return model.get_output_embeddings().register_forward_hook(bias)
+
+    for family, metric in (("iconqa_txt", "accuracy"), ("sqa", "mc_accuracy")):
+        records = load_split(smoke_world / family, "test")[:6]
+        picks = choose_by_likelihood(model, processor, records, metric, progress=False)
+        for rec, pick in zip(records, picks):
+            options = list(rec["choices"]) if metric == "accuracy" else list("ABCDE"[: len(rec["choices"])])
+            assert pick in options
+            ids = [tok.encode(o, add_special_tokens=False) for o in options]
+            assert all(len(i) == 1 for i in ids) and len({i[0] for i in ids}) == len(ids)  # one distinct token each
+            for target, (token,) in zip(options, ids):
+                if target == pick:
+                    continue
+                handle = favouring(token)
+                try:
+                    moved = choose_by_likelihood(model, processor, [rec], metric, progress=False)
+                finally:
+                    handle.remove()
+                assert moved == [target], (family, rec["id"], options, pick)
 
 
 def _write(path, rows):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -67,6 +68,7 @@ def _run_dir_contents(run_dir):
     return metrics, log, (run_dir / "predictions.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_run_metrics_identical_with_and_without_caches(smoke_params, smoke_model_dir, tmp_path, monkeypatch):
     """A whole run (train with per-epoch evaluation, then metrics and predictions) with every encoding cache off,
     with the memory caches and a cold disk cache, and with a warm disk cache: identical results."""
@@ -107,6 +109,7 @@ def test_run_metrics_identical_with_and_without_caches(smoke_params, smoke_model
     assert plain == cold == warm
 
 
+@pytest.mark.slow
 def test_training_identical_with_and_without_collator_cache(smoke_base, smoke_world):
     model, processor = smoke_base
     records = _train_records(smoke_world)
@@ -172,6 +175,7 @@ def test_shared_cache_is_bounded(smoke_base, smoke_world, monkeypatch):
     assert len(collator._cache) == len(records)  # the collator keeps its own for its lifetime
 
 
+@pytest.mark.slow
 def test_answer_logits_give_the_same_loss_up_to_rounding(smoke_base, smoke_world):
     model, processor = smoke_base
     records = _train_records(smoke_world)
@@ -212,14 +216,23 @@ def test_group_by_length_trains(smoke_base, smoke_world):
 def test_mixed_precision_setting(monkeypatch):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setenv("MLLM_STUDY_MIXED_PRECISION", "auto")
-    assert mixed_precision_setting() == ("no" if not torch.cuda.is_available() else mixed_precision_setting())
-    monkeypatch.setenv("MLLM_STUDY_MIXED_PRECISION", "bf16")
-    assert mixed_precision_setting() == "bf16"
+    # auto on each kind of machine, whatever this one is (the CUDA probes are replaced)
+    for cuda, bf16, expected in ((False, False, "no"), (True, True, "bf16"), (True, False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert mixed_precision_setting() == expected, (cuda, bf16)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # accelerate launch chose: auto leaves it to it
+    assert mixed_precision_setting() is None
+    for choice in ("no", "bf16", "fp16"):  # an explicit choice wins over both (case and spaces ignored)
+        monkeypatch.setenv("MLLM_STUDY_MIXED_PRECISION", f" {choice.upper()} ")
+        assert mixed_precision_setting() == choice
     monkeypatch.setenv("MLLM_STUDY_MIXED_PRECISION", "fp8")
-    with pytest.raises(ValueError, match="MLLM_STUDY_MIXED_PRECISION"):
+    expected = r"^MLLM_STUDY_MIXED_PRECISION must be auto, no, bf16 or fp16 \(got 'fp8'\)$"
+    with pytest.raises(ValueError, match=expected):
         mixed_precision_setting()
 
 
+@pytest.mark.slow
 def test_train_throughput_benchmark_runs(smoke_params, smoke_model_dir, capsys):
     import importlib.util
     from pathlib import Path
@@ -234,7 +247,15 @@ def test_train_throughput_benchmark_runs(smoke_params, smoke_model_dir, capsys):
     out = capsys.readouterr().out
     assert "ia3" in out and "ratio" in out
     row = summary["ia3"]
-    assert row["project"] > 0 and row["trainer"] > 0 and row["held_out"]["trainer"] == row["held_out"]["trainer"]
+    assert row["project"] > 0 and row["trainer"] > 0 and row["same_batches"]
+    held = row["held_out"]  # answer-token loss on 8 test records after training, per side
+    assert set(held) == {"project", "trainer", "oob"} and all(math.isfinite(v) and v > 0 for v in held.values())
+    # Trainer fair and out of the box see the same batches in the same order (same seed, same tensors): only the
+    # AdamW implementation differs (for-loop vs fused), so the same maths up to rounding
+    assert held["oob"] == pytest.approx(held["trainer"], rel=1e-5)
+    # the project loop trains the same recipe but draws its own batch order: close, not equal (measured 0.45 %)
+    assert held["project"] == pytest.approx(held["trainer"], rel=0.05)
+    assert row["loss"]["oob"] == pytest.approx(row["loss"]["fair"], rel=1e-5)
 
 
 def test_study_time_phase_clock_counts_each_second_once():
@@ -283,6 +304,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_mixed_precision_path_on_cpu(smoke_model_dir, smoke_world, tmp_path):
     """The CUDA path's mechanics, run with bf16 autocast on CPU in a fresh process (one accelerator per process):
     answer-only logits by default, per-epoch evaluation on the plain forward, the autocast wrapper removed."""

@@ -56,6 +56,7 @@ def _check_complete(runs: Path, n: int):
     assert not list((runs / ".claims").iterdir()), "claims left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path, smoke_params, smoke_model_dir, sig):
     f = _sweep_file(tmp_path)
@@ -82,6 +83,7 @@ def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path, smoke_params
     _check_complete(runs, 3)
 
 
+@pytest.mark.slow
 def test_two_workers_never_train_the_same_run(tmp_path, smoke_params, smoke_model_dir):
     f = _sweep_file(tmp_path, grid="{method: [lora], seed: [1, 2, 3, 4]}")
     cmd = _cli(smoke_params, tmp_path, "sweep", str(f), "--quiet")
@@ -95,6 +97,7 @@ def test_two_workers_never_train_the_same_run(tmp_path, smoke_params, smoke_mode
     _check_complete(tmp_path / "runs", 4)
 
 
+@pytest.mark.slow
 def test_submitit_job_array_runs_one_run_per_task(tmp_path, smoke_params, smoke_model_dir):
     f = _sweep_file(tmp_path, grid="{method: [none], dataset: [vqav2, okvqa]}")
     os.environ["MLLM_STUDY_THREADS"] = "1"
@@ -105,9 +108,11 @@ def test_submitit_job_array_runs_one_run_per_task(tmp_path, smoke_params, smoke_
     assert len(list((tmp_path / "runs" / ".submitit").glob("*_log.out"))) == 2  # one task per run
 
 
+@pytest.mark.slow
 def test_one_run_on_two_processes_with_accelerate_launch(tmp_path, smoke_params, smoke_model_dir):
     # --multi_gpu launches through torchrun; without GPUs every process runs on the CPU (gloo): MULTI_CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mllm_study", "run", "--profile", "smoke",
            "--quiet", "--method", "lora", "--train-size", "32", "--test-size", "8",
            "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'runs'}"]
@@ -119,6 +124,7 @@ def test_one_run_on_two_processes_with_accelerate_launch(tmp_path, smoke_params,
     assert metrics["train"]["steps"] == 2 and metrics["train"]["samples"] == 32
 
 
+@pytest.mark.slow
 def test_same_spec_and_seed_give_identical_metrics(tmp_path, smoke_params, smoke_model_dir):
     from mllm_study.runs import execute_run
 
@@ -177,7 +183,7 @@ def test_bad_input_catalogue(tmp_path, smoke_params, smoke_world, smoke_model_di
         expected = r"cannot load model .*no-such-checkpoint"
     elif case == "no_module":
         args += ["--set", "run.layers=[7]"]
-        expected = r"layer"
+        expected = r"run: error: layers \[7\] do not exist in the language model \(llava-hf: layers 0\.\.1\)$"
     else:
         args += ["--set", "run.placement=ffn"]  # (--placement ffn is refused by the option's choices)
         expected = r"run.placement must be attention, mlp or both \(got 'ffn'\)"

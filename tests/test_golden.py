@@ -45,5 +45,7 @@ def test_smoke_pretraining_matches_the_golden_weights(smoke_model_dir):
     for stage, loss in golden["final_losses"].items():
         assert math.isclose(losses[stage], loss, rel_tol=1e-4), (stage, losses[stage], loss)
     moved = [name for name, values in got.items()
-             if not all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6) for a, b in zip(values, golden["tensors"][name]))]
-    assert not moved, f"{len(moved)} tensors differ from the golden fixture, e.g. {moved[:3]} (see this file's docstring)"
+             if not all(math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+                        for a, b in zip(values, golden["tensors"][name]))]
+    assert not moved, (f"{len(moved)} tensors differ from the golden fixture, e.g. {moved[:3]} "
+                       "(see this file's docstring)")

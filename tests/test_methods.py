@@ -136,7 +136,13 @@ def _row_id(method, params, placement, connector):
     return f"{method}-{placement or 'default'}-{connector}{extra}"
 
 
-@pytest.mark.parametrize("method, params, placement, connector", ROWS, ids=[_row_id(*row) for row in ROWS])
+# make test-fast keeps the first row of each method (every method still trains, saves and reloads); the rest is slow
+_FIRST = {row[0]: i for i, row in reversed(list(enumerate(ROWS)))}
+MATRIX = [pytest.param(*row, id=_row_id(*row), marks=() if _FIRST[row[0]] == i else pytest.mark.slow)
+          for i, row in enumerate(ROWS)]
+
+
+@pytest.mark.parametrize("method, params, placement, connector", MATRIX)
 def test_method_matrix(tiny, tmp_path, method, params, placement, connector):
     base0, _, batch, _ = tiny
     model = apply_method(copy.deepcopy(base0), method, params, placement, connector)
@@ -435,6 +441,7 @@ VISION_ROWS = [("lora", {"r": 4, "alpha": 8}, "frozen"), ("adapter", {"bottlenec
                ("prefix", {"num_virtual_tokens": 4}, "frozen"), ("full", {}, "tuned")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, params, connector", VISION_ROWS, ids=[f"{m}-{c}" for m, _, c in VISION_ROWS])
 def test_vision_tuned_adds_exactly_the_vision_encoder_and_reloads(tiny, tmp_path, method, params, connector):
     from safetensors.torch import load_file

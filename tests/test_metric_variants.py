@@ -115,7 +115,8 @@ def _vqa_folder(tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds/dataset.json").write_text(json.dumps({"name": "toy", "metric": "vqa_score"}))
     turns = [{"from": "human", "value": "How many?"}, {"from": "gpt", "value": "2"}]
-    records = [{"id": f"q{i}", "conversations": turns, "references": refs} for i, (_, refs, *_) in enumerate(VQA_CASES[:3])]
+    records = [{"id": f"q{i}", "conversations": turns, "references": refs}
+               for i, (_, refs, *_) in enumerate(VQA_CASES[:3])]
     (tmp_path / "ds/test.json").write_text(json.dumps(records))
     return tmp_path / "ds", [c[0] for c in VQA_CASES[:3]]
 

@@ -213,6 +213,7 @@ def _random_caption(rng, vocab):
     return (text[0].upper() + text[1:] + rng.choice(["", ".", " ."])) if rng.random() < 0.5 else text
 
 
+@pytest.mark.slow
 def test_cider_equals_pycocoevalcap_on_random_sets():
     from pycocoevalcap.cider.cider import Cider
     rng = random.Random(1234)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,8 +64,27 @@ def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_mo
     from mllm_study.models import CHECK_FAMILIES
 
     assert set(record["image_use_check"]) == set(CHECK_FAMILIES)  # every column and POPE, image vs blank
-    for fam, res in record["image_use_check"].items():
-        assert 0.0 <= res["blank"] <= (1.0 if fam != "flickr30k" else 10.0)
+    # the record holds what evaluating the saved model gives: recomputed exactly for three families (a choice
+    # letter, a caption metric and POPE), with the real images and with blank ones
+    from mllm_study.models import image_use_check, load_checkpoint
+
+    model, processor = load_checkpoint(smoke_model_dir)
+    model.eval()
+    families = ("sqa", "flickr30k", "pope")
+    again = image_use_check(model, processor, smoke_world, smoke_params.pretrain.eval_size, progress=False,
+                            families=families)
+    assert again == {fam: record["image_use_check"][fam] for fam in families}
+    assert {res["metric"] for res in again.values()} == {"mc_accuracy", "cider", "pope"}
+    # and "blank" is the blank-image score: the captions with blank images, scored on their own, give it (and
+    # differ from those with the images: measured CIDEr 0.16 with the images, 0.24 blank)
+    from mllm_study.data import load_dataset_info, load_split
+    from mllm_study.evaluate import evaluate_records
+
+    folder = smoke_world / "flickr30k"
+    captions = load_split(folder, "test")[:smoke_params.pretrain.eval_size]
+    blank = evaluate_records(model, processor, captions, "cider", load_dataset_info(folder).get("max_new_tokens", 8),
+                             blank_images=True, progress=False).value
+    assert again["flickr30k"]["blank"] == blank != again["flickr30k"]["image"]
     # second call: same folder, nothing retrained
     mtime = (smoke_model_dir / "model.safetensors").stat().st_mtime_ns
     assert pretrain_tiny_llava(smoke_params, smoke_world, progress=False) == smoke_model_dir
@@ -76,12 +96,12 @@ def test_pretraining_is_cached_with_a_record(smoke_params, smoke_world, smoke_mo
     assert tiny_llava_dir(other, smoke_world) != smoke_model_dir
 
 
+@pytest.mark.slow  # pre-trains the smoke model again (make test-fast skips)
 def test_pretraining_is_deterministic_and_keyed_by_its_code(smoke_params, smoke_world, smoke_model_dir, tmp_path,
                                                             monkeypatch):
     """Same recipe, machine and thread count: bit-identical weights; the key covers the world's and trainer's code."""
     import hashlib
     from dataclasses import replace
-    from pathlib import Path
 
     import mllm_study
     from mllm_study import models
@@ -166,7 +186,8 @@ def test_a_case_sensitive_tokenizer_keeps_option_letters_apart_from_articles():
 @pytest.mark.parametrize("text_first", [False, True])
 def test_the_chat_template_places_the_image_as_configured(text_first):
     _, processor = build_tiny_llava(build_tokenizer(TEXTS), PretrainConfig(image_after_text=text_first))
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
+    messages = [{"role": "user",
+                 "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
     question_first = "user : what color is the circle ? <image> assistant : red </s>"

@@ -21,6 +21,8 @@ import pytest
 
 from mllm_study import report, study
 
+pytestmark = pytest.mark.slow  # notebooks rendered by papermill, smoke study runs (make test-fast skips)
+
 ROOT = study.ROOT
 NOTEBOOKS = study.list_notebooks()
 

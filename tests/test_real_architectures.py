@@ -19,6 +19,8 @@ import torch
 from mllm_study.cli import main
 from mllm_study.fixtures import ARCHITECTURES, build_checkpoint, build_dataset
 
+pytestmark = pytest.mark.slow  # tiny random checkpoints of every real architecture x method (make test-fast skips)
+
 END_OF_TURN = {"llava-1.5": "</s>", "qwen2-vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
 DTYPE = {"llava-1.5": torch.float16, "qwen2-vl": torch.bfloat16, "idefics3": torch.bfloat16}
 METHODS = ("lora", "ia3", "prefix", "adapter", "full")

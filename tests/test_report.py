@@ -160,6 +160,7 @@ def _main_table(adapter_p: float, others_p: float):
     return w.table()
 
 
+@pytest.mark.slow
 def test_adapter_best_supported_and_contradicted():
     f = findings.finding_adapter_best(*_main_table(0.9, 0.4))
     assert f.verdict == "supported" and "best adapter" in f.ours
@@ -279,6 +280,7 @@ def test_evaluate_findings_reports_missing_rqs_as_not_measured():
 RQ_FILES = sorted(PARAMS_DIR.glob("rq*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", RQ_FILES, ids=lambda p: p.stem)
 def test_rq_params_declare_their_design_and_expand_under_every_profile(path):
     from mllm_study.sweep import expand_sweep
@@ -425,6 +427,7 @@ def _flagged_main(flag_columns=("sqa", "iconqa_txt", "okvqa", "vqav2"), reason="
 @pytest.mark.parametrize("reason", ["collapsed on 'a'", "at or below chance (0.250)", "not above question-only",
                                     "low parse rate", "unconverged (doubled budget moves the score +0.050)",
                                     "repeated words", "only 10% of captions name an object"])
+@pytest.mark.slow
 def test_a_finding_on_flagged_runs_is_not_measurable_with_the_reason(reason):
     table, items, flags = _flagged_main(reason=reason)
     f = findings.finding_adapter_best(table, items, flags=flags)

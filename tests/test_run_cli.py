@@ -49,6 +49,7 @@ def test_lora_run_writes_a_complete_run_directory(smoke_params, smoke_model_dir,
     assert not capsys.readouterr().out.strip().endswith(str(run_dir))
 
 
+@pytest.mark.slow
 def test_vision_tuned_run_trains_saves_and_reloads_the_vision_encoder(smoke_params, smoke_model_dir, capsys):
     from pathlib import Path
 
@@ -146,11 +147,21 @@ def test_argparse_rejects_unknown_option_and_type(capsys):
     assert "invalid float value: 'fast'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_world_command_is_deterministic(tmp_path, capsys):
-    assert main(["world", "--out", str(tmp_path / "w"), "--profile", "smoke", "--quiet"]) == 0
-    assert "world written to" in capsys.readouterr().out
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    built = []
+    for name in ("w", "again"):  # two runs into two folders: the same files, byte for byte
+        assert main(["world", "--out", str(tmp_path / name), "--profile", "smoke", "--quiet"]) == 0
+        assert "world written to" in capsys.readouterr().out
+        built.append(files(tmp_path / name))
     manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
     assert manifest["profile"] == "smoke" and manifest["seed"] == 0
+    assert "manifest.json" in built[0] and any(n.endswith(".png") for n in built[0])
+    assert built[0].keys() == built[1].keys()
+    assert [n for n in built[0] if built[0][n] != built[1][n]] == []
 
 
 def test_params_paths_are_the_projects_from_any_directory_and_command_line_folders_the_shells(tmp_path, monkeypatch):

@@ -73,7 +73,8 @@ def test_sweep_runs_skips_and_survives_a_failing_run(tmp_path, smoke_params, smo
     assert len(out) == 2 and "\r" not in lines.getvalue()
     assert [x[:5] for x in out] == ["[1/2]", "[2/2]"]  # ended runs, failures included, in either order
     ok = next(x for x in out if "failed" not in x)
-    assert re.fullmatch(r"\[\d/2\] \S+ \d+\.\d s, iconqa_txt accuracy \d\.\d{3} \| elapsed \d+:\d\d, ETA \d+:\d\d", ok), ok
+    assert re.fullmatch(r"\[\d/2\] \S+ \d+\.\d s, iconqa_txt accuracy \d\.\d{3} "
+                        r"\| elapsed \d+:\d\d, ETA \d+:\d\d", ok), ok
     assert re.fullmatch(r"\[\d/2\] \S+ \d+\.\d s, failed: TrainingDiverged: .* \| elapsed \d+:\d\d, ETA \d+:\d\d",
                         next(x for x in out if "failed" in x))
     (bad,) = summary.failed

@@ -117,6 +117,7 @@ def _claim_all(runs_dir, ids, barrier, out):
         out.put((os.getpid(), [], f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.slow
 def test_stale_claims_taken_over_by_workers_restarting_together_are_never_claimed_twice(tmp_path):
     import multiprocessing as mp
     import platform
@@ -244,6 +245,7 @@ def _none_sweep(tmp_path, smoke_params):
     return _sweep(tmp_path, smoke_params, "sweep:\n  grid: {method: [none], dataset: [vqav2, ocrvqa]}\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate_metrics", "delete_predictions", "truncate_status", "delete_adapter"])
 def test_a_damaged_run_is_named_and_re_run_never_reused(tmp_path, smoke_params, smoke_model_dir, capsys, damage):
     import io
@@ -369,11 +371,13 @@ def test_missing_and_unwritable_folders_are_one_line_errors(tmp_path, smoke_para
     assert err == f"mllm-study results: error: runs folder not found: {tmp_path / 'nonexistent'}\n"
     (tmp_path / "a-file").write_text("")  # a runs folder that cannot be created (root ignores read-only modes)
     code = main(["run", "--profile", "smoke", "--quiet", "--method", "none", "--test-size", "4",
-                 "--set", f"paths.cache={smoke_params.paths.cache}", "--set", f"paths.runs={tmp_path / 'a-file' / 'runs'}"])
+                 "--set", f"paths.cache={smoke_params.paths.cache}",
+                 "--set", f"paths.runs={tmp_path / 'a-file' / 'runs'}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("mllm-study run: error: Not a directory: ") and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.slow
 def test_sigterm_to_run_is_handled_like_ctrl_c(tmp_path, smoke_params, smoke_model_dir):
     import signal
     import subprocess

@@ -359,6 +359,7 @@ def test_too_few_seeds_fail_g(tmp_path):
     assert v.data["seeds"]["lora"]["seeds_per_column"] == {**{c: 2 for c in TRAINED_ON}, "flickr30k": 1}
 
 
+@pytest.mark.slow
 def test_base_model_criteria_fail_b(tmp_path):
     world = write_world(tmp_path / "w")
     bad = {"okvqa": answers(world, "okvqa", wrong_every=2),  # 0.5 = question-only 0.25 + 0.25: passes

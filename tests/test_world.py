@@ -151,6 +151,7 @@ def check_vqa_references(rec: dict, gold: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ determinism
+@pytest.mark.slow
 def test_same_seed_byte_identical_different_seed_differs(world, tmp_path):
     out, manifest = world
     again = tmp_path / "again"
@@ -168,6 +169,7 @@ def test_same_seed_byte_identical_different_seed_differs(world, tmp_path):
         (out / "vqav2/images/test/000000.png").read_bytes()
 
 
+@pytest.mark.slow
 def test_items_independent_of_generation_order(world):
     out, _ = world
     for family, split, index in [("vqav2", "test", 7), ("pope", "adversarial", 11), ("align", "pretrain", 200)]:
@@ -177,6 +179,7 @@ def test_items_independent_of_generation_order(world):
         assert np.array_equal(np.asarray(on_disk), np.asarray(image))
 
 
+@pytest.mark.slow
 def test_idempotent_and_refuses_foreign_folder(world, tmp_path):
     out, manifest = world
     before = {p: p.stat().st_mtime_ns for p in [out / "manifest.json", out / "sqa" / "test.json"]}
@@ -449,8 +452,9 @@ def test_rendering_matches_scene_graph(world):
 
 
 # ---------------------------------------------------------------------------------------- validity of the world
+@pytest.mark.slow
 def test_no_question_only_shortcut():
-    """A model that reads only the question scores at most chance + 0.05 in every family (STUDY.md)."""
+    """A model that reads only the question scores at most chance + 0.05 in every family (docs/study.md)."""
     from mllm_study.world.audit import SHORTCUT_MARGIN, audit_world
 
     audit = audit_world(seed=0, n_train=600, n_test=400)
@@ -460,6 +464,7 @@ def test_no_question_only_shortcut():
         assert 0.0 < row["chance"] < 0.5, (family, row)
 
 
+@pytest.mark.slow
 def test_answers_balanced_per_question_template():
     """Within each question type, gold answers spread evenly over the answer space (no dominant answer)."""
     for family in ("vqav2", "iconqa_blank", "iconqa_txt", "sqa", "vizwiz"):
@@ -483,6 +488,7 @@ def test_seen_pretrain_split_teaches_the_unseen_formats(world):
         assert not any(r.get("format") for split in ("train", "test") for r in load(world[0], fam, split))
 
 
+@pytest.mark.slow
 def test_every_profile_speaks_the_committed_vocabulary():
     """Items of every family and split, sampled across the full profile's index range (the quick and smoke worlds
     are its prefixes), use only words of mllm_study/world/vocabulary.json, which the tiny model's tokenizer is built

@@ -26,7 +26,7 @@ from .base import Item, conversation, find_source, human_turn, load_json, regist
 __all__ = ["CAPTION_PROMPTS"]
 
 # LLaVA's "brief description" instructions (Liu et al. 2023, the list used for its caption data): the ~10
-# paraphrased "describe the image briefly" prompts of STUDY.md.
+# paraphrased "describe the image briefly" prompts of docs/study.md.
 CAPTION_PROMPTS = (
     "Describe the image concisely.",
     "Provide a brief description of the given image.",

@@ -8,7 +8,7 @@ for choose_txt and the answer text for fill_in_blank) and ``image.png``. ``src``
 ``iconqa_data``, ``iconqa_data`` itself, or its ``iconqa`` folder. Splits: official train and test (val unused);
 records in numeric qid order.
 
-Prompts (STUDY.md's suffixes, on their own line after the question; ``\\n`` = newline)::
+Prompts (docs/study.md's suffixes, on their own line after the question; ``\\n`` = newline)::
 
     iconqa_txt:   <image>\\n{question}\\nChoices: {c1}, {c2}, {c3}. Choose an option from the choices to answer
                   the question.

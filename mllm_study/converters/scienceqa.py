@@ -18,7 +18,7 @@ Prompt (LLaVA-1.5's ScienceQA evaluation form, ``llava_test_CQM-A.json`` plus it
     B. {choice 1}
     Answer with the option's letter from the given choices directly.
 
-This is STUDY.md's ``{question} A. c1, B. c2, ...`` with one option per line, as LLaVA-1.5 writes it, plus the
+This is docs/study.md's ``{question} A. c1, B. c2, ...`` with one option per line, as LLaVA-1.5 writes it, plus the
 answer-format instruction so the base model answers with a letter before any fine-tuning. Splits: official train
 and test (val unused); only problems with an image are kept (train 6,218 / test 2,017 in the full release).
 """

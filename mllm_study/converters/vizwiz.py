@@ -7,7 +7,7 @@ Source layout (the official VizWiz-VQA release): annotations ``train.json`` and 
 answer_type}``); images ``train/{image}`` and ``val/{image}`` under the image folder (default ``src``).
 
 Splits: train = official train; **test = official val**, because the official test answers are not public (the
-test server scores them). Prompt, LLaVA-1.5's VizWiz prompt (STUDY.md), the last line being :data:`VIZWIZ_SUFFIX`::
+test server scores them). Prompt, LLaVA-1.5's VizWiz prompt (docs/study.md), the last line being :data:`VIZWIZ_SUFFIX`::
 
     <image>
     {question}
