@@ -52,3 +52,13 @@ def test_eval_benchmark_medians_and_identical_predictions(smoke_params, smoke_mo
     assert out["identical"] == out["n"] == 4  # batched and one-at-a-time greedy decoding agree item for item
     med, lo, hi = out[1]["ratio"]
     assert 0 < lo <= med <= hi
+
+
+@pytest.mark.slow
+def test_sweep_scaling_benchmark_times_both_sides(smoke_params, smoke_model_dir, capsys):
+    bench = _bench("sweep_scaling")
+    out = bench.main(["--profile", "smoke", "--cache", smoke_params.paths.cache, "--runs", "2", "--rounds", "1",
+                      "--test-size", "4"])
+    printed = capsys.readouterr().out
+    assert len(out["ratios"]) == 1 and out["ratios"][0] > 0 and len(out["per_minute"][2]) == 1
+    assert "throughput ratio 2 / 1 workers: median" in printed
