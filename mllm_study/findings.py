@@ -395,8 +395,9 @@ def finding_adapter_stable(table: pd.DataFrame, items: pd.DataFrame | None = Non
 
 def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """Adapter vs each other method: POPE accuracy per split (higher is better) and CHAIR_s (share of captions
-    with a hallucinated object, lower is better), item- or seed-replicated, last epoch; CHAIR of captions the
-    validity instrument flags (e.g. naming almost no object) is not measurable."""
+    with a hallucinated object, lower is better), item- or seed-replicated, last epoch; a POPE or CHAIR
+    measurement the validity instrument flags (collapsed, repeated phrases, naming almost no object) is not
+    measurable."""
     key = "adapter_hallucination"
     pope = primary_scores(table, split=None, own_only=False)
     pope = pope[pope["metric"] == "pope"]
@@ -407,10 +408,9 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flag
             pairs = pair_runs(sc, "method", "adapter", other, ignore=("method_params", "placement", "lr"))
             if pairs.empty:
                 continue
-            # CHAIR reads the objects a caption names: repetition does not hide them, naming none does
-            fl = flags if metric == "pope" else {k: v for k, v in (flags or {}).items()
-                                                   if "name an object" in v or "collapsed" in v}
-            r = compare_pairs(items, pairs, label=f"{name}: adapter - {other}", metric=metric, flags=fl)
+            # every flag counts, for CHAIR too: a captioner that repeats phrases or names no object is degenerate,
+            # and its share of hallucinated objects is not interpreted (it is shown, flagged, in the report)
+            r = compare_pairs(items, pairs, label=f"{name}: adapter - {other}", metric=metric, flags=flags)
             rows.append(r.assign(_sign=sign))
     if not rows:
         return _no_data(key, "no POPE/CHAIR results for adapter and another method")

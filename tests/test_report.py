@@ -262,6 +262,14 @@ def test_adapter_hallucination():
     f = findings.finding_adapter_hallucination(*w.table())
     assert f.verdict == "supported"
     assert sorted(f.details["expected"].tolist()) == [-1, -1] + [1] * 6  # CHAIR x 2 methods, POPE x 3 splits x 2
+    # a flagged captioner (repeated phrases) is not interpreted on CHAIR, nor are POPE probes it collapsed on
+    table, items = w.table()
+    runs = table.loc[table["method"] == "adapter", "run_id"].unique()
+    flags = {(r, "flickr30k"): "repeated phrases (50% of captions vs 6% of references)" for r in runs}
+    flags.update({(r, f"pope/{s}"): "collapsed on 'no'" for r in runs for s in ("random", "popular", "adversarial")})
+    f = findings.finding_adapter_hallucination(table, items, flags=flags)
+    assert f.verdict == findings.NOT_MEASURABLE and "repeated phrases" in f.statistic
+    assert f.details["estimate"].isna().all()
 
 
 def test_evaluate_findings_reports_missing_rqs_as_not_measured():
