@@ -175,21 +175,19 @@ def _here(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def _here_paths(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``--set paths.X=...`` values taken from the working directory (the other keys unchanged)."""
+    return {k: (_here(str(v)) if k.startswith("paths.") and v is not None else v) for k, v in overrides.items()}
+
+
 def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     """Params of a command: defaults <- profile <- --params <- --set. The ``paths`` of params files are taken from
     the project root (from any working directory the same cache, base model and runs, as in the notebooks); a
     ``--set paths.X=...`` value from the working directory."""
-    import dataclasses
+    from .config import load_params, parse_overrides, rooted_paths
 
-    from .config import load_params, parse_override, project_path
-
-    overrides = dict(parse_override(o) for o in args.overrides)
-    overrides.update(extra or {})
-    overrides.update({k: _here(str(v)) for k, v in overrides.items() if k.startswith("paths.") and v is not None})
-    params = load_params(args.params, args.profile, overrides)
-    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
-                                                       dataclasses.asdict(params.paths).items()})
-    return params
+    overrides = {**parse_overrides(args.overrides), **(extra or {})}
+    return rooted_paths(load_params(args.params, args.profile, _here_paths(overrides)))
 
 
 def _cmd_world(args) -> int:
@@ -259,20 +257,15 @@ def _cmd_run(args) -> int:
 def sweep_params(path: str, profile: str | None, overrides: dict):
     """Params of ``mllm-study sweep PATH --profile P``: a research-question file's ``_profiles.<P>`` design applies,
     exactly as under ``mllm-study study``, so both commands plan the same runs."""
-    import dataclasses
-
-    from .config import load_params, project_path
+    from .config import load_params, rooted_paths
     from .study import rq_params
 
     if Path(path).exists():  # a file named from the working directory; else from the project root
         path = _here(path)
-    overrides = {k: (_here(str(v)) if k.startswith("paths.") and v is not None else v) for k, v in overrides.items()}
+    overrides = _here_paths(overrides)
     if profile:
         return rq_params(path, profile, overrides=overrides)
-    params = load_params(path, None, overrides)
-    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
-                                                       dataclasses.asdict(params.paths).items()})
-    return params
+    return rooted_paths(load_params(path, None, overrides))
 
 
 def _cmd_sweep(args) -> int:

@@ -22,7 +22,8 @@ import yaml
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "RUN_DATA_KEYS", "load_params", "parse_override", "parse_overrides",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "rooted_paths", "RUN_DATA_KEYS", "load_params", "parse_override",
+    "parse_overrides",
     "list_profiles", "check_value",
 ]
 
@@ -38,6 +39,13 @@ def project_path(path: str | Path | None) -> Path | None:
         return None
     path = Path(path).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def rooted_paths(params: "Params") -> "Params":
+    """``params`` with every relative ``paths`` entry taken from the project root (in place; returned)."""
+    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
+                                                       dataclasses.asdict(params.paths).items()})
+    return params
 
 
 class ConfigError(ValueError):
@@ -273,6 +281,12 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def _unknown(prefix: str, name: str, known: typing.Iterable[str], kind: str) -> ConfigError:
+    """``<prefix>.<Did you mean ...?> Known <kind>: a, b, c`` (``prefix`` says where and what was not known)."""
+    known = [str(k) for k in known]
+    return ConfigError(f"{prefix}.{_suggest(str(name), known)} Known {kind}: {', '.join(known)}")
+
+
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field annotation; ints are accepted for floats. Returns the (coerced) value."""
     origin = typing.get_origin(annotation)
@@ -325,8 +339,7 @@ def _merge_section(base: dict, update: dict, section: str, source: str) -> None:
         raise ConfigError(f"{source}: section '{section}' must be a mapping, got {type(update).__name__}")
     for key, value in update.items():
         if key not in hints:
-            raise ConfigError(f"{source}: unknown key '{section}.{key}'.{_suggest(key, hints)} "
-                              f"Known keys of '{section}': {', '.join(hints)}")
+            raise _unknown(f"{source}: unknown key '{section}.{key}'", key, hints, f"keys of '{section}'")
         base[key] = _check_type(value, hints[key], f"{source}: '{section}.{key}'")
 
 
@@ -355,8 +368,7 @@ def check_block(source: str, name: str, value: Any, params_dir: Path = PARAMS_DI
     """Check one top-level ``_`` block of a params file: a known block, known profiles and keys, typed values;
     ConfigError naming the file and the key otherwise."""
     if name not in BLOCKS:
-        raise ConfigError(f"{source}: unknown block '{name}'.{_suggest(name, BLOCKS)} Known blocks: "
-                          f"{', '.join(BLOCKS)}")
+        raise _unknown(f"{source}: unknown block '{name}'", name, BLOCKS, "blocks")
     if name == "_design" or value is None:
         return
     if not isinstance(value, dict):
@@ -372,14 +384,12 @@ def check_block(source: str, name: str, value: Any, params_dir: Path = PARAMS_DI
         for profile, block in value.items():
             where = f"{source}: _profiles.{profile}"
             if profile not in known:
-                raise ConfigError(f"{where}: unknown profile.{_suggest(str(profile), known)} Known profiles: "
-                                  f"{', '.join(known)}")
+                raise _unknown(f"{where}: unknown profile", profile, known, "profiles")
             if not isinstance(block, dict):
                 raise ConfigError(f"{where} must be a mapping ({', '.join(PROFILE_BLOCK_KEYS)})")
             for section, values in block.items():
                 if section not in PROFILE_BLOCK_KEYS:
-                    raise ConfigError(f"{where}: unknown key '{section}'.{_suggest(section, PROFILE_BLOCK_KEYS)} "
-                                      f"Known keys: {', '.join(PROFILE_BLOCK_KEYS)}")
+                    raise _unknown(f"{where}: unknown key '{section}'", section, PROFILE_BLOCK_KEYS, "keys")
                 if section in SECTIONS:
                     if not isinstance(values, dict):
                         raise ConfigError(f"{where}.{section} must be a mapping")
@@ -395,8 +405,7 @@ def _check_report(source: str, where: str, values: Any) -> None:
         raise ConfigError(f"{source}: {where} must be a mapping")
     for key, v in values.items():
         if key not in REPORT_KEYS:
-            raise ConfigError(f"{source}: unknown key '{where}.{key}'.{_suggest(key, REPORT_KEYS)} Known keys: "
-                              f"{', '.join(REPORT_KEYS)}")
+            raise _unknown(f"{source}: unknown key '{where}.{key}'", key, REPORT_KEYS, "keys")
         _check_type(v, REPORT_KEYS[key], f"{source}: {where}.{key}")
 
 
@@ -471,8 +480,7 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
     if profile is not None:
         prof_path = params_dir / f"{profile}.yaml"
         if not prof_path.exists():
-            raise ConfigError(f"unknown profile {profile!r}.{_suggest(profile, list_profiles(params_dir))} "
-                              f"Known profiles: {', '.join(list_profiles(params_dir))}")
+            raise _unknown(f"unknown profile {profile!r}", profile, list_profiles(params_dir), "profiles")
         layers.append((str(prof_path), _read_yaml(prof_path)))
     if path is not None:
         layers.append((str(path), user))
@@ -496,8 +504,7 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
                 sweep = dict(values or {})
                 continue
             if section not in SECTIONS:
-                raise ConfigError(f"{source}: unknown section '{section}'.{_suggest(section, [*SECTIONS, 'sweep'])} "
-                                  f"Known sections: {', '.join(SECTIONS)}, sweep")
+                raise _unknown(f"{source}: unknown section '{section}'", section, [*SECTIONS, "sweep"], "sections")
             _merge_section(merged[section], values or {}, section, source)
     _resolve_data_file(merged)
     try:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import PARAMS_DIR, ConfigError, Params, load_params, parse_overrides, project_path
+from .config import PARAMS_DIR, ConfigError, Params, load_params, parse_overrides, project_path, rooted_paths
 
 __all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
@@ -119,8 +119,7 @@ def rq_params(params_file: str | Path, profile: str, cache: str | None = None, r
         overrides["paths.runs"] = str(runs)
     overrides.update(extra or {})
     params = load_params(params_file, profile, overrides, params_dir=params_dir)
-    params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
-                                                       dataclasses.asdict(params.paths).items()})
+    rooted_paths(params)
     if "sweep" in block:
         params.sweep = dict(block["sweep"] or {})
     mapping = _dataset_map(profile, params_dir)
@@ -458,32 +457,24 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     return summary
 
 
-def _execute_one(args: tuple):
+def _execute_named(item: tuple[str, tuple]):
+    """``(stem, NotebookResult)`` of one pending notebook (picklable for the worker pool)."""
     from .render import execute_notebook
 
-    nb, parameters, html, cwd, key = args
-    return execute_notebook(nb, parameters, html, cwd=cwd, key=key)
+    stem, (nb, parameters, html, cwd, key) = item
+    return stem, execute_notebook(nb, parameters, html, cwd=cwd, key=key)
 
 
 def _execute_notebooks(pending: list[tuple[str, tuple]], workers: int):
     """``(stem, NotebookResult)`` as each notebook finishes; up to ``workers`` kernels at once (spawned processes,
     like the sweep's workers), so a 2-core machine renders two reports at a time."""
     if workers <= 1 or len(pending) <= 1:
-        for stem, args in pending:
-            yield stem, _execute_one(args)
+        yield from map(_execute_named, pending)
         return
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(min(workers, len(pending))) as pool:
-        results = {stem: pool.apply_async(_execute_one, (args,)) for stem, args in pending}
-        waiting = dict(results)
-        while waiting:
-            for stem, res in list(waiting.items()):
-                if res.ready():
-                    del waiting[stem]
-                    yield stem, res.get()
-            if waiting:
-                time.sleep(0.2)
+        yield from pool.imap_unordered(_execute_named, pending)
 
 
 def _timed(summary: StudySummary, stage: str, fn, stream):
