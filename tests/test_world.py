@@ -320,6 +320,7 @@ def test_iconqa_txt_answers(world):
         elif q == "Which shape appears most often?":
             (gold, n), *rest = shapes.most_common()
             assert not rest or rest[0][1] < n
+            assert set(shapes) <= set(rec["choices"])  # every shape in the picture is offered: counting decides
         elif m := re.fullmatch(r"Are there more (\w+) than (\w+)\?", q):
             a, b = shapes[PLURAL_TO_SHAPE[m[1]]], shapes[PLURAL_TO_SHAPE[m[2]]]
             gold = "yes" if a > b else "no"

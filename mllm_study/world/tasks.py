@@ -330,9 +330,11 @@ def _iconqa_txt(rng: np.random.Generator) -> dict:
         q = f"How many {plural(shape)} are there?"
         accept = lambda s: str(len(_with(s["objects"], shape=shape))) == gold  # noqa: E731
     elif qtype == "most":
-        choices = shuffled(rng, SHAPES)[:3]
-        gold = pick(rng, choices)
+        # both shapes in the picture are offered (with one absent shape), so that seeing which shapes are present
+        # is not enough: the two must be counted
+        gold = pick(rng, SHAPES)
         pool = [gold, pick(rng, [s for s in SHAPES if s != gold])]
+        choices = shuffled(rng, [*pool, pick(rng, [s for s in SHAPES if s not in pool])])
         q = "Which shape appears most often?"
         accept = lambda s: (lambda c: c[gold] > c[pool[1]])(Counter(o["shape"] for o in s["objects"]))  # noqa: E731
     else:
