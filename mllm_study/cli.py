@@ -238,7 +238,11 @@ def _cmd_run(args) -> int:
                               f"got {args.metric_variant!r}")
         extra["run.metric_variants"] = dict(pairs)
     if args.method_params:
-        mp = yaml.safe_load(args.method_params)
+        try:
+            mp = yaml.safe_load(args.method_params)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--method-params is not valid YAML ({str(exc).splitlines()[0]}): "
+                              f"{args.method_params!r}") from None
         if not isinstance(mp, dict):
             raise ConfigError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
         extra["run.method_params"] = mp

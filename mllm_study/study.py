@@ -47,7 +47,10 @@ def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

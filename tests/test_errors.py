@@ -65,12 +65,16 @@ def test_no_bare_value_error_is_raised_for_bad_input():
         line for lines in bare.values() for line in lines)
 
 
-def test_a_study_error_is_one_line_with_exit_code_2(tmp_path, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nosuchmethod"], "unknown method 'nosuchmethod'"),
+    (["--method-params", "{r: [8"], "--method-params is not valid YAML"),
+])
+def test_a_study_error_is_one_line_with_exit_code_2(tmp_path, capsys, args, message):
     code = cli.main(["run", "--profile", "smoke", "--quiet", "--set", f"paths.cache={tmp_path / 'cache'}",
-                     "--set", f"paths.runs={tmp_path / 'runs'}", "--method", "nosuchmethod"])
+                     "--set", f"paths.runs={tmp_path / 'runs'}", *args])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("mllm-study run: error: unknown method 'nosuchmethod'") and err.count("\n") == 1, err
+    assert err.startswith(f"mllm-study run: error: {message}") and err.count("\n") == 1, err
     assert "Traceback" not in err
     assert not (tmp_path / "cache").exists()  # rejected before anything is built
 
