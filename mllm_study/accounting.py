@@ -45,6 +45,8 @@ from typing import Sequence
 
 import torch
 
+from .errors import ModelError, StudyError
+
 __all__ = ["CONFIG_DIR", "PAPER_METHODS", "list_model_configs", "load_model_config", "build_meta_model",
            "ParamsRow", "count_method", "params_rows", "format_params_table", "main_params"]
 
@@ -72,7 +74,7 @@ def load_model_config(name_or_path: str):
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():
-            raise ValueError(f"{name_or_path}: a folder without config.json (not a checkpoint folder)")
+            raise ModelError(f"{name_or_path}: a folder without config.json (not a checkpoint folder)")
     elif not path.exists():
         path = CONFIG_DIR / f"{name_or_path}.json"
     if not path.exists():
@@ -82,9 +84,9 @@ def load_model_config(name_or_path: str):
             try:
                 return AutoConfig.from_pretrained(name_or_path)
             except OSError as exc:
-                raise ValueError(f"cannot read the config of hub model {name_or_path!r} (not in the hub cache and "
+                raise ModelError(f"cannot read the config of hub model {name_or_path!r} (not in the hub cache and "
                                  f"the hub not reachable: {str(exc).splitlines()[0]})") from None
-        raise ValueError(f"unknown model config {name_or_path!r}: not a file, a checkpoint folder or a hub id, and "
+        raise ModelError(f"unknown model config {name_or_path!r}: not a file, a checkpoint folder or a hub id, and "
                          f"not one of {', '.join(list_model_configs())} in {CONFIG_DIR}")
     data = json.loads(path.read_text())
     return CONFIG_MAPPING[data["model_type"]].from_dict(data)
@@ -256,7 +258,7 @@ def main_params(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         rows = params_rows(args.model, methods, args.connector.split(","), args.n_ctx, args.vision.split(","))
-    except ValueError as exc:
+    except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

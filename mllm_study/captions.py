@@ -13,6 +13,8 @@ import shutil
 import sys
 from collections import Counter
 
+from .errors import ConfigError
+
 __all__ = ["ptb_tokenize", "tokenize_captions", "cider_d"]
 
 
@@ -83,7 +85,7 @@ def tokenize_captions(captions: list[str], tokenizer: str = "auto") -> list[str]
     if tokenizer == "none":
         return [" ".join(c.split()) for c in captions]
     if tokenizer != "ptb":
-        raise ValueError(f"tokenizer must be 'auto', 'ptb', 'python' or 'none', got {tokenizer!r}")
+        raise ConfigError(f"tokenizer must be 'auto', 'ptb', 'python' or 'none', got {tokenizer!r}")
     if not shutil.which("java"):
         raise RuntimeError("tokenizer='ptb' needs java on PATH; use tokenizer='python' or 'auto'")
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import ConfigError, StudyError
+
 __all__ = ["main", "build_parser"]
 
 DESCRIPTION = ("mllm-study: parameter-efficient fine-tuning of multimodal LLMs, measured. "
@@ -228,17 +230,21 @@ def _cmd_run(args) -> int:
         if getattr(args, key) is not None:
             extra[f"run.{key}"] = getattr(args, key)
     if args.data_file is not None and args.dataset is not None:
-        raise ValueError("give --data FILE or --dataset NAME, not both")
+        raise ConfigError("give --data FILE or --dataset NAME, not both")
     if args.metric_variant:
         pairs = [v.split("=", 1) for v in args.metric_variant]
         if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
-            raise ValueError(f"--metric-variant must look like METRIC=VARIANT (e.g. vqa_score=official-2021), "
-                             f"got {args.metric_variant!r}")
+            raise ConfigError(f"--metric-variant must look like METRIC=VARIANT (e.g. vqa_score=official-2021), "
+                              f"got {args.metric_variant!r}")
         extra["run.metric_variants"] = dict(pairs)
     if args.method_params:
-        mp = yaml.safe_load(args.method_params)
+        try:
+            mp = yaml.safe_load(args.method_params)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--method-params is not valid YAML ({str(exc).splitlines()[0]}): "
+                              f"{args.method_params!r}") from None
         if not isinstance(mp, dict):
-            raise ValueError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
+            raise ConfigError(f"--method-params must be a YAML mapping like '{{r: 8}}', got {args.method_params!r}")
         extra["run.method_params"] = mp
     params = _params(args, extra)
     from .runs import read_json
@@ -504,9 +510,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # transformers' own bars ("Loading weights") write carriage returns
-    from .config import ConfigError
-    from .data import DataError
-
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
                 "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
                 "rescore": _cmd_rescore,
@@ -514,7 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "calibrate": _cmd_calibrate}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+    except (StudyError, FileNotFoundError) as exc:  # bad input: one line. Anything else is a bug: its traceback
         print(f"mllm-study {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a read-only or full runs folder, a path through a file, ...: one line, not a traceback

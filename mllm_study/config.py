@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
     "PARAMS_DIR", "PROJECT_ROOT", "project_path", "rooted_paths", "RUN_DATA_KEYS", "load_params", "parse_override",
@@ -46,10 +48,6 @@ def rooted_paths(params: "Params") -> "Params":
     params.paths = dataclasses.replace(params.paths, **{k: str(project_path(v)) for k, v in
                                                        dataclasses.asdict(params.paths).items()})
     return params
-
-
-class ConfigError(ValueError):
-    """A params file, key or value is invalid; the message names the key and where it came from."""
 
 
 @dataclass

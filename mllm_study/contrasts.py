@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from . import stats
 from .plots import _method_key, fmt_ci
 
@@ -103,7 +104,7 @@ def stratified_mean(arrays: Sequence[np.ndarray], confidence: float = 0.95, n_re
     """
     arrays = [np.asarray(a, dtype=float) for a in arrays if len(a)]
     if not arrays:
-        raise ValueError("stratified_mean needs at least one non-empty block")
+        raise DataError("stratified_mean needs at least one non-empty block")
     rng = np.random.default_rng(seed)
     est = float(np.mean([a.mean() for a in arrays]))
     boot = np.mean([a[rng.integers(0, a.size, (n_resamples, a.size))].mean(axis=1) for a in arrays], axis=0)
@@ -151,10 +152,10 @@ def replicated_contrast(diffs: Sequence[pd.Series], seeds: Sequence[Any] | None 
     """
     diffs = [d.astype(float) for d in diffs if len(d)]
     if not diffs:
-        raise ValueError("replicated_contrast needs at least one non-empty block")
+        raise DataError("replicated_contrast needs at least one non-empty block")
     seeds = list(seeds) if seeds is not None else [0] * len(diffs)
     if len(seeds) != len(diffs):
-        raise ValueError(f"{len(diffs)} blocks but {len(seeds)} seeds")
+        raise DataError(f"{len(diffs)} blocks but {len(seeds)} seeds")
     distinct = list(dict.fromkeys(str(s) for s in seeds))
     if len(distinct) >= 2:
         per_seed = {s: [] for s in distinct}
@@ -190,10 +191,10 @@ def stratified_contrast(blocks: Sequence[np.ndarray], weights: Sequence[float] =
     w = np.asarray(weights, dtype=float)
     blocks = [np.asarray(b, dtype=float) for b in blocks if np.asarray(b).shape[-1] > 0]
     if not blocks:
-        raise ValueError("stratified_contrast needs at least one non-empty block")
+        raise DataError("stratified_contrast needs at least one non-empty block")
     for b in blocks:
         if b.ndim != 2 or b.shape[0] != w.size:
-            raise ValueError(f"each block must be a ({w.size} x n) array, got shape {b.shape}")
+            raise DataError(f"each block must be a ({w.size} x n) array, got shape {b.shape}")
     diffs = [w @ b for b in blocks]  # per-item contrast
     n_total, n_blocks = sum(d.size for d in diffs), len(diffs)
     est = float(np.mean([d.mean() for d in diffs]))

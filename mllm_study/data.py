@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .errors import DataError
 from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard, _record_key, _share,
                         _write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
 
@@ -45,10 +46,6 @@ __all__ = [
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 _ROLES = {"human": "user", "gpt": "assistant"}
-
-
-class DataError(ValueError):
-    """A dataset file or record is malformed; the message names the file and the record."""
 
 
 def load_dataset_info(dataset_dir: str | Path) -> dict[str, Any]:
@@ -423,7 +420,7 @@ class Collator:
     def __init__(self, processor: Any, mode: str = "train", blank_images: bool = False, cache: bool = True,
                  check_labels: bool = True):
         if mode not in ("train", "generate"):
-            raise ValueError(f"mode must be 'train' or 'generate', got {mode!r}")
+            raise ValueError(f"mode must be 'train' or 'generate', got {mode!r}")  # internal
         self.check_labels = check_labels
         self.processor = processor
         self.tokenizer = processor.tokenizer

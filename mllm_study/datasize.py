@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from .contrasts import _item_array, column_key, replicated_contrast
 
 EQUAL_EPOCHS, EQUAL_STEPS = "equal epochs", "equal steps"
@@ -37,7 +38,7 @@ def log_linear_weights(sizes: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """
     x = np.log10(np.asarray(sizes, dtype=float))
     if x.size < 2 or np.unique(x).size != x.size:
-        raise ValueError(f"need at least two distinct sizes (got {list(sizes)})")
+        raise DataError(f"need at least two distinct sizes (got {list(sizes)})")
     xc = x - x.mean()
     w = xc / (xc ** 2).sum()
     k = int(np.argmax(x))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ConfigError, DataError, PredictionFileError
 from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
@@ -56,7 +57,7 @@ def references_of(record: dict) -> list[str]:
         return list(record["references"])
     answers = [t["value"] for t in record["conversations"] if t["from"] == "gpt"]
     if not answers:
-        raise ValueError(f"record {record['id']}: no references and no gpt answer to score against")
+        raise DataError(f"record {record['id']}: no references and no gpt answer to score against")
     return [answers[-1]]
 
 
@@ -115,7 +116,7 @@ def generate_predictions(model: torch.nn.Module, processor: Any, records: list[d
 def _candidates(record: dict, metric: str) -> list[str]:
     choices = record.get("choices") or []
     if not choices:
-        raise ValueError(f"record {record['id']}: likelihood scoring needs 'choices'")
+        raise DataError(f"record {record['id']}: likelihood scoring needs 'choices'")
     # SQA-style items are answered with the option letter; IconQA-style ones with the option text.
     return [chr(ord("A") + i) for i in range(len(choices))] if metric == "mc_accuracy" else list(choices)
 
@@ -184,7 +185,7 @@ def evaluate_records(model: torch.nn.Module, processor: Any, records: list[dict]
     elif scoring == "likelihood":
         preds = choose_by_likelihood(model, processor, records, metric, batch_size, blank_images, progress, desc)
     else:
-        raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
+        raise ConfigError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
     refs = [references_of(r) for r in records]
     result = compute_metric(metric, preds, refs, variant=metric_variant, **_metric_kwargs(metric, records))
     items = []
@@ -277,10 +278,6 @@ def evaluate_world(model: torch.nn.Module, processor: Any, world_dir: str | Path
         out[f"pope/{strategy}"] = evaluate_dataset(model, processor, world_dir / "pope", strategy, size, batch_size,
                                                    progress=progress)
     return out
-
-
-class PredictionFileError(ValueError):
-    """A predictions file is malformed; the message names the file and line."""
 
 
 def score_predictions(predictions_path: str | Path, dataset_dir: str | Path, split: str = "test",

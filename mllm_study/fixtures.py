@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["ARCHITECTURES", "build_checkpoint", "build_dataset", "CHAT_TEMPLATES"]
 
 # The hub checkpoints' chat templates (chat_template.json of each repository), as published.
@@ -225,7 +227,7 @@ def build_checkpoint(arch: str, folder: str | Path, seed: int = 0, dtype: torch.
     """Write a tiny random-weight checkpoint of ``arch`` (:data:`ARCHITECTURES`) to ``folder``, in the hub
     checkpoint's dtype unless ``dtype`` is given. Returns the folder (reused when it already holds one)."""
     if arch not in _BUILDERS:
-        raise ValueError(f"unknown fixture architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown fixture architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     folder = Path(folder)
     if (folder / "config.json").exists() and (folder / "fixture.json").exists():
         return folder

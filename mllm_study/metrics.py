@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Callable
 
+from .errors import ConfigError, DataError
 from .captions import cider_d, ptb_tokenize, tokenize_captions
 
 __all__ = ["Metric", "MetricResult", "register_metric", "get_metric", "list_metrics", "compute_metric",
@@ -62,10 +63,10 @@ def _validate(predictions, references) -> tuple[list[str], list[list[str]]]:
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{arg} must be a list, got {type(value).__name__}")
     if len(predictions) != len(references):
-        raise ValueError(f"predictions and references must have the same length, got {len(predictions)} "
-                         f"predictions and {len(references)} references")
+        raise DataError(f"predictions and references must have the same length, got {len(predictions)} "
+                        f"predictions and {len(references)} references")
     if not predictions:
-        raise ValueError("nothing to score: predictions and references are empty")
+        raise DataError("nothing to score: predictions and references are empty")
     for i, pred in enumerate(predictions):
         if pred is not None and not isinstance(pred, str):
             raise TypeError(f"predictions[{i}] must be a str or None, got {type(pred).__name__}")
@@ -73,16 +74,16 @@ def _validate(predictions, references) -> tuple[list[str], list[list[str]]]:
         if not isinstance(refs, (list, tuple)) or not all(isinstance(r, str) for r in refs):
             raise TypeError(f"references[{i}] must be a list of str (e.g. ['red']), got {refs!r}")
         if not refs:
-            raise ValueError(f"references[{i}] is an empty list; every item needs at least one reference")
+            raise DataError(f"references[{i}] is an empty list; every item needs at least one reference")
     return [p or "" for p in predictions], [list(refs) for refs in references]
 
 
 def _per_item_kwarg(value, name: str, n: int) -> list:
     if value is None:
-        raise ValueError(f"this metric needs the keyword argument {name}= (one entry per prediction)")
+        raise DataError(f"this metric needs the keyword argument {name}= (one entry per prediction)")
     if not isinstance(value, (list, tuple)) or len(value) != n:
         got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
-        raise ValueError(f"{name} must be a list with one entry per prediction: expected {n}, got {got}")
+        raise DataError(f"{name} must be a list with one entry per prediction: expected {n}, got {got}")
     return list(value)
 
 
@@ -95,11 +96,12 @@ def register_metric(name: str, higher_is_better: bool, reference: str, version: 
     caller passes none) and the result records it; an unknown variant is a ValueError listing the known ones."""
     variants = dict(variants or {})
     if variants and default_variant not in variants:
-        raise ValueError(f"metric {name!r}: default_variant {default_variant!r} is not one of {sorted(variants)}")
+        raise ValueError(f"metric {name!r}: default_variant {default_variant!r} "  # internal
+                         f"is not one of {sorted(variants)}")
 
     def decorator(fn):
         if name in _REGISTRY:
-            raise ValueError(f"metric {name!r} is already registered")
+            raise ValueError(f"metric {name!r} is already registered")  # internal
 
         @functools.wraps(fn)
         def checked(predictions, references, variant: str | None = None, **kwargs) -> MetricResult:
@@ -123,16 +125,16 @@ def resolve_variant(name: str, variant: str | None) -> str | None:
         known = ", ".join(metric.variants) if metric.variants else "none (it has a single definition)"
         close = difflib.get_close_matches(str(variant), list(metric.variants), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown variant {variant!r} of metric {name!r}; variants: {known}{hint}")
+        raise ConfigError(f"unknown variant {variant!r} of metric {name!r}; variants: {known}{hint}")
     return variant
 
 
 def get_metric(name: str) -> Metric:
-    """Return metric ``name``; unknown names raise ValueError listing the known ones and the closest match."""
+    """Return metric ``name``; unknown names raise ConfigError listing the known ones and the closest match."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}{hint}")
+        raise ConfigError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}{hint}")
     return _REGISTRY[name]
 
 
@@ -388,7 +390,7 @@ def mc_accuracy(predictions: list[str], references: list[list[str]], choices: li
     choices, per_item, unparsed = _per_item_kwarg(choices, "choices", len(predictions)), [], 0
     for i, (pred, refs, opts) in enumerate(zip(predictions, references, choices)):
         if not isinstance(opts, (list, tuple)) or not 0 < len(opts) <= 26 or not all(isinstance(c, str) for c in opts):
-            raise ValueError(f"choices[{i}] must be a list of 1 to 26 str, got {opts!r}")
+            raise DataError(f"choices[{i}] must be a list of 1 to 26 str, got {opts!r}")
         gold = set()
         for ref in refs:
             m = _MC_BARE.fullmatch(ref.strip())
@@ -396,8 +398,8 @@ def mc_accuracy(predictions: list[str], references: list[list[str]], choices: li
                 gold.add(_LETTERS.index(m[1].upper()))
                 continue
             if not (hits := {j for j, c in enumerate(opts) if _mc_norm(c) == _mc_norm(ref)}):
-                raise ValueError(f"references[{i}]: gold {ref!r} is neither a letter A..{_LETTERS[len(opts) - 1]} "
-                                 f"nor one of the choices {list(opts)!r}")
+                raise DataError(f"references[{i}]: gold {ref!r} is neither a letter A..{_LETTERS[len(opts) - 1]} "
+                                f"nor one of the choices {list(opts)!r}")
             gold |= hits
         picked = extract_choice(pred, list(opts))
         unparsed += picked is None
@@ -473,7 +475,7 @@ def pope(predictions: list[str], references: list[list[str]], variant: str = "st
     for i, (pred, refs) in enumerate(zip(predictions, references)):
         label = refs[0].strip().lower()
         if label not in ("yes", "no"):
-            raise ValueError(f"references[{i}] must be ['yes'] or ['no'] for pope, got {refs!r}")
+            raise DataError(f"references[{i}] must be ['yes'] or ['no'] for pope, got {refs!r}")
         if variant == "llava":
             answer = parse_yes_no_llava(pred)
         else:
@@ -502,12 +504,12 @@ def _words(text: str) -> tuple[str, ...]:
 
 def _lexicon(synonyms: dict[str, list[str]]) -> dict[tuple[str, ...], str]:
     if not isinstance(synonyms, dict) or not synonyms:
-        raise ValueError("synonyms must be a non-empty dict {canonical object: [words naming it], ...}")
+        raise ConfigError("synonyms must be a non-empty dict {canonical object: [words naming it], ...}")
     explicit: dict[tuple[str, ...], str] = {}
     for canon, phrases in synonyms.items():
         for phrase in [canon, *phrases]:
             if (key := _words(phrase)) and explicit.setdefault(key, canon) != canon:
-                raise ValueError(f"synonym {phrase!r} is listed for both {explicit[key]!r} and {canon!r}")
+                raise ConfigError(f"synonym {phrase!r} is listed for both {explicit[key]!r} and {canon!r}")
     lexicon = dict(explicit)
     for key, canon in explicit.items():  # plural (or singular) of the last word, unless it is listed itself
         last = key[-1]

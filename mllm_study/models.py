@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError, DataError, ModelError
 from .config import Params, PretrainConfig
 
 __all__ = [
@@ -104,7 +105,7 @@ def world_tokenizer(vocabulary: list[str] | None = None):
 
     tokens = vocabulary if vocabulary is not None else json.loads(VOCABULARY_FILE.read_text())
     if tokens[:len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or len(set(tokens)) != len(tokens):
-        raise ValueError(f"{VOCABULARY_FILE}: must start with {SPECIAL_TOKENS} and hold no duplicate")
+        raise DataError(f"{VOCABULARY_FILE}: must start with {SPECIAL_TOKENS} and hold no duplicate")
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -184,8 +185,8 @@ def pretrain_inputs(cfg: PretrainConfig, world_dir: Path) -> dict[str, str]:
     for family in ("align", *SEEN_FAMILIES):
         key = f"{family}/pretrain"
         if key not in splits:
-            raise ValueError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: delete "
-                             f"{world_dir} and it is regenerated)")
+            raise DataError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: delete "
+                            f"{world_dir} and it is regenerated)")
         out[key] = splits[key]
     out["vocabulary"] = manifest["fingerprint"] if cfg.case_sensitive else \
         hashlib.sha256(VOCABULARY_FILE.read_bytes()).hexdigest()
@@ -336,7 +337,7 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
     kwargs: dict[str, Any] = {}
     if dtype is None and precision != "auto":
         if precision not in _PRECISION_DTYPES:
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16 (got {precision!r})")
         dtype = _PRECISION_DTYPES[precision]
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -355,7 +356,7 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
                 raise
             processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **processor_kwargs)
     except OSError as exc:
-        raise ValueError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
+        raise ModelError(f"cannot load model {str(path_or_id)!r}: not the built-in {TINY_MODEL!r}, not a local "
                          f"checkpoint folder and not reachable on the hub ({exc})") from None
     if pixels:
         _check_pixels(processor, pixels)
@@ -376,7 +377,7 @@ def _pixel_size(path_or_id: str | Path, pixels: dict[str, int]) -> dict[str, Any
         image_processor = None
     hints = getattr(getattr(image_processor, "valid_kwargs", None), "__annotations__", {})
     if image_processor is not None and "max_pixels" not in hints:
-        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+        raise ModelError(f"the image processor {type(image_processor).__name__} does not take "
                          f"{', '.join(pixels)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
     size = getattr(image_processor, "size", None)
     current = {k: (size.get(k) if isinstance(size, dict) else getattr(size, k, None))
@@ -400,7 +401,7 @@ def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:
     got = {"min_pixels": bound("min_pixels", "shortest_edge"), "max_pixels": bound("max_pixels", "longest_edge")}
     wrong = {k: v for k, v in pixels.items() if got[k] != v}
     if wrong:
-        raise ValueError(f"the image processor {type(image_processor).__name__} does not take "
+        raise ModelError(f"the image processor {type(image_processor).__name__} does not take "
                          f"{', '.join(wrong)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
 
 
@@ -452,7 +453,7 @@ def load_model(name: str, params: Params | None = None, progress: bool = True, *
     """
     if name == TINY_MODEL:
         if params is None:
-            raise ValueError("tiny-llava needs the params (world and pre-training recipe)")
+            raise ValueError("tiny-llava needs the params (world and pre-training recipe)")  # internal
         world_dir = ensure_world(params, progress)
         start = time.perf_counter()
         path = pretrain_tiny_llava(params, world_dir, progress)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .errors import ConfigError
+
 __all__ = ["injected_parameters", "check_parameters"]
 
 #: papermill's injected cell starts with exactly this line (the notebooks' own parameters cell has more after it)
@@ -39,4 +41,4 @@ def check_parameters(known: Iterable[str], history: list[str] | None = None) -> 
 
         hints = [f"{n!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(n, known, n=1)) else repr(n)
                  for n in unknown]
-        raise ValueError(f"unknown notebook parameter(s) {', '.join(hints)}; this notebook takes: {', '.join(known)}")
+        raise ConfigError(f"unknown notebook parameter(s) {', '.join(hints)}; this notebook takes: {', '.join(known)}")

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError, DataError, RunError
 from . import __version__
 from .config import Params
 
@@ -37,12 +38,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """Parse a JSON file; a malformed one is a ValueError that names the file."""
+    """Parse a JSON file; a malformed one is a :class:`~mllm_study.errors.DataError` that names the file."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _file_digest(path: Path) -> str:
@@ -69,8 +72,8 @@ def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
 
     close = difflib.get_close_matches(name, sorted(world_names), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown dataset {name!r}: not a synthetic-world family and not a dataset folder with "
-                     f"dataset.json.{hint} Families: {', '.join(sorted(FAMILIES))}")
+    raise ConfigError(f"unknown dataset {name!r}: not a synthetic-world family and not a dataset folder with "
+                      f"dataset.json.{hint} Families: {', '.join(sorted(FAMILIES))}")
 
 
 def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
@@ -394,9 +397,9 @@ def _check_distributed(acc) -> None:
         plugin = getattr(getattr(acc, "state", None), "deepspeed_plugin", None)
         zero3 = getattr(plugin, "zero_stage", 0) == 3
     if "FSDP" in kind or zero3:
-        raise ValueError(f"{kind.split('.')[-1]}{' ZeRO-3' if zero3 else ''}: parameters are sharded, but evaluation "
-                         "and saving run on the main process alone (they would hang); use DDP or DeepSpeed "
-                         "ZeRO-1/2 for now (accelerate config)")
+        raise RunError(f"{kind.split('.')[-1]}{' ZeRO-3' if zero3 else ''}: parameters are sharded, but evaluation "
+                       "and saving run on the main process alone (they would hang); use DDP or DeepSpeed "
+                       "ZeRO-1/2 for now (accelerate config)")
 
 
 def _check_rank(model) -> None:
@@ -408,8 +411,8 @@ def _check_rank(model) -> None:
         if isinstance(ranks, dict) and width:
             for r in ranks.values():
                 if r > width:
-                    raise ValueError(f"method_params.r = {r} exceeds the width of the layers it adapts: {name} is "
-                                     f"{module.in_features} x {module.out_features} (rank at most {width})")
+                    raise ConfigError(f"method_params.r = {r} exceeds the width of the layers it adapts: {name} is "
+                                      f"{module.in_features} x {module.out_features} (rank at most {width})")
 
 
 def _collator(processor):

@@ -20,6 +20,8 @@ import pandas as pd
 from scipy import stats as _ss
 from scipy.special import ndtr, ndtri
 
+from .errors import ConfigError, DataError
+
 __all__ = [
     "Interval", "TestResult", "t_ci", "bootstrap_ci", "paired_bootstrap_ci", "paired_t_test",
     "wilcoxon_test", "permutation_test", "holm_correction", "reject", "friedman_test",
@@ -85,15 +87,15 @@ def _as_1d(x: Any, name: str, min_n: int = 1) -> np.ndarray:
     try:
         arr = np.asarray(x, dtype=float)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numeric: {exc}") from exc
+        raise DataError(f"{name} must be numeric: {exc}") from exc
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        raise DataError(f"{name} must be 1-D, got shape {arr.shape}")
     if np.isnan(arr).any():
-        raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s)")
+        raise DataError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s)")
     if np.isinf(arr).any():
-        raise ValueError(f"{name} contains infinite value(s)")
+        raise DataError(f"{name} contains infinite value(s)")
     if arr.size < min_n:
-        raise ValueError(f"{name} needs at least {min_n} value(s), got {arr.size}")
+        raise DataError(f"{name} needs at least {min_n} value(s), got {arr.size}")
     return arr
 
 
@@ -101,13 +103,13 @@ def _paired_diff(a: Any, b: Any, min_n: int = 2) -> np.ndarray:
     """Validated paired differences ``a - b``."""
     a_, b_ = _as_1d(a, "a"), _as_1d(b, "b")
     if a_.size != b_.size:
-        raise ValueError(f"paired samples must have the same length; got {a_.size} and {b_.size}")
+        raise DataError(f"paired samples must have the same length; got {a_.size} and {b_.size}")
     return _as_1d(a_ - b_, "a - b", min_n)
 
 
 def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
 
 
 def _dz(d: np.ndarray) -> float:
@@ -175,9 +177,9 @@ def bootstrap_ci(x: Any, statistic: Callable = np.mean, confidence: float = 0.95
     """
     _check_confidence(confidence)
     if method not in ("percentile", "bca"):
-        raise ValueError(f"method must be 'percentile' or 'bca', got {method!r}")
+        raise ConfigError(f"method must be 'percentile' or 'bca', got {method!r}")
     if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
     arr = _as_1d(x, "x", 2)
     n, rng = arr.size, np.random.default_rng(seed)
     theta_hat = float(statistic(arr))
@@ -288,7 +290,7 @@ def permutation_test(a: Any, b: Any, n_resamples: int = 10000,
         exact. All-zero differences give p = 1.
     """
     if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+        raise ConfigError(f"n_resamples must be >= 1, got {n_resamples}")
     d = _paired_diff(a, b, 2)
     n, observed = d.size, float(d.mean())
     # Formula: p = #{|mean(s·d)| >= |mean(d)|} / 2^n over all s in {-1,1}^n (exact), or
@@ -324,7 +326,7 @@ def holm_correction(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     """
     p = _as_1d(p_values, "p_values", 0)
     if (p < 0).any() or (p > 1).any():
-        raise ValueError("p_values must lie in [0, 1]")
+        raise DataError("p_values must lie in [0, 1]")
     # Formula: sort p_(1) <= ... <= p_(m); adj_(i) = min(1, max_{j<=i} (m - j + 1) p_(j)).
     m, order = p.size, np.argsort(p, kind="stable")
     out = np.empty(m)
@@ -335,7 +337,7 @@ def holm_correction(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
 def reject(p_adjusted: Sequence[float] | np.ndarray, alpha: float = 0.05) -> np.ndarray:
     """Boolean mask ``p_adjusted <= alpha``. Pass *adjusted* p (e.g. :func:`holm_correction`)."""
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
     return np.asarray(p_adjusted, dtype=float) <= alpha
 
 
@@ -361,11 +363,11 @@ def friedman_test(table: np.ndarray | pd.DataFrame, higher_is_better: bool = Tru
         values = np.asarray(table, dtype=float)
         names = [str(j) for j in range(values.shape[1])] if values.ndim == 2 else []
     if values.ndim != 2:
-        raise ValueError(f"table must be 2-D (n_blocks x k_treatments), got shape {values.shape}")
+        raise DataError(f"table must be 2-D (n_blocks x k_treatments), got shape {values.shape}")
     n, k = values.shape
     if k < 3 or n < 2:
-        raise ValueError(f"friedman_test needs >= 2 blocks (rows) and >= 3 treatments (columns), "
-                         f"got {n} x {k}")
+        raise DataError(f"friedman_test needs >= 2 blocks (rows) and >= 3 treatments (columns), "
+                        f"got {n} x {k}")
     _as_1d(values.ravel(), "table")
     ranks = _ss.rankdata(-values if higher_is_better else values, axis=1)
     avg = dict(zip(names, (float(r) for r in ranks.mean(axis=0))))
@@ -396,9 +398,9 @@ def variance_test(*groups: Any, center: str = "median") -> TestResult:
         ratio 1; if only some are, the ratio is inf.
     """
     if center not in ("median", "mean"):
-        raise ValueError(f"center must be 'median' or 'mean', got {center!r}")
+        raise ConfigError(f"center must be 'median' or 'mean', got {center!r}")
     if len(groups) < 2:
-        raise ValueError(f"variance_test needs at least 2 groups, got {len(groups)}")
+        raise DataError(f"variance_test needs at least 2 groups, got {len(groups)}")
     arrs = [_as_1d(g, f"group {i}", 2) for i, g in enumerate(groups)]
     name = "brown-forsythe" if center == "median" else "levene"
     variances = [float(g.var(ddof=1)) for g in arrs]
@@ -437,9 +439,9 @@ def summarize(df: pd.DataFrame, value: str, by: str | Sequence[str],
     keys = [by] if isinstance(by, str) else list(by)
     missing = [c for c in [value, *keys] if c not in df.columns]
     if missing:
-        raise ValueError(f"columns not found in df: {missing}")
+        raise DataError(f"columns not found in df: {missing}")
     if df.empty:
-        raise ValueError("df is empty")
+        raise DataError("df is empty")
     _as_1d(df[value].to_numpy(), f"column {value!r}", 1)
     rows = []
     for key, grp in df.groupby(keys, sort=True, dropna=False):

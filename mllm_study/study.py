@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from .config import PARAMS_DIR, ConfigError, Params, load_params, parse_overrides, project_path, rooted_paths
+from .errors import ConfigError, ModelError
+from .config import PARAMS_DIR, Params, load_params, parse_overrides, project_path, rooted_paths
 
 __all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
@@ -46,7 +47,10 @@ def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[str]:
 
 
 def _read_yaml(path: Path) -> dict:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data
@@ -295,7 +299,7 @@ def base_model_config(params: Params) -> str:
     known = {c.lower(): c for c in list_model_configs()}
     if name in known:
         return known[name]
-    raise ValueError(f"no architecture config for {params.run.model!r}: pass a local checkpoint folder or add "
+    raise ModelError(f"no architecture config for {params.run.model!r}: pass a local checkpoint folder or add "
                      f"its config.json to mllm_study/configs ({', '.join(known.values())})")
 
 
@@ -378,7 +382,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     stems = notebooks or list_notebooks()
     unknown = sorted(set(stems) - set(list_notebooks()))
     if unknown:
-        raise ValueError(f"unknown notebook(s) {unknown}; available: {', '.join(list_notebooks())}")
+        raise ConfigError(f"unknown notebook(s) {unknown}; available: {', '.join(list_notebooks())}")
     sets = _override_strings(overrides)
     base = load_params(profile=profile, overrides=parse_overrides(sets))
     # from the project root unless absolute (the CLI passes its folders absolute): the same files from any directory

@@ -37,6 +37,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from .errors import ConfigError, DataError, RunError, TrainingDiverged
+
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
            "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context",
            "enable_gradient_checkpointing"]
@@ -46,15 +48,6 @@ _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training co
 _IGNORE_INDEX = -100
 # Models whose position ids are not a plain 0..n-1 range (multimodal rotary); let them compute their own.
 _OWN_POSITIONS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; ``step`` says when."""
-
-    def __init__(self, step: int, loss: float, what: str = "loss"):
-        super().__init__(f"{what} became {loss} at step {step}")
-        self.step = step
-        self.loss = loss
 
 
 @dataclass
@@ -130,12 +123,12 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     from .methods.placement import unwrap_model
 
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
-        raise ValueError("run.gradient_checkpointing does not work with prefix tuning: checkpointed training runs "
-                         "without the KV cache that carries the prefix (the attention mask and keys then disagree); "
-                         "turn it off for this method")
+        raise ConfigError("run.gradient_checkpointing does not work with prefix tuning: checkpointed training runs "
+                          "without the KV cache that carries the prefix (the attention mask and keys then disagree); "
+                          "turn it off for this method")
     base = unwrap_model(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
-        raise ValueError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")
+        raise ConfigError(f"{type(base).__name__} does not support gradient checkpointing (run.gradient_checkpointing)")
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x name
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -161,7 +154,7 @@ def mixed_precision_setting() -> str | None:
     """
     choice = os.environ.get("MLLM_STUDY_MIXED_PRECISION", "auto").strip().lower()
     if choice not in ("auto", "no", "bf16", "fp16"):
-        raise ValueError(f"MLLM_STUDY_MIXED_PRECISION must be auto, no, bf16 or fp16 (got {choice!r})")
+        raise ConfigError(f"MLLM_STUDY_MIXED_PRECISION must be auto, no, bf16 or fp16 (got {choice!r})")
     if choice != "auto":
         return choice
     if os.environ.get("ACCELERATE_MIXED_PRECISION"):
@@ -373,10 +366,10 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
             the first non-finite one) or the final weights are not finite.
     """
     if not records:
-        raise ValueError("no training records")
+        raise DataError("no training records")
     groups = [g for g in param_groups if g["params"]]
     if not groups:
-        raise ValueError("nothing to train: every parameter group is empty")
+        raise RunError("nothing to train: every parameter group is empty")
     acc = get_accelerator()
     if acc.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(acc.device)
@@ -391,7 +384,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
         answer_logits = acc.mixed_precision != "no"
     answer_logits = bool(answer_logits) and _accepts_logits_to_keep(model)
     if settings.loss_average not in ("token", "sample"):
-        raise ValueError(f"loss_average must be 'token' or 'sample', got {settings.loss_average!r}")
+        raise ConfigError(f"loss_average must be 'token' or 'sample', got {settings.loss_average!r}")
     per_sample = settings.loss_average == "sample"
     collate = _AnswerLogitsCollate(collator) if answer_logits else collator
     pin = acc.device.type == "cuda"

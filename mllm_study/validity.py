@@ -41,6 +41,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from .errors import RunError
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
 from .records import run_damage
@@ -250,7 +251,7 @@ def run_dirs(runs_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"runs folder {runs_dir} does not exist (run `mllm-study study` first)")
     dirs = sorted(d for d in runs_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not dirs:
-        raise ValueError(f"no runs in {runs_dir} (run `mllm-study study` first)")
+        raise RunError(f"no runs in {runs_dir} (run `mllm-study study` first)")
     return dirs
 
 
@@ -594,8 +595,8 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     columns = world_columns(world_dir)
     runs, skipped = read_runs(runs_dir, world_dir, columns, base_dir)
     if not runs:
-        raise ValueError(f"no finished runs of this world in {runs_dir} ({len(skipped)} skipped: "
-                         f"{', '.join(sorted(set(skipped.values())))})")
+        raise RunError(f"no finished runs of this world in {runs_dir} ({len(skipped)} skipped: "
+                       f"{', '.join(sorted(set(skipped.values())))})")
     figs = {r.run_id: _run_figures(r, columns) for r in runs}
     record = base_dir / "pretrain_record.json" if base_dir else None
     image_use = (read_json(record).get("image_use_check") if record and record.exists() else None) or {}

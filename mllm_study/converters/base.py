@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..errors import ConfigError, DataError
+
 __all__ = [
     "Item", "Converter", "CONVERTERS", "register_converter", "list_converters", "get_converter", "convert",
     "find_source", "load_json", "load_json_lines", "require", "human_turn", "conversation", "most_common_answer",
@@ -91,7 +93,7 @@ def register_converter(name: str, **meta: Any) -> Callable:
 
     def decorator(build: Callable[[Path, int], dict[str, list[Item]]]) -> Callable:
         if name in CONVERTERS:
-            raise ValueError(f"converter {name!r} is already registered")
+            raise ValueError(f"converter {name!r} is already registered")  # internal
         CONVERTERS[name] = Converter(name=name, build=build, **meta)
         return build
 
@@ -119,7 +121,7 @@ def get_converter(name: str) -> Converter:
         return CONVERTERS[name]
     close = difflib.get_close_matches(name, list_converters(), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown dataset converter {name!r}; known: {', '.join(list_converters())}.{hint}")
+    raise ConfigError(f"unknown dataset converter {name!r}; known: {', '.join(list_converters())}.{hint}")
 
 
 # ---------------------------------------------------------------------------------------------- source reading
@@ -142,7 +144,7 @@ def load_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
 def load_json_lines(path: Path) -> list:
@@ -156,7 +158,7 @@ def load_json_lines(path: Path) -> list:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number} is not valid JSON ({err})") from None
+                raise DataError(f"{path}: line {number} is not valid JSON ({err})") from None
     return rows
 
 
@@ -171,11 +173,11 @@ def require(obj: Any, key: str, path: Path, where: str, kind: type | tuple = obj
         kind: accepted type(s) of the value.
     """
     if not isinstance(obj, dict) or key not in obj:
-        raise ValueError(f"{path}: {where} is missing the key {key!r}")
+        raise DataError(f"{path}: {where} is missing the key {key!r}")
     value = obj[key]
     if not isinstance(value, kind):
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise ValueError(f"{path}: {where} has {key!r} of type {type(value).__name__}, expected {names}")
+        raise DataError(f"{path}: {where} has {key!r} of type {type(value).__name__}, expected {names}")
     return value
 
 
@@ -269,7 +271,7 @@ def _records_json(records: list[dict]) -> str:
 
 def _check_size(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{name} must be a positive integer or None (got {value!r})")
+        raise ConfigError(f"{name} must be a positive integer or None (got {value!r})")
 
 
 def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_size: int | None = None,
@@ -305,7 +307,7 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_
     _check_size("train_size", train_size)
     _check_size("test_size", test_size)
     if train_size is not None and "train" not in conv.splits:
-        raise ValueError(f"{name} has no train split (splits: {', '.join(conv.splits)}); leave train_size unset")
+        raise ConfigError(f"{name} has no train split (splits: {', '.join(conv.splits)}); leave train_size unset")
     src = Path(src).expanduser()
     from .hf_parquet import is_parquet_source
 
@@ -325,8 +327,8 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_
     for split in conv.splits:
         items = splits.get(split, [])
         if not items:
-            raise ValueError(f"{name} {split}: the split has no records in {src} (expected the {conv.source_format});"
-                             " nothing was written")
+            raise DataError(f"{name} {split}: the split has no records in {src} (expected the {conv.source_format});"
+                            " nothing was written")
         override = train_size if split == "train" else test_size
         size = override if override is not None else conv.default_sizes.get(split)
         rng = random.Random(f"{name}/{split}/{seed}")
@@ -344,10 +346,10 @@ def convert(name: str, src: str | os.PathLike, out: str | os.PathLike, *, train_
 def check_out(out: Path, overwrite: bool) -> None:
     """Raise ValueError if ``out`` is a file, or a non-empty folder and ``overwrite`` is false."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} is a file, not a folder")
+        raise ConfigError(f"output {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(f"output folder {out} is not empty; pass --overwrite (overwrite=True) to replace it as a "
-                         "whole, or choose another --out")
+        raise ConfigError(f"output folder {out} is not empty; pass --overwrite (overwrite=True) to replace it as a "
+                          "whole, or choose another --out")
 
 
 def write_dataset_folder(out: Path, splits: Mapping[str, list[dict]], meta: dict,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..errors import DataError
 from .base import Item, conversation, find_source, human_turn, load_json, register_converter, require
 
 __all__ = ["CAPTION_PROMPTS"]
@@ -52,7 +53,7 @@ def build_flickr30k(src: Path, seed: int) -> dict[str, list[Item]]:
                              for folder in ("", "karpathy/", "annotations/")], _FORMAT)
     data = load_json(path)
     if isinstance(data, dict) and data.get("dataset", "flickr30k") != "flickr30k":
-        raise ValueError(f"{path}: this is Karpathy's {data['dataset']!r} split ('dataset' key), not flickr30k")
+        raise DataError(f"{path}: this is Karpathy's {data['dataset']!r} split ('dataset' key), not flickr30k")
     images = require(data, "images", path, "the top-level object", list)
     out: dict[str, list[Item]] = {"train": [], "test": []}
     for n, entry in enumerate(images):
@@ -64,7 +65,7 @@ def build_flickr30k(src: Path, seed: int) -> dict[str, list[Item]]:
         captions = [require(s, "raw", path, f"{where} sentence", str).strip()
                     for s in require(entry, "sentences", path, where, list)]
         if not captions:
-            raise ValueError(f"{path}: {where} has no sentences")
+            raise DataError(f"{path}: {where} has no sentences")
         rid = f"flickr30k-{split}-{Path(filename).stem}"
         rng = random.Random(f"{seed}/{rid}")
         prompt = rng.choice(CAPTION_PROMPTS)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import ConfigError, DataError
 from .base import VQA_SUFFIX, Converter, conversation, human_turn, most_common_answer, \
     write_dataset_folder
 
@@ -78,7 +79,7 @@ def _sqa_row(row: dict, split: str, n: int, seed: int) -> dict | None:
 def _pope_row(row: dict, split: str, n: int, seed: int) -> dict | None:
     label = str(row["answer"]).strip().lower()
     if label not in ("yes", "no"):
-        raise ValueError(f"POPE row {n} has 'answer' {row['answer']!r}, expected 'yes' or 'no'")
+        raise DataError(f"POPE row {n} has 'answer' {row['answer']!r}, expected 'yes' or 'no'")
     return {"id": f"pope-{split}-{row['question_id']}",
             "conversations": conversation(human_turn(str(row["question"]).strip(), VQA_SUFFIX), label),
             "references": [label], "label": label}
@@ -146,13 +147,13 @@ def _local_tables(files: list[Path]) -> dict[str, list[_Table]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - pyarrow is in requirements.txt
-        raise ValueError("reading parquet files needs pyarrow (pip install -r requirements.txt)") from None
+        raise DataError("reading parquet files needs pyarrow (pip install -r requirements.txt)") from None
     out: dict[str, list[_Table]] = {}
     for path in files:
         try:
             pf = pq.ParquetFile(path)
         except Exception as err:  # pyarrow raises several types for a damaged file
-            raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+            raise DataError(f"{path}: not a readable parquet file ({err})") from None
         names = pf.schema_arrow.names
         rows = pf.read(columns=[c for c in names if c != "image"]).to_pylist()
         # which rows have an image, without reading the bytes (the struct's path field; null struct = no image)
@@ -183,8 +184,8 @@ def _hub_tables(spec: str) -> dict[str, list[_Table]]:
     try:
         import datasets
     except ImportError:
-        raise ValueError(f"--src {spec}: reading a dataset id needs the `datasets` library (pip install "
-                         "datasets==5.2.0), or download its parquet files and pass their folder") from None
+        raise DataError(f"--src {spec}: reading a dataset id needs the `datasets` library (pip install "
+                        "datasets==5.2.0), or download its parquet files and pass their folder") from None
     loaded = datasets.load_dataset(ident, config or None)
     out: dict[str, list[_Table]] = {}
     for split, ds in loaded.items():
@@ -230,8 +231,8 @@ def convert_parquet(conv: Converter, src: Path, out: Path, *, train_size: int | 
     """
     reader = PARQUET_READERS.get(conv.name)
     if reader is None:
-        raise ValueError(f"{conv.name}: no Hugging Face parquet reader (readers: {', '.join(sorted(PARQUET_READERS))})"
-                         f"; convert the {conv.source_format} instead")
+        raise ConfigError(f"{conv.name}: no Hugging Face parquet reader (readers: {', '.join(sorted(PARQUET_READERS))})"
+                          f"; convert the {conv.source_format} instead")
     tables = parquet_splits(src)
     found = sorted(tables)
     items: dict[str, list[tuple[dict, _Table, int]]] = {}
@@ -243,28 +244,28 @@ def convert_parquet(conv: Converter, src: Path, out: Path, *, train_size: int | 
             for n, row in enumerate(table.rows):
                 missing = [c for c in reader.columns if c not in row]
                 if missing:
-                    raise ValueError(f"{table.label}: column {missing[0]!r} is missing; expected the {reader.release} "
-                                     f"schema ({', '.join(reader.columns)}, image)")
+                    raise DataError(f"{table.label}: column {missing[0]!r} is missing; expected the {reader.release} "
+                                    f"schema ({', '.join(reader.columns)}, image)")
                 if not row["_has_image_column"]:
-                    raise ValueError(f"{table.label}: column 'image' is missing; expected the {reader.release} schema")
+                    raise DataError(f"{table.label}: column 'image' is missing; expected the {reader.release} schema")
                 if not row["_image"]:
                     if conv.name == "scienceqa":  # text-only question: not part of SQA (img), as the JSON converter
                         continue
-                    raise ValueError(f"{table.label}: row {n} has no image")
+                    raise DataError(f"{table.label}: row {n} has no image")
                 split = target
                 if target == "*":
                     split = str(row.get("category") or "").strip().lower()
                     if split not in ("random", "popular", "adversarial"):
-                        raise ValueError(f"{table.label}: row {n} has 'category' {row.get('category')!r}, expected "
-                                         "random, popular or adversarial")
+                        raise DataError(f"{table.label}: row {n} has 'category' {row.get('category')!r}, expected "
+                                        "random, popular or adversarial")
                 record = reader.row(row, split, len(items.get(split, [])), seed)
                 if record is not None:
                     items.setdefault(split, []).append((record, table, n))
     if not items:
-        raise ValueError(f"{conv.name}: {src} has no split this reader uses (found: {', '.join(found) or 'none'}; "
-                         f"uses: {', '.join(reader.splits)} of {reader.release})")
+        raise DataError(f"{conv.name}: {src} has no split this reader uses (found: {', '.join(found) or 'none'}; "
+                        f"uses: {', '.join(reader.splits)} of {reader.release})")
     if train_size is not None and "train" not in items:
-        raise ValueError(f"{conv.name}: {src} has no train split (found: {', '.join(found)}); leave train_size unset")
+        raise ConfigError(f"{conv.name}: {src} has no train split (found: {', '.join(found)}); leave train_size unset")
     selected: dict[str, list[tuple[dict, _Table, int]]] = {}
     for split, rows in items.items():
         size = train_size if split == "train" else test_size
@@ -287,7 +288,7 @@ def convert_parquet(conv: Converter, src: Path, out: Path, *, train_size: int | 
             for n, (split, record) in wanted.items():
                 value = values.get(n)
                 if not isinstance(value, dict) or not value.get("bytes"):
-                    raise ValueError(f"{table.label}: row {n} (id {record['id']}) has no image bytes")
+                    raise DataError(f"{table.label}: row {n} (id {record['id']}) has no image bytes")
                 safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(record["id"]))
                 rel = f"{split}/{safe}{_image_suffix(value)}"
                 (tmp / "images" / split).mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import Item, conversation, human_turn, load_json, register_converter, require
 
 __all__ = ["TXT_SUFFIX", "BLANK_SUFFIX", "iconqa_txt_prompt"]
@@ -76,8 +77,8 @@ def build_iconqa_txt(src: Path, seed: int) -> dict[str, list[Item]]:
             choices = [str(c) for c in require(data, "choices", path, where, list)]
             answer = require(data, "answer", path, where, (int, str))
             if isinstance(answer, str) and not answer.isdigit() or not 0 <= int(answer) < len(choices):
-                raise ValueError(f"{path}: {where} has 'answer' {answer!r}, "
-                                 f"not an index into its {len(choices)} choices")
+                raise DataError(f"{path}: {where} has 'answer' {answer!r}, "
+                                f"not an index into its {len(choices)} choices")
             gold = choices[int(answer)]
             prompt = iconqa_txt_prompt(require(data, "question", path, where, str), choices)
             record = {"id": f"iconqa_txt-{split}-{qid}", "conversations": conversation(prompt, gold),

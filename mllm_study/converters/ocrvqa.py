@@ -19,6 +19,7 @@ import posixpath
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ..errors import DataError
 from .base import VQA_SUFFIX, Item, conversation, find_source, human_turn, load_json, register_converter, require
 
 __all__ = ["OCRVQA_SPLITS"]
@@ -41,7 +42,7 @@ def build_ocrvqa(src: Path, seed: int) -> dict[str, list[Item]]:
     path = find_source(src, ["dataset.json", "ocr_vqa/dataset.json", "OCR-VQA/dataset.json"], _FORMAT)
     books = load_json(path)
     if not isinstance(books, dict):
-        raise ValueError(f"{path}: expected a JSON object {{book id: entry}} ({_FORMAT})")
+        raise DataError(f"{path}: expected a JSON object {{book id: entry}} ({_FORMAT})")
     out: dict[str, list[Item]] = {"train": [], "test": []}
     for book_id, book in books.items():
         where = f"book {book_id!r}"
@@ -51,7 +52,7 @@ def build_ocrvqa(src: Path, seed: int) -> dict[str, list[Item]]:
         questions = require(book, "questions", path, where, list)
         answers = require(book, "answers", path, where, list)
         if len(questions) != len(answers):
-            raise ValueError(f"{path}: {where} has {len(questions)} 'questions' but {len(answers)} 'answers'")
+            raise DataError(f"{path}: {where} has {len(questions)} 'questions' but {len(answers)} 'answers'")
         images = _image_candidates(book_id, require(book, "imageURL", path, where, str))
         for k, (question, answer) in enumerate(zip(questions, answers)):
             answer = str(answer).strip()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import VQA_SUFFIX, Item, conversation, find_source, human_turn, load_json_lines, register_converter, \
     require
 
@@ -44,7 +45,7 @@ def build_pope(src: Path, seed: int) -> dict[str, list[Item]]:
             image = require(row, "image", path, where, str)
             label = require(row, "label", path, where, str).strip().lower()
             if label not in ("yes", "no"):
-                raise ValueError(f"{path}: {where} has 'label' {label!r}, expected 'yes' or 'no'")
+                raise DataError(f"{path}: {where} has 'label' {label!r}, expected 'yes' or 'no'")
             prompt = human_turn(require(row, "text", path, where, str).strip(), VQA_SUFFIX)
             record = {"id": f"pope-{split}-{qid}", "conversations": conversation(prompt, label),
                       "references": [label], "label": label}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import Item, conversation, find_source, human_turn, load_json, register_converter, require
 
 __all__ = ["LETTERS", "SQA_SUFFIX", "sqa_prompt"]
@@ -54,14 +55,14 @@ def build_scienceqa(src: Path, seed: int) -> dict[str, list[Item]]:
     problems = load_json(problems_path)
     pid_splits = load_json(splits_path)
     if not isinstance(problems, dict):
-        raise ValueError(f"{problems_path}: expected a JSON object {{problem id: problem}}")
+        raise DataError(f"{problems_path}: expected a JSON object {{problem id: problem}}")
     out: dict[str, list[Item]] = {}
     for split in ("train", "test"):
         items = []
         for pid in require(pid_splits, split, splits_path, "the split table", list):
             pid = str(pid)
             if pid not in problems:
-                raise ValueError(f"{problems_path}: problem {pid!r} listed in {splits_path.name} is missing")
+                raise DataError(f"{problems_path}: problem {pid!r} listed in {splits_path.name} is missing")
             prob, where = problems[pid], f"problem {pid!r}"
             image = require(prob, "image", problems_path, where, (str, type(None)))
             if not image:  # text-only question: not part of SQA (img)
@@ -69,7 +70,7 @@ def build_scienceqa(src: Path, seed: int) -> dict[str, list[Item]]:
             choices = [str(c) for c in require(prob, "choices", problems_path, where, list)]
             answer = require(prob, "answer", problems_path, where, int)
             if not 0 <= answer < len(choices) or len(choices) > len(LETTERS):
-                raise ValueError(f"{problems_path}: {where} has answer index {answer} for {len(choices)} choices")
+                raise DataError(f"{problems_path}: {where} has answer index {answer} for {len(choices)} choices")
             hint = require(prob, "hint", problems_path, where, (str, type(None))) or ""
             question = require(prob, "question", problems_path, where, str)
             letter = LETTERS[answer]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import (VQA_SUFFIX, Item, conversation, find_source, human_turn, load_json, most_common_answer,
                    register_converter, require)
 
@@ -42,7 +43,7 @@ def build_vizwiz(src: Path, seed: int) -> dict[str, list[Item]]:
                            _FORMAT)
         rows = load_json(path)
         if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of annotations")
+            raise DataError(f"{path}: expected a JSON list of annotations")
         items = []
         for n, row in enumerate(rows):
             where = f"annotation #{n}"
@@ -51,7 +52,7 @@ def build_vizwiz(src: Path, seed: int) -> dict[str, list[Item]]:
             answers = [str(require(a, "answer", path, f"{where} answers", (str, int, float)))
                        for a in require(row, "answers", path, where, list)]
             if not answers:
-                raise ValueError(f"{path}: {where} has an empty 'answers' list")
+                raise DataError(f"{path}: {where} has an empty 'answers' list")
             gold = most_common_answer(answers)
             record = {"id": f"vizwiz-{split}-{Path(image).stem}",
                       "conversations": conversation(human_turn(question.strip(), VIZWIZ_SUFFIX), gold),

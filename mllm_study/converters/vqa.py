@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import DataError
 from .base import (VQA_SUFFIX, Item, conversation, find_source, human_turn, load_json, most_common_answer,
                    register_converter, require)
 
@@ -70,7 +71,7 @@ def build_vqa_format(src: Path, name: str, prefix: str, fmt: str) -> dict[str, l
             question = require(q, "question", q_path, where, str)
             answers = answers_by_qid.get(qid)
             if not answers:
-                raise ValueError(f"{a_path}: no annotation with answers for question_id {qid} of {q_path.name}")
+                raise DataError(f"{a_path}: no annotation with answers for question_id {qid} of {q_path.name}")
             record = {"id": f"{name}-{split}-{qid}",
                       "conversations": conversation(human_turn(question.strip(), VQA_SUFFIX),
                                                     most_common_answer(answers)),
@@ -88,9 +89,9 @@ def _reject_vqa_v1(annotations: list, path: Path) -> None:
                                                                                                      "number")):
             found = "'multiple_choice_answer'" if "multiple_choice_answer" in ann else \
                 f"answer_type {ann['answer_type']!r}"
-            raise ValueError(f"{path}: these are VQA v1 annotations (question_id {ann.get('question_id')} has {found}),"
-                             " not OK-VQA; OK-VQA's annotations (okvqa.allenai.org) have the same file names but only "
-                             "answer_type 'other'")
+            raise DataError(f"{path}: these are VQA v1 annotations (question_id {ann.get('question_id')} has {found}),"
+                            " not OK-VQA; OK-VQA's annotations (okvqa.allenai.org) have the same file names but only "
+                            "answer_type 'other'")
 
 
 _IMAGE_ROOTS = (".", "Images/mscoco", "images/mscoco", "Images", "coco", "images")

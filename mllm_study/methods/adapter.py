@@ -48,6 +48,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError, ModelError
 from .placement import get_module_map, placement_roles, resolve_targets
 from .registry import load_into, read_weights, register_method, write_weights
 
@@ -76,21 +77,21 @@ class AdapterSettings:
 
     def __post_init__(self) -> None:
         if int(self.bottleneck_size) <= 0:
-            raise ValueError(f"adapter bottleneck_size must be positive (got {self.bottleneck_size})")
+            raise ConfigError(f"adapter bottleneck_size must be positive (got {self.bottleneck_size})")
         self.bottleneck_size = int(self.bottleneck_size)
         if self.non_linearity not in ACTIVATIONS:
-            raise ValueError(f"adapter non_linearity {self.non_linearity!r} unknown; choose {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"adapter non_linearity {self.non_linearity!r} unknown; choose {', '.join(ACTIVATIONS)}")
         if not 0 <= float(self.dropout) < 1:
-            raise ValueError(f"adapter dropout must be in [0, 1) (got {self.dropout})")
+            raise ConfigError(f"adapter dropout must be in [0, 1) (got {self.dropout})")
         if self.scaling != "learned":
             try:
                 self.scaling = float(self.scaling)
             except (TypeError, ValueError):
-                raise ValueError(f"adapter scaling must be a number or 'learned' (got {self.scaling!r})") from None
+                raise ConfigError(f"adapter scaling must be a number or 'learned' (got {self.scaling!r})") from None
         if self.init not in INITS:
-            raise ValueError(f"adapter init must be one of {', '.join(INITS)} (got {self.init!r})")
+            raise ConfigError(f"adapter init must be one of {', '.join(INITS)} (got {self.init!r})")
         if self.variant not in VARIANTS:
-            raise ValueError(f"adapter variant must be one of {', '.join(VARIANTS)} (got {self.variant!r})")
+            raise ConfigError(f"adapter variant must be one of {', '.join(VARIANTS)} (got {self.variant!r})")
         self.bias = bool(self.bias)
 
 
@@ -217,12 +218,12 @@ def add_adapters(model: nn.Module, settings: AdapterSettings, placement: str = "
                  layers: Sequence[int] | None = None) -> nn.Module:
     """Wrap the placement's linears in place (adapter weights trainable, on the linears' device and dtype)."""
     if adapter_modules(model):
-        raise ValueError("model already has bottleneck adapters; unload_adapters(model) first")
+        raise ValueError("model already has bottleneck adapters; unload_adapters(model) first")  # internal
     sites = adapter_sites(model, placement, layers, settings.variant)
     for name, side in sites.items():
         lin = model.get_submodule(name)
         if not hasattr(lin, "in_features") or not hasattr(lin, "weight"):
-            raise ValueError(f"{name} is a {type(lin).__name__}, not a linear layer: cannot place an adapter")
+            raise ModelError(f"{name} is a {type(lin).__name__}, not a linear layer: cannot place an adapter")
         if side == "parallel":
             d_in, d_out = lin.in_features, lin.out_features
         else:
@@ -246,7 +247,7 @@ def save_adapter(model: nn.Module, path: str | Path, connector: str = "frozen") 
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (connector weights included when tuned)."""
     info = getattr(model, "mllm_adapter", None)
     if info is None:
-        raise ValueError("model has no bottleneck adapters to save")
+        raise ValueError("model has no bottleneck adapters to save")  # internal
     module_map = get_module_map(model)
     path = Path(path)
     state = adapter_state_dict(model, connector == "tuned")
@@ -262,7 +263,7 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     """Rebuild the saved adapters on a fresh ``base_model`` and copy the saved weights (and connector) in."""
     state, config = read_weights(Path(path))
     if config.get("peft_type") != PEFT_TYPE:
-        raise ValueError(f"{path} holds {config.get('peft_type')!r} weights, not a bottleneck adapter")
+        raise ModelError(f"{path} holds {config.get('peft_type')!r} weights, not a bottleneck adapter")
     fields = {f.name for f in dataclasses.fields(AdapterSettings)}
     settings = AdapterSettings(**{k: v for k, v in config.items() if k in fields})
     add_adapters(base_model, settings, config["placement"], config["layers"])
@@ -287,8 +288,8 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     modules = adapter_modules(model)
     acts = {type(m.bottleneck.act).__name__ for m in modules.values()}
     if acts - {"Identity"}:
-        raise ValueError(f"cannot merge bottleneck adapters with non-linearity {sorted(acts)}: x + U act(D x) is not "
-                         f"a linear map. Use unload_adapters(model) to remove them, or non_linearity 'identity'.")
+        raise ConfigError(f"cannot merge bottleneck adapters with non-linearity {sorted(acts)}: x + U act(D x) is not "
+                          f"a linear map. Use unload_adapters(model) to remove them, or non_linearity 'identity'.")
     for name, module in modules.items():
         base = module.base_layer
         W = base.weight.detach().double()

@@ -12,6 +12,7 @@ fine-tuning of LLaVA-1.5 is 2e-5. Saved as ``adapter_model.safetensors`` (every 
 
 from __future__ import annotations
 
+from ..errors import ModelError
 from .placement import get_module_map, resolve_targets
 from .registry import load_into, read_weights, register_method, write_weights
 
@@ -53,7 +54,7 @@ def apply_full(model, params, placement, connector, layers=None):
     for name, p in model.named_parameters():
         p.requires_grad = _under(name, modules) or _under(name, connector_modules)
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"full fine-tuning of {modules} found no parameters")
+        raise ModelError(f"full fine-tuning of {modules} found no parameters")
     return model
 
 

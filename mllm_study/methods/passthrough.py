@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 from functools import lru_cache
 
+from ..errors import ConfigError
 from .registry import Method, lm_targets, peft_modules_to_save
 
 __all__ = ["list_tuners", "tuner_config_class", "passthrough_method", "NO_AUTO_TARGETS"]
@@ -49,7 +50,7 @@ def tuner_config_class(tuner: str):
     if tuner not in mapping:
         close = difflib.get_close_matches(tuner, list(mapping), n=1)
         hint = f" Did you mean 'peft:{close[0]}'?" if close else ""
-        raise ValueError(f"unknown peft tuner {tuner!r}.{hint} Known tuners: {', '.join(sorted(mapping))}")
+        raise ConfigError(f"unknown peft tuner {tuner!r}.{hint} Known tuners: {', '.join(sorted(mapping))}")
     return mapping[tuner]
 
 
@@ -76,9 +77,9 @@ def passthrough_method(name: str) -> Method:
             close = {k: difflib.get_close_matches(k, sorted(fields), n=1) for k in unknown}
             hints = "; ".join(f"{k!r}: did you mean {v[0]!r}?" for k, v in close.items() if v)
             known = ", ".join(sorted(fields - set(_RESERVED)))
-            raise ValueError(f"{name}: parameter(s) {unknown + reserved} not accepted by {config_cls.__name__}"
-                             f"{' (' + hints + ')' if hints else ''}. Known: {known}"
-                             f"{'; set the connector with connector: tuned, not modules_to_save' if reserved else ''}")
+            raise ConfigError(f"{name}: parameter(s) {unknown + reserved} not accepted by {config_cls.__name__}"
+                              f"{' (' + hints + ')' if hints else ''}. Known: {known}"
+                              f"{'; set the connector with connector: tuned, not modules_to_save' if reserved else ''}")
         kwargs = dict(params)
         if not prompt and "target_modules" in fields and "target_modules" not in kwargs \
                 and tuner not in NO_AUTO_TARGETS:
@@ -87,15 +88,19 @@ def passthrough_method(name: str) -> Method:
                 kwargs["feedforward_modules"] = lm_targets(model, layers=layers, roles=("mlp_out",)) \
                     if placement in ("mlp", "both") else []
         elif layers is not None:
-            raise ValueError(f"{name}: a layers subset needs automatic targets (not with prompt learning or "
-                             f"explicit target_modules)")
+            raise ConfigError(f"{name}: a layers subset needs automatic targets (not with prompt learning or "
+                              f"explicit target_modules)")
         if "task_type" in fields:
             kwargs["task_type"] = "CAUSAL_LM"
         if "modules_to_save" in fields:
             kwargs["modules_to_save"] = peft_modules_to_save(model, connector)
         elif connector == "tuned":
-            raise ValueError(f"{name}: {config_cls.__name__} cannot save a tuned connector (no modules_to_save)")
-        return get_peft_model(model, config_cls(**kwargs))
+            raise ConfigError(f"{name}: {config_cls.__name__} cannot save a tuned connector (no modules_to_save)")
+        try:
+            config = config_cls(**kwargs)
+        except ValueError as exc:  # peft's own check of a value (a bad option, not a bug): one line
+            raise ConfigError(f"{name}: {exc}") from None
+        return get_peft_model(model, config)
 
     return Method(name=name, apply=apply, defaults={}, description=f"peft {config_cls.__name__} (passthrough)",
                   lr=2e-4, default_placement=None if prompt else "both",

@@ -26,6 +26,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..errors import ConfigError, ModelError
+
 __all__ = ["ModuleMap", "MODULE_MAPS", "PLACEMENTS", "register_module_map", "get_module_map", "unwrap_model",
            "placement_roles", "target_regex", "resolve_targets", "connector_modules", "connector_param_names",
            "is_connector_param", "is_vision_param", "connector_save_names", "vision_param_names"]
@@ -148,7 +150,7 @@ def get_module_map(model: torch.nn.Module | None = None, model_type: str | None 
         if any(block.match(n) for n in names):
             return module_map
     tops = sorted({n.split(".")[0] + ("." + n.split(".")[1] if "." in n else "") for n in names if n})[:12]
-    raise ValueError(f"no module map for model_type {model_type!r}: none of the maps' decoder-block patterns match. "
+    raise ModelError(f"no module map for model_type {model_type!r}: none of the maps' decoder-block patterns match. "
                      f"Known maps: {', '.join(f'{m.name} ({m.blocks})' for m in MODULE_MAPS.values())}. "
                      f"The model's top modules: {', '.join(tops)}. Add one with register_module_map().")
 
@@ -156,7 +158,7 @@ def get_module_map(model: torch.nn.Module | None = None, model_type: str | None 
 def placement_roles(placement: str) -> tuple[str, ...]:
     """The roles of a placement: attention -> (attn_in, attn_out), mlp -> (mlp_in, mlp_out), both -> all four."""
     if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
+        raise ConfigError(f"placement must be one of {', '.join(PLACEMENTS)} (got {placement!r})")
     return {"attention": ("attn_in", "attn_out"), "mlp": ("mlp_in", "mlp_out"),
             "both": ("attn_in", "attn_out", "mlp_in", "mlp_out")}[placement]
 
@@ -206,12 +208,12 @@ def resolve_targets(model: torch.nn.Module, placement: str | None = None, layers
         missing = sorted(set(int(i) for i in layers) - set(present))
         if missing or not layers:
             span = f"{present[0]}..{present[-1]}" if present else "none found"
-            raise ValueError(f"layers {missing or list(layers)} do not exist in the language model "
-                             f"({module_map.name}: layers {span})")
+            raise ConfigError(f"layers {missing or list(layers)} do not exist in the language model "
+                              f"({module_map.name}: layers {span})")
     empty = [target_regex(module_map, [rel], layers) for rel in rel_names
              if not any(re.fullmatch(target_regex(module_map, [rel], layers), n) for n in all_names)]
     if empty or not rel_names:
-        raise ValueError(f"placement {placement!r} (roles {', '.join(roles)}) of module map {module_map.name!r}: "
+        raise ModelError(f"placement {placement!r} (roles {', '.join(roles)}) of module map {module_map.name!r}: "
                          f"these patterns found no module: {', '.join(empty) or '(no names for these roles)'}")
     regex = re.compile(target_regex(module_map, rel_names, layers))
     return [n for n in all_names if regex.fullmatch(n)]
@@ -291,5 +293,5 @@ def connector_save_names(model: torch.nn.Module) -> list[str]:
                 out.append(suffix)
                 break
         else:
-            raise ValueError(f"connector module {full!r} not found in the model")
+            raise ModelError(f"connector module {full!r} not found in the model")
     return out

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..errors import ConfigError, ModelError
 from .placement import (MODULE_MAPS, PLACEMENTS, connector_param_names, connector_save_names, get_module_map,
                         is_connector_param, placement_roles, resolve_targets, target_regex, unwrap_model,
                         vision_param_names)
@@ -85,8 +86,8 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         close = difflib.get_close_matches(name, list(METHODS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}, "
-                         f"or peft:<tuner> for any other peft tuner (e.g. peft:loha, peft:vera)")
+        raise ConfigError(f"unknown method {name!r}.{hint} Known methods: {', '.join(sorted(METHODS))}, "
+                          f"or peft:<tuner> for any other peft tuner (e.g. peft:loha, peft:vera)")
     return METHODS[name]
 
 
@@ -123,10 +124,10 @@ def _check_placement(method: Method, placement: str | None) -> str | None:
         return method.default_placement
     if placement not in method.placements:
         if method.default_placement is None:
-            raise ValueError(f"method {method.name!r} has no placement (it acts on every layer); "
-                             f"got placement {placement!r}, accepted: None or {', '.join(method.placements)}")
-        raise ValueError(f"placement {placement!r} not available for {method.name!r}; "
-                         f"choose one of {', '.join(method.placements)}")
+            raise ConfigError(f"method {method.name!r} has no placement (it acts on every layer); "
+                              f"got placement {placement!r}, accepted: None or {', '.join(method.placements)}")
+        raise ConfigError(f"placement {placement!r} not available for {method.name!r}; "
+                          f"choose one of {', '.join(method.placements)}")
     return placement
 
 
@@ -151,18 +152,18 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
     """
     method = get_method(name)
     if connector not in ("frozen", "tuned"):
-        raise ValueError(f"connector must be 'frozen' or 'tuned' (got {connector!r})")
+        raise ConfigError(f"connector must be 'frozen' or 'tuned' (got {connector!r})")
     if vision not in ("frozen", "tuned"):
-        raise ValueError(f"vision must be 'frozen' or 'tuned' (got {vision!r})")
+        raise ConfigError(f"vision must be 'frozen' or 'tuned' (got {vision!r})")
     if vision == "tuned" and name == "none":
-        raise ValueError("vision 'tuned' needs a method that trains; method 'none' trains nothing")
+        raise ConfigError("vision 'tuned' needs a method that trains; method 'none' trains nothing")
     if not method.free_params:
         unknown = set(params or {}) - set(method.defaults)
         if unknown:
-            raise ValueError(f"unknown parameter(s) {sorted(unknown)} for method {name!r}; "
-                             f"known: {', '.join(sorted(method.defaults)) or 'none'}")
+            raise ConfigError(f"unknown parameter(s) {sorted(unknown)} for method {name!r}; "
+                              f"known: {', '.join(sorted(method.defaults)) or 'none'}")
     if layers is not None and not method.supports_layers:
-        raise ValueError(f"method {name!r} does not take a layers subset")
+        raise ConfigError(f"method {name!r} does not take a layers subset")
     layers = sorted({int(i) for i in layers}) if layers is not None else None
     placement = _check_placement(method, placement)
     merged = {**method.defaults, **(params or {})}
@@ -178,7 +179,7 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
         _check_trainable(out, name, connector, vision)
     try:
         map_name = get_module_map(out).name
-    except ValueError:  # only "none" gets here on an architecture without a map
+    except ModelError:  # only "none" gets here on an architecture without a map
         map_name = None
     fp32_master_weights(out)
     record = {"method": name, "params": merged, "placement": placement, "connector": connector, "layers": layers,
@@ -261,7 +262,7 @@ def save_method(model: torch.nn.Module, path: str | Path) -> Path:
     """
     record = getattr(model, "mllm_method", None)
     if record is None:
-        raise ValueError("model was not prepared by apply_method (no mllm_method record): nothing to save")
+        raise ValueError("model was not prepared by apply_method (no mllm_method record): nothing to save")  # internal
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     method = get_method(record["method"])
@@ -287,12 +288,12 @@ def _load_vision(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
     if not (path / VISION_FILE).exists():
-        raise ValueError(f"{path} records a tuned vision encoder but has no {VISION_FILE}")
+        raise ModelError(f"{path} records a tuned vision encoder but has no {VISION_FILE}")
     base = unwrap_model(model)
     state = load_file(str(path / VISION_FILE))
     expected = set(vision_param_names(base))
     if set(state) != expected:
-        raise ValueError(f"{path / VISION_FILE} does not fit this model's vision encoder: "
+        raise ModelError(f"{path / VISION_FILE} does not fit this model's vision encoder: "
                          f"{len(set(state) - expected)} unknown and {len(expected - set(state))} missing names")
     load_into(base, state)
 
@@ -304,7 +305,7 @@ def load_method(base_model: torch.nn.Module, path: str | Path) -> torch.nn.Modul
     """
     path = Path(path)
     if not (path / RECORD_FILE).exists():
-        raise ValueError(f"{path} has no {RECORD_FILE}: not saved by save_method")
+        raise ModelError(f"{path} has no {RECORD_FILE}: not saved by save_method")
     record = json.loads((path / RECORD_FILE).read_text())
     method = get_method(record["method"])
     model = (method.load or _peft_load)(base_model, path, record)
@@ -345,11 +346,11 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     own = dict(model.named_parameters())
     missing = [k for k in state if k not in own]
     if missing:
-        raise ValueError(f"saved weights do not fit this model: {len(missing)} unknown names, e.g. {missing[:3]}")
+        raise ModelError(f"saved weights do not fit this model: {len(missing)} unknown names, e.g. {missing[:3]}")
     with torch.no_grad():
         for k, v in state.items():
             if own[k].shape != v.shape:
-                raise ValueError(f"saved weight {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+                raise ModelError(f"saved weight {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
             if v.dtype == torch.float32 and own[k].dtype in (torch.float16, torch.bfloat16):
                 own[k].data = v.clone()  # fp32 master weights stay fp32 (see fp32_master_weights)
             else:

@@ -19,6 +19,7 @@ from itertools import permutations
 
 import numpy as np
 
+from ..errors import ConfigError
 from .language import article, object_name
 from .scenes import OBJECT_TYPES, item_rng, pick, sample_scene, stable_int
 
@@ -74,7 +75,7 @@ def sample_negative(rng: np.random.Generator, present: set, strategy: str, seed:
         ranked = sorted(absent, key=lambda t: (-sum(cooc.get((p, t), 0) for p in present), -freq.get(t, 0),
                                                OBJECT_TYPES.index(t)))
     else:
-        raise ValueError(f"unknown POPE strategy {strategy!r}; expected one of {STRATEGIES}")
+        raise ConfigError(f"unknown POPE strategy {strategy!r}; expected one of {STRATEGIES}")
     return pick(rng, ranked[:TOP_K])
 
 
@@ -90,7 +91,7 @@ def build_pope_item(seed: int, split: str, index: int) -> dict:
         Item dict with ``scene``, ``prompt``, ``answer``, ``references``, ``objects`` and ``label``.
     """
     if split not in STRATEGIES:
-        raise ValueError(f"unknown POPE split {split!r}; expected one of {STRATEGIES}")
+        raise ConfigError(f"unknown POPE split {split!r}; expected one of {STRATEGIES}")
     scene_rng = item_rng(seed, "pope", "scene", index)  # shared by the three splits
     scene = sample_scene(scene_rng)
     present = {(o["color"], o["shape"]) for o in scene["objects"]}

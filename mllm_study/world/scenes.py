@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..errors import ConfigError
 from .font import draw_text, text_size
 
 __all__ = [
@@ -194,7 +195,7 @@ def sample_scene(
         counts = list(range(min_objects, max_objects + 1))
         n_objects = pick_weighted(rng, counts, [N_OBJECT_WEIGHTS[c] for c in counts])
     if not 0 <= n_objects <= len(cells):
-        raise ValueError(f"n_objects={n_objects} does not fit in {len(cells)} free cells")
+        raise ConfigError(f"n_objects={n_objects} does not fit in {len(cells)} free cells")
     types = _sample_types(rng, n_objects, shape_pool, scene)
     positions = [cells[int(i)] for i in rng.permutation(len(cells))[:n_objects]]
     objects = []
@@ -233,7 +234,7 @@ def sample_degradation(rng: np.random.Generator, scene: dict, kind: str | None =
         pos = pick(rng, occupied) if occupied and rng.random() < 0.75 else pick(rng, POSITIONS)
         x, y = CELL_ORIGIN[pos]
         return {"type": "occlusion", "position": pos, "bbox": [x, y, x + CELL_SIZE, y + CELL_SIZE]}
-    raise ValueError(f"unknown degradation {kind!r}; expected one of {DEGRADATIONS}")
+    raise ConfigError(f"unknown degradation {kind!r}; expected one of {DEGRADATIONS}")
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: dict) -> None:
@@ -253,7 +254,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: dict) -> None:
         draw.rectangle([a, y0, b, y1], fill=fill)
         draw.rectangle([x0, y0 + 4, x1, y0 + 7], fill=fill)
     else:
-        raise ValueError(f"unknown shape {shape!r}")
+        raise ConfigError(f"unknown shape {shape!r}")
 
 
 def render_scene(scene: dict) -> Image.Image:
@@ -284,5 +285,5 @@ def render_scene(scene: dict) -> Image.Image:
             arr = np.clip(np.rint(np.asarray(img, dtype=np.float64) + noise), 0, 255).astype(np.uint8)
             img = Image.fromarray(arr, "RGB")
         else:
-            raise ValueError(f"unknown degradation {deg['type']!r}")
+            raise ConfigError(f"unknown degradation {deg['type']!r}")
     return img
