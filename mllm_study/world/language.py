@@ -178,7 +178,7 @@ def caption_set(rng: np.random.Generator, scene: dict, k: int = 5) -> list[str]:
     """
     objs, groups = scene["objects"], _groups(scene)
     if not objs:
-        raise ValueError("caption_set needs a scene with at least one object")
+        raise ValueError("caption_set needs a scene with at least one object")  # internal
 
     def noun(shape: str) -> str:
         return pick(rng, SHAPE_NOUNS[shape])
