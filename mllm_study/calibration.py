@@ -6,8 +6,11 @@ curves and the chosen rates) or ``result = calibrate("quick")``
 The paper's learning rates are for 7B models; the tiny model needs its own. For each PEFT method the sweep trains
 on ``train`` minus a validation split carved from it (``run.eval_split: val``, never the test split) at every rate
 of a log grid (rungs 1 and 3 x 10^k, ``points`` rungs centred on the profile's preset) on the calibration columns,
-and chooses the rate with the best mean validation score. A best rate on the edge of its grid extends the grid by
-one rung on that side (trained here, outside the static sweep) until it is inside. The sweep also trains each
+and chooses by the one-standard-error rule: among the rates whose mean validation score is within one standard
+error (over the validation items) of the best, the one nearest the preset, so that a difference one seed's noise
+can make does not move the rates (rates whose outputs collapsed onto one answer are never chosen). A chosen rate on
+the edge of its grid extends the grid by one rung on that side (trained here, outside the static sweep) until it is
+inside. The sweep also trains each
 method at its preset rate with twice the epochs: the score change is the convergence figure (at most
 ``CONVERGENCE_TOLERANCE`` in mean over the columns). The profile's presets (``run.method_presets.<m>.lr``) are
 what this command chose; it exits non-zero, naming the key to change, when they differ.
@@ -66,6 +69,23 @@ class Calibration:
     extended: dict[str, list[float]] = field(default_factory=dict)  # rates added beyond the static grid
     doubled: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> column -> (2x epochs - 1x)
     failed: dict[str, str] = field(default_factory=dict)
+    # method -> lr -> column -> "'yes' 200/200": points whose outputs collapsed onto one answer (never chosen)
+    collapsed: dict[str, dict[float, dict[str, str]]] = field(default_factory=dict)
+    # method -> lr -> standard error of the mean score (over the columns' validation items); 0 where not measured
+    se: dict[str, dict[float, float]] = field(default_factory=dict)
+
+    def is_collapsed(self, method: str, lr: float) -> bool:
+        return bool(self.collapsed.get(method, {}).get(lr))
+
+    def best(self, method: str, rates: list[float], preset: float) -> float:
+        """The one-standard-error choice: among the points that did not collapse (all, if every one did), those whose
+        mean score is at least the best mean minus its standard error; of these the rate nearest ``preset``, then
+        the higher score."""
+        ok = [lr for lr in rates if not self.is_collapsed(method, lr)] or list(rates)
+        top = max(ok, key=lambda lr: self.mean(method, lr))
+        bar = self.mean(method, top) - self.se.get(method, {}).get(top, 0.0)
+        near = [lr for lr in ok if self.mean(method, lr) >= bar]
+        return min(near, key=lambda lr: (abs(rung(lr) - rung(preset)), -self.mean(method, lr)))
 
     def mean(self, method: str, lr: float) -> float:
         scores = self.curves[method][lr]
@@ -84,11 +104,18 @@ class Calibration:
 
     def lines(self) -> list[str]:
         out = [f"learning-rate calibration '{self.profile}' (validation split carved from train; columns "
-               f"{', '.join(self.columns)}; mean score per rate, * = chosen)"]
+               f"{', '.join(self.columns)}; mean score per rate +- its standard error over the items; * = chosen "
+               f"(one-standard-error rule: nearest the preset within one SE of the best), ! = collapsed outputs)"]
         for method, curve in self.curves.items():
-            cells = [f"{lr:g}: {self.mean(method, lr):.3f}{'*' if lr == self.chosen.get(method) else ''}"
-                     for lr in sorted(curve)]
+            cells = [f"{lr:g}: {self.mean(method, lr):.3f}"
+                     f"{f' +-{e:.3f}' if (e := self.se.get(method, {}).get(lr)) else ''}"
+                     f"{'*' if lr == self.chosen.get(method) else ''}"
+                     f"{'!' if self.is_collapsed(method, lr) else ''}" for lr in sorted(curve)]
             out.append(f"  {method:8s} " + "  ".join(cells))
+        for method, points in self.collapsed.items():
+            for lr, cols in sorted(points.items()):
+                out.append(f"  ! {method} at {lr:g} collapsed (not chosen): " + ", ".join(
+                    f"{c} answers {top}" for c, top in cols.items()))
         for method, d in self.doubled.items():
             shown = ", ".join(f"{c} {v:+.3f}" for c, v in d.items()) or "not measured"
             out.append(f"  {method:8s} twice the epochs at {self.presets.get(method, float('nan')):g}: {shown}")
@@ -108,7 +135,43 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["curves"] = {m: {f"{lr:g}": s for lr, s in c.items()} for m, c in self.curves.items()}
+        data["collapsed"] = {m: {f"{lr:g}": cols for lr, cols in c.items()} for m, c in self.collapsed.items()}
+        data["se"] = {m: {f"{lr:g}": v for lr, v in c.items()} for m, c in self.se.items()}
         return data
+
+
+def _collapse(run_dir: Path, column: str) -> str | None:
+    """``"'yes' 200/200"`` when the run's most frequent validation answer on ``column`` (lowercased, whitespace
+    collapsed) takes a larger share of its outputs than validity's collapse criterion (e) allows: max(0.6, the gold's
+    own top share + 0.1); else None. Such a point is flagged in the table and never chosen."""
+    from collections import Counter
+
+    from .validity import TOP_SHARE_FLOOR, TOP_SHARE_MARGIN
+
+    path = run_dir / "predictions.jsonl"
+    if not path.exists():
+        return None
+    rows = [r for r in map(json.loads, path.read_text().splitlines())
+            if r.get("split") == "val" and r.get("dataset") == column and r.get("epoch") is None]
+    if not rows:
+        return None
+    (top, n), = Counter(" ".join(str(r["prediction"]).lower().split()) for r in rows).most_common(1)
+    gold = Counter(str((r.get("references") or [""])[0]).lower() for r in rows).most_common(1)[0][1] / len(rows)
+    return f"{top!r} {n}/{len(rows)}" if n / len(rows) > max(TOP_SHARE_FLOOR, gold + TOP_SHARE_MARGIN) else None
+
+
+def _item_variance(run_dir: Path, column: str) -> tuple[float, int] | None:
+    """(sample variance of the item scores, number of items) of the run's validation predictions on ``column``."""
+    path = run_dir / "predictions.jsonl"
+    if not path.exists():
+        return None
+    scores = [float(r["score"]) for r in map(json.loads, path.read_text().splitlines())
+              if r.get("split") == "val" and r.get("dataset") == column and r.get("epoch") is None
+              and r.get("score") is not None]
+    if len(scores) < 2:
+        return None
+    mean = sum(scores) / len(scores)
+    return sum((x - mean) ** 2 for x in scores) / (len(scores) - 1), len(scores)
 
 
 def _score(run_dir: Path, column: str) -> float | None:
@@ -170,14 +233,26 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
                                   epochs=template.run.epochs if epochs is None else epochs)
         return dataclasses.replace(template, run=run, sweep={})
 
-    def measure(p: Params) -> float | None:
+    def measure(p: Params, curve_point: bool = True) -> float | None:
         rid = run_id(resolve_spec(p, progress=False))
         score = _score(runs_dir / rid, p.run.dataset)
         if score is None and train:
             sub = run_sweep(dataclasses.replace(p, sweep={}), progress=progress, stream=stream)
             result.failed.update(sub.failed)
             score = _score(runs_dir / rid, p.run.dataset)
+        if curve_point and score is not None:
+            if top := _collapse(runs_dir / rid, p.run.dataset):
+                result.collapsed.setdefault(p.run.method, {}).setdefault(p.run.lr, {})[p.run.dataset] = top
+            if var_n := _item_variance(runs_dir / rid, p.run.dataset):
+                variances.setdefault((p.run.method, p.run.lr), {})[p.run.dataset] = var_n[0] / var_n[1]
         return score
+
+    variances: dict[tuple[str, float], dict[str, float]] = {}  # (method, lr) -> column -> variance of its mean
+
+    def standard_error(method: str, lr: float) -> float:
+        """SE of the mean over the columns: sqrt(sum of the columns' variances of their means) / columns."""
+        v = variances.get((method, lr), {})
+        return math.sqrt(sum(v.values())) / len(v) if v else 0.0
 
     methods = list(dict.fromkeys(p.run.method for p in planned))
     for method in methods:
@@ -189,10 +264,6 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         grid = lr_grid(float(preset), points)
         curve: dict[float, dict[str, float]] = {}
 
-        def rank(lr: float, curve=curve, preset=float(preset)) -> tuple[float, int]:
-            """Best mean validation score; among equal scores the rate nearest the preset."""
-            return sum(curve[lr].values()) / len(curve[lr]), -abs(rung(lr) - rung(preset))
-
         for _ in range(MAX_EXTENSIONS + 1):
             for lr in grid:
                 if lr in curve:
@@ -201,7 +272,9 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             scored = [lr for lr in grid if curve[lr]]
             if not scored:
                 break
-            best = max(scored, key=rank)
+            result.curves[method] = curve
+            result.se[method] = {lr: standard_error(method, lr) for lr in scored}
+            best = result.best(method, scored, float(preset))
             if best == grid[0] or best == grid[-1]:
                 new = _rate(rung(best) + (-1 if best == grid[0] else 1))
                 result.extended.setdefault(method, []).append(new)
@@ -209,12 +282,13 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
                 continue
             break
         result.curves[method] = dict(sorted(curve.items()))
+        result.se[method] = {lr: standard_error(method, lr) for lr in sorted(curve) if curve[lr]}
         if any(curve.values()):
-            result.chosen[method] = max((lr for lr in curve if curve[lr]), key=rank)
+            result.chosen[method] = result.best(method, [lr for lr in curve if curve[lr]], float(preset))
         doubled = {}
         for c in columns:
             once = curve.get(float(preset), {}).get(c)
-            twice = measure(run_at(method, float(preset), c, 2 * base_epochs))
+            twice = measure(run_at(method, float(preset), c, 2 * base_epochs), curve_point=False)
             if once is not None and twice is not None:
                 doubled[c] = twice - once
         result.doubled[method] = doubled

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from mllm_study.calibration import Calibration, calibrate, has_calibration, lr_grid, rung
+from mllm_study.calibration import Calibration, _collapse, _item_variance, calibrate, has_calibration, lr_grid, rung
 from mllm_study.config import ConfigError
 from mllm_study.data import load_split, val_size
 
@@ -45,6 +45,61 @@ def test_calibration_verdicts():
     assert "set run.method_presets.ia3.lr: 0.01 (params/defaults.yaml" in text and "NOT CONVERGED ia3" in text
     cal.presets["ia3"], cal.doubled["ia3"] = 1e-2, {"a": 0.0}
     assert cal.ok
+
+
+def _predictions(folder, pairs, split="val", dataset="vizwiz"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"dataset": dataset, "split": split, "epoch": None, "prediction": p, "references": [g]} for p, g in pairs]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_collapsed_points_are_flagged_and_never_chosen(tmp_path):
+    # 'yes' to 9 of 10 items: collapsed (gold's top share 0.5, so the bound is 0.6)
+    gold = ["yes", "no"] * 5
+    assert _collapse(_predictions(tmp_path / "a", zip(["Yes "] * 9 + ["no"], gold)), "vizwiz") == "'yes' 9/10"
+    assert _collapse(_predictions(tmp_path / "b", zip(["yes"] * 6 + ["no"] * 4, gold)), "vizwiz") is None
+    # a column whose gold is itself 'yes' 70% of the time allows up to 0.8
+    skewed = ["yes"] * 14 + ["no"] * 6
+    assert _collapse(_predictions(tmp_path / "c", zip(["yes"] * 15 + ["no"] * 5, skewed)), "vizwiz") is None
+    assert _collapse(_predictions(tmp_path / "d", zip(["yes"] * 17 + ["no"] * 3, skewed)), "vizwiz") == "'yes' 17/20"
+    # only the validation rows of the run's own column count
+    assert _collapse(_predictions(tmp_path / "e", zip(["yes"] * 10, gold), split="test"), "vizwiz") is None
+    assert _collapse(tmp_path / "missing", "vizwiz") is None
+    cal = Calibration(profile="p", columns=["vizwiz"], presets={"prefix": 1.0})
+    cal.curves = {"prefix": {1.0: {"vizwiz": 0.5}, 3.0: {"vizwiz": 0.51}}}
+    cal.collapsed = {"prefix": {3.0: {"vizwiz": "'yes' 200/200"}}}
+    cal.chosen = {"prefix": 1.0}
+    text = "\n".join(cal.lines())
+    assert "3: 0.510!" in text and "! prefix at 3 collapsed (not chosen): vizwiz answers 'yes' 200/200" in text
+    assert cal.to_dict()["collapsed"] == {"prefix": {"3": {"vizwiz": "'yes' 200/200"}}}
+    assert cal.best("prefix", [1.0, 3.0], preset=1.0) == 1.0  # the higher score collapsed: not chosen
+    cal.collapsed = {}
+    assert cal.best("prefix", [1.0, 3.0], preset=1.0) == 3.0
+    cal.curves["prefix"][3.0] = {"vizwiz": 0.5}
+    assert cal.best("prefix", [1.0, 3.0], preset=1.0) == 1.0  # a tie goes to the rate nearest the preset
+
+
+def test_one_standard_error_rule(tmp_path):
+    cal = Calibration(profile="p", columns=["a"], presets={"ia3": 3e-2})
+    cal.curves = {"ia3": {1e-2: {"a": 0.52}, 3e-2: {"a": 0.571}, 1e-1: {"a": 0.575}, 3e-1: {"a": 0.581}}}
+    rates = sorted(cal.curves["ia3"])
+    assert cal.best("ia3", rates, preset=3e-2) == 3e-1  # no standard errors known: the best mean
+    cal.se = {"ia3": {lr: 0.024 for lr in rates}}
+    assert cal.best("ia3", rates, preset=3e-2) == 3e-2  # 0.571 >= 0.581 - 0.024: the preset stays
+    assert cal.best("ia3", rates, preset=1e-2) == 3e-2  # 0.52 is below the bar: the nearest rate above it
+    cal.se["ia3"][3e-1] = 0.005
+    assert cal.best("ia3", rates, preset=3e-2) == 3e-1  # a clear winner moves the rate
+    # the variance of the item scores, as statistics.variance computes it
+    import statistics
+
+    scores = [1.0, 0.0, 0.3, 1.0, 0.6]
+    folder = _predictions(tmp_path / "v", [("x", "y")] * len(scores))
+    rows = [dict(json.loads(line), score=v) for line, v in zip(
+        (folder / "predictions.jsonl").read_text().splitlines(), scores)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    var, n = _item_variance(folder, "vizwiz")
+    assert n == 5 and var == pytest.approx(statistics.variance(scores))
 
 
 @pytest.mark.slow
