@@ -12,7 +12,7 @@ world        ``mllm_study.world.generate_world`` (the synthetic world; instant w
 pretrain     ``mllm_study.models.pretrain_tiny_llava`` (both stages and the image-use check)
 setup        ``runs.base_model`` and ``apply_method`` (load / copy the base model, add the method)
 train        ``mllm_study.train.train_model`` (encoding included), minus evaluation inside it
-eval         ``runs._evaluate_all`` and ``evaluate.evaluate_loss`` (generation, scoring, held-out loss)
+eval         ``runs.evaluate_all`` and ``evaluate.evaluate_loss`` (generation, scoring, held-out loss)
 render       ``report.execute_notebook`` and ``report.write_index`` (notebooks -> HTML)
 other        the rest (specs, run directories, saving adapters, collecting results, imports)
 ===========  =====================================================================================
@@ -47,7 +47,7 @@ TARGETS = [
     ("mllm_study.runs", "base_model", "setup", False),
     ("mllm_study.methods.registry", "apply_method", "setup", False),
     ("mllm_study.train", "train_model", "train", False),
-    ("mllm_study.runs", "_evaluate_all", "eval", False),
+    ("mllm_study.runs", "evaluate_all", "eval", False),
     ("mllm_study.evaluate", "evaluate_loss", "eval", False),
     ("mllm_study.report", "execute_notebook", "render", False),
     ("mllm_study.report", "write_index", "render", False),

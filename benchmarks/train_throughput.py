@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mllm_study.config import load_params  # noqa: E402
 from mllm_study.data import Collator, load_split  # noqa: E402
 from mllm_study.methods import apply_method  # noqa: E402
-from mllm_study.runs import _param_groups, base_model, resolve_dataset  # noqa: E402
+from mllm_study.runs import param_groups, base_model, resolve_dataset  # noqa: E402
 from mllm_study.train import TrainSettings, forward_inputs, set_seed, train_model  # noqa: E402
 
 METHODS = ("lora", "ia3", "prefix", "adapter")
@@ -208,7 +208,7 @@ def run_project(params, method: str, records: list[dict], collator, steps: int, 
         torch.optim.AdamW = spy if real_adamw is _TORCH_ADAMW else real_adamw
         try:
             start, cpu = time.perf_counter(), time.thread_time()
-            result = train_model(model, clock, records, _param_groups(model, params), settings)
+            result = train_model(model, clock, records, param_groups(model, params), settings)
             seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu  # set-up included, as Trainer.train
         finally:
             torch.optim.AdamW = real_adamw
@@ -380,7 +380,7 @@ def profile_steps(params, method: str, records: list[dict], collator: Collator, 
                              weight_decay=params.run.weight_decay, max_grad_norm=params.run.max_grad_norm,
                              seed=params.run.seed, log_every=steps, progress=False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        train_model(model, collator, records, _param_groups(model, params), settings)
+        train_model(model, collator, records, param_groups(model, params), settings)
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
@@ -420,7 +420,7 @@ def adamw_step_ms(params, method: str, kind: str, reps: int = 20, rounds: int = 
     """Best-of-``rounds`` ms per ``AdamW.step()`` on the method's trainable parameters (random gradients), for the
     plain, foreach or fused implementation: the optimizer alone, robust to load (the fastest round)."""
     model, _ = fresh_model(params, method)
-    groups = _param_groups(model, params)
+    groups = param_groups(model, params)
     for g in groups:
         for q in g["params"]:
             q.grad = torch.randn_like(q) * 1e-3
@@ -464,7 +464,7 @@ def levers(args, paths, records, methods) -> dict:
               f"{args.repeats}; saving = 1 - lever / baseline, per repeat (alternating), median")
         print(f"  {'variant':14s} {'wall ms':>22s} {'CPU ms':>22s} {'wall saving':>12s} {'CPU saving':>11s}")
         out[method] = {"adamw_step_ms": {k: adamw_step_ms(base, method, k) for k in ("plain", "foreach", "fused")}}
-        n_train = sum(q.numel() for g in _param_groups(fresh_model(base, method)[0], base) for q in g["params"])
+        n_train = sum(q.numel() for g in param_groups(fresh_model(base, method)[0], base) for q in g["params"])
         print("  AdamW.step() alone, best of 7 rounds of 20, " + f"{n_train} trainable parameters: " +
               ", ".join(f"{k} {v:.2f} ms" for k, v in out[method]["adamw_step_ms"].items()))
         for name, vals in res.items():

@@ -145,7 +145,7 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
     from accelerate import init_empty_weights
 
     from .methods import apply_method
-    from .methods.placement import _base_name, get_module_map
+    from .methods.placement import base_param_name, get_module_map
 
     base = build_meta_model(model_name)
     config = base.config
@@ -173,7 +173,7 @@ def count_method(model_name: str, method: str, params: dict | None = None, place
             prefix_params += n
             p_trainable += n
             continue
-        base_name = _base_name(name, model)
+        base_name = base_param_name(name, model)
         if not _under(base_name, module_map.language_model) or base_name in embeddings:
             continue  # vision tower, connector (per image), input embedding table (a lookup)
         p_infer += n

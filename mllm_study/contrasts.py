@@ -24,11 +24,11 @@ import pandas as pd
 
 from .errors import DataError
 from . import stats
-from .plots import _method_key, fmt_ci
+from .plots import method_key, fmt_ci
 
 __all__ = ["MATCH_KEYS", "load_items", "with_item_cis", "stratified_mean", "Contrast", "stratified_contrast",
            "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs", "pairwise",
-           "versus_base", "winners", "UNIT_SEEDS", "UNIT_ITEMS"]
+           "versus_base", "winners", "UNIT_SEEDS", "UNIT_ITEMS", "item_array", "with_contrast_columns"]
 
 UNIT_SEEDS = "training seeds"
 UNIT_ITEMS = "test items (one seed: training randomness not covered)"
@@ -67,8 +67,9 @@ def load_items(runs_dir: str | Path, scores: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=cols)
 
 
-def _item_array(items: pd.DataFrame, rid: str, dataset: str, split: str = "test", epoch: int | None = None,
-                metric: str | None = None) -> pd.Series:
+def item_array(items: pd.DataFrame, rid: str, dataset: str, split: str = "test", epoch: int | None = None,
+               metric: str | None = None) -> pd.Series:
+    """Per-item scores (by item id) of run ``rid`` on a split: ``metric`` (default: not chair), last epoch if unset."""
     sel = (items["run_id"] == rid) & (items["dataset"] == dataset) & (items["split"] == split)
     if epoch is not None:
         sel &= items["epoch"] == epoch
@@ -85,7 +86,7 @@ def with_item_cis(scores: pd.DataFrame, items: pd.DataFrame, confidence: float =
     lows, highs = [], []
     for row in scores.itertuples():
         ep = int(_epoch_key(pd.Series([row.epoch])).iloc[0])
-        x = _item_array(items, row.run_id, row.dataset, row.split, ep, row.metric)
+        x = item_array(items, row.run_id, row.dataset, row.split, ep, row.metric)
         if len(x) < 2:
             lows.append(math.nan)
             highs.append(math.nan)
@@ -284,8 +285,8 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
                                 + ", ".join(why))
                 continue
             split = getattr(r, "split", "test")
-            xa = _item_array(items, r.run_a, r.dataset, split, metric=metric)
-            xb = _item_array(items, r.run_b, r.dataset, split, metric=metric)
+            xa = item_array(items, r.run_a, r.dataset, split, metric=metric)
+            xb = item_array(items, r.run_b, r.dataset, split, metric=metric)
             common = xa.index.intersection(xb.index)
             if len(common):
                 diffs.append(xa[common] - xb[common])
@@ -300,14 +301,14 @@ def compare_pairs(items: pd.DataFrame, pairs: pd.DataFrame, by: str | Sequence[s
         elif excluded:
             row["not_measurable"] = "; ".join(excluded)
         rows.append(row)
-    return _holm_all(_with_contrast_columns(pd.DataFrame(rows)))
+    return _holm_all(with_contrast_columns(pd.DataFrame(rows)))
 
 
 CONTRAST_COLUMNS = ["estimate", "ci_low", "ci_high", "p_value", "effect_size", "n_items", "n_blocks", "unit",
                     "n_units", "excluded", "not_measurable", "flags"]
 
 
-def _with_contrast_columns(df: pd.DataFrame) -> pd.DataFrame:
+def with_contrast_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Every contrast column present (NaN where nothing was measurable)."""
     for c in CONTRAST_COLUMNS:
         if c not in df:
@@ -354,8 +355,8 @@ def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label:
     rows = []
     for r in scores.itertuples():
         ep = int(_epoch_key(pd.Series([r.epoch])).iloc[0])
-        xa = _item_array(items, r.run_id, r.dataset, r.split, ep, r.metric)
-        xb = _item_array(items, base_run, r.dataset, r.split, None, r.metric)
+        xa = item_array(items, r.run_id, r.dataset, r.split, ep, r.metric)
+        xb = item_array(items, base_run, r.dataset, r.split, None, r.metric)
         common = xa.index.intersection(xb.index)
         row = {"run_id": r.run_id, "dataset": r.dataset, "split": r.split, "epoch": r.epoch, "comparison": label}
         if len(common):
@@ -379,7 +380,7 @@ def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method"
             rows.append({by: key, "best": "not measurable (every run flagged)"})
             continue
         grp = grp[keep]
-        g = grp.assign(_k=grp[treatment].map(_method_key)).sort_values(["value", "_k"],
+        g = grp.assign(_k=grp[treatment].map(method_key)).sort_values(["value", "_k"],
                                                                       ascending=[not higher_is_better, True])
         best = g.iloc[0]
         row = {by: key, "best": best[treatment], "score": fmt_ci(best["value"], best.get("ci_low"),
@@ -387,8 +388,8 @@ def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method"
         if len(g) > 1:
             second = g.iloc[1]
             row["runner_up"] = second[treatment]
-            xa = _item_array(items, best["run_id"], best["dataset"], best["split"])
-            xb = _item_array(items, second["run_id"], second["dataset"], second["split"])
+            xa = item_array(items, best["run_id"], best["dataset"], best["split"])
+            xb = item_array(items, second["run_id"], second["dataset"], second["split"])
             common = xa.index.intersection(xb.index)
             if len(common):
                 c = replicated_contrast([xa[common] - xb[common]])
@@ -399,8 +400,8 @@ def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method"
 
 def contrast_items(items: pd.DataFrame, a: dict, b: dict, n_resamples: int = 2000) -> Contrast | None:
     """Item-paired a - b for two (run_id, dataset, split, epoch) selections (e.g. one run's last vs best epoch)."""
-    xa = _item_array(items, a["run_id"], a["dataset"], a.get("split", "test"), a.get("epoch"), a.get("metric"))
-    xb = _item_array(items, b["run_id"], b["dataset"], b.get("split", "test"), b.get("epoch"), b.get("metric"))
+    xa = item_array(items, a["run_id"], a["dataset"], a.get("split", "test"), a.get("epoch"), a.get("metric"))
+    xb = item_array(items, b["run_id"], b["dataset"], b.get("split", "test"), b.get("epoch"), b.get("metric"))
     common = xa.index.intersection(xb.index)
     if not len(common):
         return None

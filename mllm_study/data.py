@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 
 from .errors import DataError
-from .encodings import (_SHARED, _disk_dir, _disk_key, _disk_shard, _read_shard, _record_key, _share,
-                        _write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
+from .encodings import (SHARED, disk_dir, disk_key, disk_shard, read_shard, record_key, share,
+                        write_shard, clear_encoding_cache, processor_fingerprint, set_encoding_cache)
 
 __all__ = [
     "CARVED_SPLITS", "VAL_SIZE", "val_size",
@@ -538,15 +538,15 @@ class Collator:
                        chunk: int | None = None) -> list[dict[str, torch.Tensor]]:
         if self._cache is None:
             return self.encode_many(records)
-        keys = keys if keys is not None else [_record_key(r) for r in records]
+        keys = keys if keys is not None else [record_key(r) for r in records]
         missing = []
         for k, r in zip(keys, records):
             if k in self._cache:
                 continue
-            shared = _SHARED.get((*self._scope, k))
+            shared = SHARED.get((*self._scope, k))
             if shared is not None:
                 self._cache[k] = shared
-                _SHARED.move_to_end((*self._scope, k))
+                SHARED.move_to_end((*self._scope, k))
             else:
                 missing.append((k, r))
         unique = list({k: r for k, r in missing}.items())
@@ -555,7 +555,7 @@ class Collator:
             part = unique[start:start + step]
             for (k, _), e in zip(part, self.encode_many([r for _, r in part])):
                 self._cache[k] = e
-                _share((*self._scope, k), e)
+                share((*self._scope, k), e)
         return [self._cache[k] for k in keys]
 
     def prepare(self, records: list[dict], chunk: int = 64) -> None:
@@ -566,8 +566,8 @@ class Collator:
         """
         if self._cache is None or not records:
             return
-        keys = [_record_key(r) for r in records]
-        directory = _disk_dir()
+        keys = [record_key(r) for r in records]
+        directory = disk_dir()
         if directory is None:
             self._encode_cached(records, keys, chunk)
             return
@@ -577,21 +577,21 @@ class Collator:
         for dataset, idx in by_dataset.items():
             part = [records[i] for i in idx]
             part_keys = [keys[i] for i in idx]
-            if all(k in self._cache or (*self._scope, k) in _SHARED for k in part_keys):
+            if all(k in self._cache or (*self._scope, k) in SHARED for k in part_keys):
                 self._encode_cached(part, part_keys, chunk)  # all in memory (this process wrote or read them)
                 continue
-            path = _disk_shard(directory, self._scope, dataset, part)
-            stored = _read_shard(path)
+            path = disk_shard(directory, self._scope, dataset, part)
+            stored = read_shard(path)
             for k in part_keys:
-                if k not in self._cache and _disk_key(k) in stored:
-                    self._cache[k] = stored[_disk_key(k)]
-                    _share((*self._scope, k), self._cache[k])
-            before = {k for k in part_keys if _disk_key(k) in stored}
+                if k not in self._cache and disk_key(k) in stored:
+                    self._cache[k] = stored[disk_key(k)]
+                    share((*self._scope, k), self._cache[k])
+            before = {k for k in part_keys if disk_key(k) in stored}
             self._encode_cached(part, part_keys, chunk)
-            new = {_disk_key(k): self._cache[k] for k in part_keys if k not in before}
+            new = {disk_key(k): self._cache[k] for k in part_keys if k not in before}
             if new:
                 try:
-                    _write_shard(path, {**_read_shard(path), **stored, **new})
+                    write_shard(path, {**read_shard(path), **stored, **new})
                 except OSError:  # a read-only or full disk only costs the re-encoding next time
                     pass
 

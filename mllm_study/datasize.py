@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .contrasts import _item_array, column_key, replicated_contrast
+from .contrasts import item_array, column_key, replicated_contrast
 
 EQUAL_EPOCHS, EQUAL_STEPS = "equal epochs", "equal steps"
 SETTING_KEYS = ["model", "method", "method_params", "placement", "connector", "vision", "train_dataset", "seed", "lr",
@@ -113,7 +113,7 @@ def log_linear_fits(designed: pd.DataFrame, items: pd.DataFrame, flags: dict | N
             if why:
                 excluded.append(f"{r0['method']} seed {seed}: " + ", ".join(dict.fromkeys(why)))
                 continue
-            arrays = [_item_array(items, by[s]["run_id"], r0["dataset"], r0.get("split", "test")) for s in sizes]
+            arrays = [item_array(items, by[s]["run_id"], r0["dataset"], r0.get("split", "test")) for s in sizes]
             common = arrays[0].index
             for a in arrays[1:]:
                 common = common.intersection(a.index)

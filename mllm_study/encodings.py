@@ -7,6 +7,9 @@ Usage: ``set_encoding_cache(".cache/encodings")`` (or ``MLLM_STUDY_ENCODING_CACH
 - on disk, optional: one safetensors shard per fingerprint, mode and dataset, written atomically; a damaged or
   foreign file is a cache miss.
 A record's key covers its dataset, id, turns, image path and the image file's size and modification time.
+
+The parts :class:`~mllm_study.data.Collator` builds on: :data:`SHARED` and :func:`share` (memory), :func:`record_key`,
+:func:`disk_dir`, :func:`disk_shard`, :func:`read_shard`, :func:`write_shard` and :func:`disk_key` (disk).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["processor_fingerprint", "set_encoding_cache", "clear_encoding_cache"]
+__all__ = ["processor_fingerprint", "set_encoding_cache", "clear_encoding_cache", "SHARED", "share", "record_key",
+           "disk_dir", "disk_shard", "read_shard", "write_shard", "disk_key"]
 
 
 _FINGERPRINTS: dict[int, tuple[Any, str]] = {}  # id(processor) -> (weak reference, fingerprint)
-_SHARED: OrderedDict = OrderedDict()  # (fingerprint, mode, blank, record key) -> encoding, least recent first
+SHARED: OrderedDict = OrderedDict()  # (fingerprint, mode, blank, record key) -> encoding, least recent first
 _SHARED_BYTES = [0]
 _DISK_DIR: list[str | None] = [None]  # set_encoding_cache; None = the MLLM_STUDY_ENCODING_CACHE variable
 
@@ -76,14 +80,15 @@ def set_encoding_cache(directory: str | Path | None) -> None:
     _DISK_DIR[0] = str(directory) if directory is not None else None
 
 
-def _disk_dir() -> Path | None:
+def disk_dir() -> Path | None:
+    """The encoding cache directory: :func:`set_encoding_cache`'s, else ``MLLM_STUDY_ENCODING_CACHE``; None: off."""
     directory = _DISK_DIR[0] or os.environ.get("MLLM_STUDY_ENCODING_CACHE") or None
     return Path(directory) if directory else None
 
 
 def clear_encoding_cache() -> None:
     """Forget the process-wide encodings (collators keep their own until they are dropped)."""
-    _SHARED.clear()
+    SHARED.clear()
     _SHARED_BYTES[0] = 0
 
 
@@ -95,19 +100,20 @@ def _nbytes(encoding: dict[str, torch.Tensor]) -> int:
     return sum(t.element_size() * t.nelement() for t in encoding.values())
 
 
-def _share(key: tuple, encoding: dict[str, torch.Tensor]) -> None:
-    if key in _SHARED:
-        _SHARED.move_to_end(key)
+def share(key: tuple, encoding: dict[str, torch.Tensor]) -> None:
+    """Put ``encoding`` in :data:`SHARED` under ``key`` (most recent), dropping the oldest beyond the memory limit."""
+    if key in SHARED:
+        SHARED.move_to_end(key)
         return
-    _SHARED[key] = encoding
+    SHARED[key] = encoding
     _SHARED_BYTES[0] += _nbytes(encoding)
     limit = _memory_limit()
-    while _SHARED_BYTES[0] > limit and len(_SHARED) > 1:
-        _, old = _SHARED.popitem(last=False)
+    while _SHARED_BYTES[0] > limit and len(SHARED) > 1:
+        _, old = SHARED.popitem(last=False)
         _SHARED_BYTES[0] -= _nbytes(old)
 
 
-def _record_key(record: dict) -> tuple:
+def record_key(record: dict) -> tuple:
     """What a record's encoding depends on: dataset, id, turns, image path and the image file's size and mtime."""
     path = record.get("image_path")
     stat = None
@@ -121,7 +127,7 @@ def _record_key(record: dict) -> tuple:
             tuple((t["from"], t["value"]) for t in record["conversations"]))
 
 
-def _disk_shard(directory: Path, scope: tuple, dataset: Any, records: list[dict]) -> Path:
+def disk_shard(directory: Path, scope: tuple, dataset: Any, records: list[dict]) -> Path:
     """One file per processor/mode/images setting and dataset (name + image folder), e.g. a world family's split."""
     folders = sorted({os.path.dirname(r["image_path"]) for r in records if r.get("image_path")})
     root = os.path.commonpath(folders) if folders else ""
@@ -134,7 +140,7 @@ def _disk_shard(directory: Path, scope: tuple, dataset: Any, records: list[dict]
 _SHARD_FORMAT = "mllm_study.encodings.v1"
 
 
-def _read_shard(path: Path) -> dict[str, dict[str, torch.Tensor]]:
+def read_shard(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """A shard: per tensor name and dtype one flat tensor of every record's values, and an index (record key ->
     [(name, group, shape), ...]) in the metadata; records get views of the flat tensors (read-only by contract).
     """
@@ -163,7 +169,8 @@ def _read_shard(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def _write_shard(path: Path, data: dict[str, dict[str, torch.Tensor]]) -> None:
+def write_shard(path: Path, data: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Write ``data`` (disk key -> encoding) as a shard :func:`read_shard` reads, replacing ``path`` atomically."""
     from safetensors.torch import save_file
 
     groups: dict[str, list[torch.Tensor]] = {}
@@ -182,5 +189,6 @@ def _write_shard(path: Path, data: dict[str, dict[str, torch.Tensor]]) -> None:
     os.replace(tmp, path)  # atomic: concurrent writers lose entries (re-encoded later), never corrupt a file
 
 
-def _disk_key(key: tuple) -> str:
+def disk_key(key: tuple) -> str:
+    """A shard's index key for a record key (with its scope): a hex digest of its repr."""
     return hashlib.sha256(repr(key).encode()).hexdigest()[:32]

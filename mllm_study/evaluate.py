@@ -22,7 +22,7 @@ from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
            "evaluate_world", "evaluate_loss", "score_predictions", "PredictionFileError", "references_of", "rescore",
-           "variant_for"]
+           "variant_for", "chair_synonyms"]
 
 
 @dataclass
@@ -214,12 +214,12 @@ def rescore(records: list[dict], predictions: list[str], metric: str, info: dict
 
     if metric == "chair" and info["metric"] == "cider":
         return compute_metric("chair", predictions, [[""]] * len(predictions),
-                              objects=[r["objects"] for r in records], synonyms=_chair_synonyms(info))
+                              objects=[r["objects"] for r in records], synonyms=chair_synonyms(info))
     return compute_metric(metric, predictions, [references_of(r) for r in records], variant=variant,
                           **_metric_kwargs(metric, records))
 
 
-def _chair_synonyms(info: dict) -> dict[str, list[str]] | None:
+def chair_synonyms(info: dict) -> dict[str, list[str]] | None:
     """Object synonyms for CHAIR: the dataset's own (``chair_synonyms`` in dataset.json) or the synthetic world's."""
     if info.get("chair_synonyms"):
         return info["chair_synonyms"]
@@ -250,7 +250,7 @@ def evaluate_dataset(model: torch.nn.Module, processor: Any, dataset_dir: str | 
                             desc=f"{info['name']}/{split}", scoring=scoring,
                             metric_variant=(metric_variants or {}).get(info["metric"]))
     results = {info["metric"]: main}
-    synonyms = _chair_synonyms(info)
+    synonyms = chair_synonyms(info)
     if info["metric"] == "cider" and synonyms and all(r.get("objects") is not None for r in records):
         preds = [item["prediction"] for item in main.items]
         chair = compute_metric("chair", preds, [[""]] * len(preds), objects=[r["objects"] for r in records],

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .plots import _method_key, method_colors
+from .plots import method_key, method_colors
 
 __all__ = ["GALLERY_SEED", "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note",
            "steps_note"]
@@ -76,7 +76,7 @@ def runs_used(runs_dir: str | Path, scores: pd.DataFrame, by: Sequence[str] = ("
                     "seeds": fmt(g["seed"], str), "runs": len(g)})
     df = pd.DataFrame(out)
     if "method" in df:
-        df = df.iloc[sorted(range(len(df)), key=lambda i: _method_key(df["method"].iloc[i]))]
+        df = df.iloc[sorted(range(len(df)), key=lambda i: method_key(df["method"].iloc[i]))]
     return df.reset_index(drop=True)
 
 
@@ -109,7 +109,7 @@ def loss_curves(runs_dir: str | Path, scores: pd.DataFrame, panel: str = "train_
     ncol = min(4, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3 * nrow), squeeze=False, sharey=False)
-    hues = sorted(log[hue].unique(), key=_method_key)
+    hues = sorted(log[hue].unique(), key=method_key)
     colors = method_colors(hues)
     for ax, p in zip(axes.ravel(), panels):
         d = log[log[panel] == p]
@@ -201,7 +201,7 @@ def gallery_html(scores: pd.DataFrame, items: pd.DataFrame, world: str | Path | 
         split = d["split"].iloc[0]
         folder = Path(world) / ds if world is not None else Path(ds)
         recs = _records(folder, split)
-        methods = sorted(d["method"].unique(), key=_method_key)
+        methods = sorted(d["method"].unique(), key=method_key)
         head = "".join(f"<th>{html.escape(str(m))}</th>" for m in methods)
         rows = []
         for item_id, g in sorted(d.groupby("id"), key=lambda x: x[1]["order"].iloc[0]):

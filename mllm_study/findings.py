@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (_item_array, _with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
+from .contrasts import (item_array, with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
                         replicated_contrast)
 from .report import final_epoch, fmt_ci, fmt_p, primary_scores
 
@@ -328,7 +328,7 @@ def _curvature_rows(scores: pd.DataFrame, levels: list, w: np.ndarray, items: pd
         if why:
             entry["excluded"].append(f"{r0.column} {r0.method} seed {r0.seed}: " + ", ".join(why))
             continue
-        arrays = [_item_array(items, by[lv].run_id, r0.dataset, r0.split) for lv in levels]
+        arrays = [item_array(items, by[lv].run_id, r0.dataset, r0.split) for lv in levels]
         common = arrays[0].index
         for a in arrays[1:]:
             common = common.intersection(a.index)
@@ -347,7 +347,7 @@ def _curvature_rows(scores: pd.DataFrame, levels: list, w: np.ndarray, items: pd
         else:
             row["not_measurable"] = row["excluded"]
         rows.append(row)
-    return _with_contrast_columns(pd.DataFrame(rows))
+    return with_contrast_columns(pd.DataFrame(rows))
 
 
 def finding_adapter_stable(table: pd.DataFrame, items: pd.DataFrame | None = None,

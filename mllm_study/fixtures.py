@@ -170,9 +170,9 @@ def _qwen_processor(cls, image_processor, tokenizer):
     """Qwen2VLProcessor; its video processor needs torchvision, which the pinned CPU environment lacks, so there the
     processor is the image-only variant (:func:`mllm_study.models.image_only_qwen2_vl_processor`), saved as a plain
     Qwen2VLProcessor folder."""
-    from .models import _has_torchvision, image_only_qwen2_vl_processor
+    from .models import has_torchvision, image_only_qwen2_vl_processor
 
-    if _has_torchvision():
+    if has_torchvision():
         from transformers import Qwen2VLVideoProcessor
 
         return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),

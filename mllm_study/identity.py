@@ -71,10 +71,10 @@ def canonical_run(run: dict[str, Any], params, method, own_limits: list[int]) ->
         ValueError: a placement the method does not accept (named, before anything runs).
     """
     from .config import RunConfig
-    from .methods.registry import _check_placement
+    from .methods.registry import check_placement
 
     run = dict(run)
-    placement = _check_placement(method, run["placement"])
+    placement = check_placement(method, run["placement"])
     run["placement"] = placement if method.default_placement is not None else None  # prefix: one fixed placement
     if run["layers"] is not None:
         layers = sorted({int(i) for i in run["layers"]})

@@ -28,6 +28,7 @@ __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
     "tiny_llava_dir", "load_model", "load_checkpoint", "image_use_check", "world_corpus",
     "image_only_qwen2_vl_processor", "world_tokenizer", "pretrain_tokenizer", "pretrain_inputs", "VOCABULARY_FILE",
+    "has_torchvision",
 ]
 
 TINY_MODEL = "tiny-llava"
@@ -352,7 +353,7 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
         try:
             processor = AutoProcessor.from_pretrained(str(path_or_id), **processor_kwargs)
         except (AttributeError, ImportError, ValueError, OSError):  # Qwen2-VL's video processor needs torchvision
-            if getattr(model.config, "model_type", "") != "qwen2_vl" or _has_torchvision():
+            if getattr(model.config, "model_type", "") != "qwen2_vl" or has_torchvision():
                 raise
             processor = image_only_qwen2_vl_processor().from_pretrained(str(path_or_id), **processor_kwargs)
     except OSError as exc:
@@ -405,7 +406,7 @@ def _check_pixels(processor: Any, pixels: dict[str, int]) -> None:
                          f"{', '.join(wrong)} (run.min_pixels / run.max_pixels are for Qwen2-VL-style processors)")
 
 
-def _has_torchvision() -> bool:
+def has_torchvision() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("torchvision") is not None

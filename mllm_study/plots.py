@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
-           "ci_plot", "forest_plot"]
+           "ci_plot", "forest_plot", "method_key"]
 
 
 METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
@@ -172,7 +172,7 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
     import seaborn as sns
 
     ax = ax or plt.subplots()[1]
-    hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=_method_key) if hue else [None]))
+    hues = list(hue_order or (sorted(df[hue].dropna().unique(), key=method_key) if hue else [None]))
     palette = method_colors(hues) if hue else {None: sns.color_palette()[0]}
     cats = list(order or (df[x].drop_duplicates().tolist() if not numeric_x else []))
     width = 0.6
@@ -217,5 +217,6 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
     return ax
 
 
-def _method_key(v: Any) -> tuple:
+def method_key(v: Any) -> tuple:
+    """Sort key for method names: METHOD_ORDER first, in that order, then the rest alphabetically."""
     return (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER), str(v))

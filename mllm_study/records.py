@@ -115,7 +115,7 @@ def rescore_run(run_dir: Path, params) -> list[str]:
     """
     from .data import load_dataset_info, load_split
     from .evaluate import EvalResult, rescore
-    from .runs import _rows, eval_targets, read_json, write_json_atomic
+    from .runs import result_rows, eval_targets, read_json, write_json_atomic
 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
@@ -144,7 +144,7 @@ def rescore_run(run_dir: Path, params) -> list[str]:
         by_block.setdefault((dataset, split, epoch), {})[name] = EvalResult(
             name, float(result.value), {k: float(v) for k, v in result.extra.items()}, group)
     for (dataset, split, epoch), results in by_block.items():
-        rows.extend(_rows(results, targets[(dataset, split)][2], split, epoch))
+        rows.extend(result_rows(results, targets[(dataset, split)][2], split, epoch))
     own = [r for r in rows if r["dataset"] == metrics["dataset"] and r["metric"] == metrics["metric"]
            and r["split"] == params.run.eval_split]
     if own:

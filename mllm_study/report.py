@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (MATCH_KEYS, Contrast, _item_array, column_key, compare_pairs, contrast_items, load_items,
+from .contrasts import (MATCH_KEYS, Contrast, item_array, column_key, compare_pairs, contrast_items, load_items,
                         pair_runs, pairwise, replicated_contrast, stratified_contrast, stratified_mean, versus_base,
                         winners, with_item_cis)
-from .plots import (METHOD_ORDER, PRETTY, _method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
+from .plots import (METHOD_ORDER, PRETTY, method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
 from .datasize import EQUAL_EPOCHS, EQUAL_STEPS, log_linear_fits, log_linear_weights, size_designs
 from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
@@ -183,7 +183,7 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
             if len(members) < 2 or any(d not in by_ds for d in members):
                 continue
             if items is not None and text:
-                arrays = [_item_array(items, by_ds[d].run_id, d).to_numpy() for d in members]
+                arrays = [item_array(items, by_ds[d].run_id, d).to_numpy() for d in members]
                 iv = stratified_mean(arrays, n_resamples=n_resamples)
                 row[GROUP_LABELS[g]] = fmt_ci(iv.estimate, iv.low, iv.high)
             else:
@@ -192,7 +192,7 @@ def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame
         rows.append(row)
     out = pd.DataFrame(rows)
     if "method" in out:  # methods in the usual order; other keys keep the order of ``scores`` (sort it first)
-        out = out.iloc[sorted(range(len(out)), key=lambda i: _method_key(out["method"].iloc[i]))]
+        out = out.iloc[sorted(range(len(out)), key=lambda i: method_key(out["method"].iloc[i]))]
     return out.reset_index(drop=True)
 
 
@@ -326,7 +326,7 @@ def with_parsed(items: pd.DataFrame, world_dir: str | Path | None) -> pd.DataFra
     number for fill-in-the-blank, a listed choice for IconQA-txt, any non-empty answer for open VQA). NaN where
     the world has no such column (real-data profiles: ``world_dir`` None)."""
     from .data import load_dataset_info, load_split
-    from .validity import Column, _kind, _parsed
+    from .validity import Column, column_kind, parsed_answer
 
     out = items.copy()
     out["parsed"] = np.nan
@@ -344,8 +344,8 @@ def with_parsed(items: pd.DataFrame, world_dir: str | Path | None) -> pd.DataFra
         info = load_dataset_info(folder)
         if metric != info["metric"]:  # an extra metric row (CHAIR beside CIDEr): its text is the caption's
             continue
-        col = Column(dataset, dataset, split, metric, info.get("group", ""), _kind(metric, list(recs.values())), recs)
-        out.loc[g.index, "parsed"] = [float(_parsed(col, str(p or ""), recs[i]) is not None) if i in recs else np.nan
+        col = Column(dataset, dataset, split, metric, info.get("group", ""), column_kind(metric, list(recs.values())), recs)
+        out.loc[g.index, "parsed"] = [float(parsed_answer(col, str(p or ""), recs[i]) is not None) if i in recs else np.nan
                                       for p, i in zip(g["prediction"], g["id"])]
     return out
 

@@ -27,7 +27,8 @@ from .config import Params
 
 __all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries",
            "base_model", "eval_targets",
-           "read_json", "write_json_atomic"]
+           "read_json", "write_json_atomic", "file_digest", "result_rows", "evaluate_all",
+           "param_groups"]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -48,7 +49,8 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (16 hex digits), read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -101,7 +103,7 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     limits = [load_dataset_info(folder).get("max_new_tokens", 16) for folder, _, _ in eval_targets(params, progress)]
     spec: dict[str, Any] = {"run": canonical_run(run, params, method, limits),
                             "code": {"version": __version__, "fingerprint": code_fingerprint()},
-                            "data": {split: _file_digest(dataset_dir / f"{split}.json")
+                            "data": {split: file_digest(dataset_dir / f"{split}.json")
                                      for split in ("train", "test") if (dataset_dir / f"{split}.json").exists()}}
     if params.run.model == "tiny-llava":
         from .models import ensure_world, tiny_llava_dir
@@ -135,7 +137,8 @@ def run_id(spec: dict[str, Any]) -> str:
     return f"{run['method']}-{Path(run['dataset']).name}-s{run['seed']}-{digest}"
 
 
-def _param_groups(model, params: Params) -> list[dict]:
+def param_groups(model, params: Params) -> list[dict]:
+    """AdamW groups of the trainable parameters: the method's (run lr), the connector's and the vision encoder's."""
     from .methods.placement import get_module_map, is_connector_param, is_vision_param
 
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -198,7 +201,7 @@ def eval_targets(params: Params, progress: bool = True) -> list[tuple[Path, str,
     return targets
 
 
-def _rows(results: dict, info: dict, split: str, epoch: int | None) -> list[dict]:
+def result_rows(results: dict, info: dict, split: str, epoch: int | None) -> list[dict]:
     """Tidy rows (one per metric, extras as ``metric.extra``) for one dataset split."""
     rows = []
     for name, res in results.items():
@@ -210,8 +213,9 @@ def _rows(results: dict, info: dict, split: str, epoch: int | None) -> list[dict
     return rows
 
 
-def _evaluate_all(model, processor, params: Params, targets, epoch: int | None, progress: bool,
-                  write_items: Path | None) -> list[dict]:
+def evaluate_all(model, processor, params: Params, targets, epoch: int | None, progress: bool,
+                 write_items: Path | None) -> list[dict]:
+    """Tidy rows of ``model`` on each target (folder, split, size); per-item scores appended to ``write_items``."""
     from .data import load_dataset_info
     from .evaluate import evaluate_dataset
 
@@ -222,7 +226,7 @@ def _evaluate_all(model, processor, params: Params, targets, epoch: int | None, 
         max_new = params.run.max_new_tokens_per_task.get(info["name"], params.run.max_new_tokens)
         results = evaluate_dataset(model, processor, folder, split, size, batch_size, max_new, progress,
                                    metric_variants=params.run.metric_variants)
-        rows.extend(_rows(results, info, split, epoch))
+        rows.extend(result_rows(results, info, split, epoch))
         if write_items is not None:
             with open(write_items, "a") as f:
                 for name, res in results.items():
@@ -307,10 +311,10 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                                      desc=f"train {run.method} on {info['name']}")
 
             def on_epoch_end(epoch: int, m) -> dict:
-                rows.extend(_evaluate_all(m, processor, params, targets, epoch, progress, tmp / "predictions.jsonl"))
+                rows.extend(evaluate_all(m, processor, params, targets, epoch, progress, tmp / "predictions.jsonl"))
                 return {"held_out_loss": evaluate_loss(m, processor, held_out, run.eval_batch_size)}
 
-            result = train_model(model, _collator(processor), train, _param_groups(model, params), settings,
+            result = train_model(model, _collator(processor), train, param_groups(model, params), settings,
                                  log_path=tmp / "train_log.jsonl" if main else None,
                                  on_epoch_end=on_epoch_end if run.eval_every_epoch and main else None)
             acc.wait_for_everyone()
@@ -325,11 +329,11 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
                 train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
             save_method(model, tmp / "adapter")
         if not run.eval_every_epoch or run.method == "none":
-            rows = _evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
+            rows = evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
         if run.method == "none":  # nothing trained: the memory figure is the evaluation's
-            from .train import _peak_memory
+            from .train import peak_memory
 
-            peak, kind = _peak_memory(acc.device)
+            peak, kind = peak_memory(acc.device)
             train_info.update(tokens=0, peak_memory_mb=peak, peak_memory_kind=kind)
         own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == run.eval_split
                     and r["metric"] == info["metric"]]

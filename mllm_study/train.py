@@ -41,7 +41,7 @@ from .errors import ConfigError, DataError, RunError, TrainingDiverged
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
            "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context",
-           "enable_gradient_checkpointing"]
+           "enable_gradient_checkpointing", "peak_memory"]
 
 _ACCELERATOR = None
 _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training collate wrapper; never reaches the model
@@ -102,7 +102,7 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else float("nan")
 
 
-def _peak_memory(device: torch.device) -> tuple[float | None, str]:
+def peak_memory(device: torch.device) -> tuple[float | None, str]:
     """(peak MiB, what it measures): CUDA max allocated since the last reset, else the process's peak RSS."""
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1), "cuda_max_allocated"
@@ -487,7 +487,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model = acc.unwrap_model(model, keep_fp32_wrapper=False)  # evaluation afterwards runs without autocast
     model.eval()
     seconds = time.perf_counter() - start
-    peak, kind = _peak_memory(acc.device)
+    peak, kind = peak_memory(acc.device)
     return TrainResult(steps=step, samples=samples, seconds=seconds,
                        final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log,
                        mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits,

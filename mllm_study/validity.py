@@ -45,11 +45,11 @@ from .errors import RunError
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
 from .records import run_damage
-from .runs import _file_digest, is_done, read_json, write_json_atomic
+from .runs import file_digest, is_done, read_json, write_json_atomic
 
 __all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
            "validate",
-           "world_columns"]
+           "world_columns", "column_kind", "parsed_answer"]
 
 QUESTION_ONLY_MARGIN = 0.05  # (a) question-only <= chance (or gold-majority) + this
 SEEN_MARGIN = 0.25  # (b) seen columns: zero-shot >= question-only + this
@@ -112,7 +112,8 @@ def _question(rec: dict) -> str:
     return " ".join(text.replace("<image>", " ").split())
 
 
-def _kind(metric: str, records: list[dict]) -> str:
+def column_kind(metric: str, records: list[dict]) -> str:
+    """A column's answer format from its metric and records: mc, yesno, caption, choice, number or open."""
     kinds = {"mc_accuracy": "mc", "pope": "yesno", "cider": "caption"}
     if metric != "accuracy":
         return kinds.get(metric, "open")
@@ -121,7 +122,7 @@ def _kind(metric: str, records: list[dict]) -> str:
     return "number" if all(_INT.fullmatch(normalize_answer(_gold(r))) for r in records) else "open"
 
 
-def _parsed(col: Column, text: str, rec: dict) -> str | None:
+def parsed_answer(col: Column, text: str, rec: dict) -> str | None:
     """The answer ``text`` gives in the column's format, read by the parser that scores it; None: no valid answer."""
     if col.kind == "mc":
         i = extract_choice(text, list(rec["choices"]))
@@ -138,7 +139,7 @@ def _parsed(col: Column, text: str, rec: dict) -> str | None:
 
 def _label(col: Column, text: str, rec: dict) -> str:
     """``text`` normalised for counting predictions: the parsed answer, else the lowercased text."""
-    return _parsed(col, text, rec) or " ".join(text.lower().split())
+    return parsed_answer(col, text, rec) or " ".join(text.lower().split())
 
 
 def _score(col: Column, preds: list[str], recs: list[dict]) -> list[float]:
@@ -214,11 +215,12 @@ def world_columns(world_dir: str | Path) -> dict[str, Column]:
         for split in (s for s in info.get("splits", {"test": 0}) if s not in ("train", "pretrain")):
             recs = load_split(folder, split, check_images=False)
             col = Column(info["name"] if split == "test" else f"{info['name']}/{split}", info["name"], split,
-                         info["metric"], info.get("group", ""), _kind(info["metric"], recs), {r["id"]: r for r in recs})
+                         info["metric"], info.get("group", ""), column_kind(info["metric"], recs),
+                         {r["id"]: r for r in recs})
             if col.kind == "caption":
-                from .evaluate import _chair_synonyms  # the synonyms CHAIR is scored with
+                from .evaluate import chair_synonyms  # the synonyms CHAIR is scored with
 
-                col.synonyms = _chair_synonyms(info)
+                col.synonyms = chair_synonyms(info)
             _baselines(col, train)
             columns[col.key] = col
     if not columns:
@@ -258,7 +260,7 @@ def run_dirs(runs_dir: str | Path) -> list[Path]:
 @functools.lru_cache(maxsize=None)
 def _digest(path: Path, mtime_ns: int) -> str:
     """runs.py's digest of a data file, computed once per file version (many runs share a dataset)."""
-    return _file_digest(path)
+    return file_digest(path)
 
 
 def _other_world(spec: dict, world_dir: Path, base_model: Path | None) -> str | None:
@@ -350,7 +352,7 @@ def _run_figures(run: Run, columns: dict[str, Column]) -> dict[str, dict]:
         qo = [col.question_only[i] for i, _ in pairs if i in col.question_only]
         f = {"n": rc["n"], "score": rc["score"], "item_mean": fmean(v[1] for _, v in pairs),
              "question_only": fmean(qo) if qo else None,  # on the run's items (a test subsample may be smaller)
-             "parse_rate": fmean(_parsed(col, p, r) is not None for p, r in zip(preds, recs)),
+             "parse_rate": fmean(parsed_answer(col, p, r) is not None for p, r in zip(preds, recs)),
              "top_prediction": top, "top_share": count / len(preds), "gold_top_share": col.figures["gold_top_share"]}
         if col.kind == "yesno":
             f.update(yes_ratio=rc["extra"]["yes_ratio"], accuracy=rc["extra"]["accuracy"])

@@ -171,7 +171,7 @@ def test_shared_cache_is_bounded(smoke_base, smoke_world, monkeypatch):
     monkeypatch.setenv("MLLM_STUDY_ENCODING_CACHE_MB", "0.02")  # ~20 kB: a couple of records
     collator = Collator(processor, "train")
     collator.prepare(records)
-    assert 1 <= len(data_mod._SHARED) < len(records)
+    assert 1 <= len(data_mod.SHARED) < len(records)
     assert len(collator._cache) == len(records)  # the collator keeps its own for its lifetime
 
 

@@ -492,17 +492,17 @@ def test_vision_option_errors(tiny):
 
 def test_param_groups_give_the_vision_encoder_its_own_lr(tiny):
     from mllm_study.config import load_params
-    from mllm_study.runs import _param_groups
+    from mllm_study.runs import param_groups
 
     base0 = tiny[0]
     params = load_params(profile="smoke", overrides={"run.vision": "tuned", "run.vision_lr": 3e-6,
                                                       "run.connector": "tuned"})
     model = apply_method(copy.deepcopy(base0), "lora", {"r": 4, "alpha": 8}, None, "tuned", vision="tuned")
-    groups = _param_groups(model, params)
+    groups = param_groups(model, params)
     vision = [p for n, p in model.named_parameters() if is_vision_param(n, model)]
     connector = [p for n, p in model.named_parameters() if p.requires_grad and is_connector_param(n, model)]
     assert [len(g["params"]) for g in groups[1:]] == [len(connector), len(vision)]
     assert groups[2]["lr"] == 3e-6 and groups[1]["lr"] == params.run.connector_lr
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in vision}
     frozen = apply_method(copy.deepcopy(base0), "lora", {"r": 4, "alpha": 8}, None, "tuned")
-    assert len(_param_groups(frozen, params)) == 2  # no vision group: the optimiser is exactly as before
+    assert len(param_groups(frozen, params)) == 2  # no vision group: the optimiser is exactly as before

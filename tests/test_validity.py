@@ -15,7 +15,7 @@ from mllm_study.cli import main
 from mllm_study.config import load_params
 from mllm_study.evaluate import EvalResult
 from mllm_study.metrics import compute_metric
-from mllm_study.runs import _file_digest, _rows, write_json_atomic
+from mllm_study.runs import file_digest, result_rows, write_json_atomic
 from mllm_study.world import OBJECT_SYNONYMS
 
 N = 40  # records per split
@@ -146,7 +146,7 @@ def write_run(runs: Path, world: Path, rid: str, method: str, dataset: str, seed
     ``scores`` {column: per-item scores} overrides the stored item scores (a run scored by older code)."""
     d = runs / rid
     d.mkdir(parents=True)
-    data = {s: _file_digest(world / dataset / f"{s}.json") for s in ("train", "test")
+    data = {s: file_digest(world / dataset / f"{s}.json") for s in ("train", "test")
             if (world / dataset / f"{s}.json").exists()}
     write_json_atomic(d / "spec.json", {"run": {**RUN, "method": method, "dataset": dataset, "seed": seed,
                                                 "epochs": epochs}, "code_version": "0.1.0", "data": data,
@@ -167,7 +167,7 @@ def write_run(runs: Path, world: Path, rid: str, method: str, dataset: str, seed
                                    synonyms=OBJECT_SYNONYMS)
             results["chair"] = EvalResult("chair", chair.value, chair.extra,
                                           [{**it, "score": s} for it, s in zip(items, chair.per_item)])
-        rows += _rows(results, info, split, None)
+        rows += result_rows(results, info, split, None)
         lines += [json.dumps({"dataset": info["name"], "split": split, "epoch": None, "metric": name, **it})
                   for name, res_ in results.items() for it in res_.items]
     (d / "predictions.jsonl").write_text("\n".join(lines) + "\n")

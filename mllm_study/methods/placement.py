@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 
 __all__ = ["ModuleMap", "MODULE_MAPS", "PLACEMENTS", "register_module_map", "get_module_map", "unwrap_model",
            "placement_roles", "target_regex", "resolve_targets", "connector_modules", "connector_param_names",
-           "is_connector_param", "is_vision_param", "connector_save_names", "vision_param_names"]
+           "is_connector_param", "is_vision_param", "connector_save_names", "vision_param_names", "base_param_name"]
 
 PLACEMENTS = ("attention", "mlp", "both")
 
@@ -232,7 +232,7 @@ def _peft_prefix(model: torch.nn.Module) -> str:
     return "base_model." if getattr(model, "base_model", None) is get_base() else "base_model.model."
 
 
-def _base_name(name: str, model: torch.nn.Module) -> str:
+def base_param_name(name: str, model: torch.nn.Module) -> str:
     """A parameter name as the base model names it (without peft's prefix and wrapper levels)."""
     prefix = _peft_prefix(model)
     if prefix and name.startswith(prefix):
@@ -248,13 +248,13 @@ def connector_modules(model: torch.nn.Module) -> tuple[str, ...]:
 def is_connector_param(name: str, model: torch.nn.Module, module_map: ModuleMap | None = None) -> bool:
     """Whether parameter ``name`` (as ``model.named_parameters()`` gives it, peft-wrapped or not) is a connector's."""
     module_map = module_map or get_module_map(model)
-    return _under(_base_name(name, model), module_map.connector)
+    return _under(base_param_name(name, model), module_map.connector)
 
 
 def is_vision_param(name: str, model: torch.nn.Module, module_map: ModuleMap | None = None) -> bool:
     """Whether parameter ``name`` belongs to the vision encoder (the connector excluded, e.g. Qwen2-VL's merger)."""
     module_map = module_map or get_module_map(model)
-    base_name = _base_name(name, model)
+    base_name = base_param_name(name, model)
     return _under(base_name, module_map.vision) and not _under(base_name, module_map.connector)
 
 

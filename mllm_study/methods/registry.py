@@ -119,7 +119,8 @@ def peft_modules_to_save(model: torch.nn.Module, connector: str) -> list[str] | 
     return connector_save_names(model) if connector == "tuned" else None
 
 
-def _check_placement(method: Method, placement: str | None) -> str | None:
+def check_placement(method: Method, placement: str | None) -> str | None:
+    """The placement a run of ``method`` uses (None or "default": the method's default); ConfigError if not accepted."""
     if placement is None or placement == "default":
         return method.default_placement
     if placement not in method.placements:
@@ -165,7 +166,7 @@ def apply_method(model: torch.nn.Module, name: str, params: dict[str, Any] | Non
     if layers is not None and not method.supports_layers:
         raise ConfigError(f"method {name!r} does not take a layers subset")
     layers = sorted({int(i) for i in layers}) if layers is not None else None
-    placement = _check_placement(method, placement)
+    placement = check_placement(method, placement)
     merged = {**method.defaults, **(params or {})}
     for p in model.parameters():
         p.requires_grad = False
@@ -357,4 +358,4 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
                 own[k].copy_(v.to(own[k].dtype))
 
 
-__all__ += ["write_weights", "read_weights", "load_into", "base_of"]
+__all__ += ["write_weights", "read_weights", "load_into", "base_of", "check_placement"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from .scenes import item_rng
-from .tasks import _GENERATORS, FAMILIES
+from .tasks import GENERATORS, FAMILIES
 
 __all__ = ["SHORTCUT_MARGIN", "audit_family", "audit_world"]
 
@@ -26,7 +26,7 @@ SHORTCUT_MARGIN = 0.05
 
 
 def _items(family: str, seed: int, split: str, n: int) -> list[dict]:
-    return [_GENERATORS[family](item_rng(seed, family, split, i)) for i in range(n)]
+    return [GENERATORS[family](item_rng(seed, family, split, i)) for i in range(n)]
 
 
 def audit_family(family: str, seed: int = 0, n_train: int = 1000, n_test: int = 500) -> dict[str, float]:

@@ -25,7 +25,7 @@ from .scenes import COLORS, NUMBERS, OBJECT_TYPES, POSITIONS, SHAPES, WORDS, ite
     pick_weighted, render_scene, sample_degradation, sample_scene, shuffled
 
 __all__ = ["FamilyInfo", "FAMILIES", "ALIGN", "POPE", "FAMILY_ORDER", "SHORT_ANSWER", "VIZWIZ_SUFFIX",
-           "family_info", "build_item"]
+           "family_info", "build_item", "GENERATORS"]
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 VIZWIZ_SUFFIX = 'When the information is insufficient, respond with "Unanswerable". ' + SHORT_ANSWER
@@ -434,7 +434,7 @@ def _in_format(rng: np.random.Generator, item: dict) -> dict:
     return out
 
 
-_GENERATORS: dict[str, Callable[[np.random.Generator], dict]] = {
+GENERATORS: dict[str, Callable[[np.random.Generator], dict]] = {
     "align": _align, "sqa": _sqa, "vizwiz": _vizwiz, "iconqa_txt": _iconqa_txt, "iconqa_blank": _iconqa_blank,
     "flickr30k": _flickr30k, "okvqa": _okvqa, "ocrvqa": _ocrvqa, "vqav2": _vqav2,
 }
@@ -456,8 +456,8 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
         from .pope import build_pope_item  # local import: pope builds on this module
 
         item = build_pope_item(seed, split, index)
-    elif family in _GENERATORS:
-        item = _GENERATORS[family](item_rng(seed, family, split, index))
+    elif family in GENERATORS:
+        item = GENERATORS[family](item_rng(seed, family, split, index))
         if split == "pretrain" and family in FAMILIES and FAMILIES[family].group == "seen":
             item = _in_format(item_rng(seed, family, "format", index), item)
     else:
