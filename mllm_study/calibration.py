@@ -140,19 +140,23 @@ class Calibration:
         return data
 
 
-def _collapse(run_dir: Path, column: str) -> str | None:
-    """``"'yes' 200/200"`` when the run's most frequent validation answer on ``column`` (lowercased, whitespace
-    collapsed) takes a larger share of its outputs than validity's collapse criterion (e) allows: max(0.6, the gold's
-    own top share + 0.1); else None. Such a point is flagged in the table and never chosen."""
+def _val_rows(run_dir: Path, column: str) -> list[dict]:
+    """The run's final validation predictions on ``column`` (predictions.jsonl rows; [] if none)."""
+    path = run_dir / "predictions.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines())
+            if r.get("split") == "val" and r.get("dataset") == column and r.get("epoch") is None]
+
+
+def _collapse(rows: list[dict]) -> str | None:
+    """``"'yes' 200/200"`` when the most frequent answer of ``rows`` (lowercased, whitespace collapsed) takes a
+    larger share of them than validity's collapse criterion (e) allows: max(0.6, the gold's own top share + 0.1);
+    else None. Such a point is flagged in the table and never chosen."""
     from collections import Counter
 
     from .validity import TOP_SHARE_FLOOR, TOP_SHARE_MARGIN
 
-    path = run_dir / "predictions.jsonl"
-    if not path.exists():
-        return None
-    rows = [r for r in map(json.loads, path.read_text().splitlines())
-            if r.get("split") == "val" and r.get("dataset") == column and r.get("epoch") is None]
     if not rows:
         return None
     (top, n), = Counter(" ".join(str(r["prediction"]).lower().split()) for r in rows).most_common(1)
@@ -160,18 +164,12 @@ def _collapse(run_dir: Path, column: str) -> str | None:
     return f"{top!r} {n}/{len(rows)}" if n / len(rows) > max(TOP_SHARE_FLOOR, gold + TOP_SHARE_MARGIN) else None
 
 
-def _item_variance(run_dir: Path, column: str) -> tuple[float, int] | None:
-    """(sample variance of the item scores, number of items) of the run's validation predictions on ``column``."""
-    path = run_dir / "predictions.jsonl"
-    if not path.exists():
-        return None
-    scores = [float(r["score"]) for r in map(json.loads, path.read_text().splitlines())
-              if r.get("split") == "val" and r.get("dataset") == column and r.get("epoch") is None
-              and r.get("score") is not None]
-    if len(scores) < 2:
-        return None
-    mean = sum(scores) / len(scores)
-    return sum((x - mean) ** 2 for x in scores) / (len(scores) - 1), len(scores)
+def _item_variance(rows: list[dict]) -> tuple[float, int] | None:
+    """(sample variance of the item scores, number of items) of ``rows``; None with fewer than 2 scores."""
+    from statistics import variance
+
+    scores = [float(r["score"]) for r in rows if r.get("score") is not None]
+    return (variance(scores), len(scores)) if len(scores) >= 2 else None
 
 
 def _score(run_dir: Path, column: str) -> float | None:
@@ -241,9 +239,10 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             result.failed.update(sub.failed)
             score = _score(runs_dir / rid, p.run.dataset)
         if curve_point and score is not None:
-            if top := _collapse(runs_dir / rid, p.run.dataset):
+            rows = _val_rows(runs_dir / rid, p.run.dataset)  # read once for both figures
+            if top := _collapse(rows):
                 result.collapsed.setdefault(p.run.method, {}).setdefault(p.run.lr, {})[p.run.dataset] = top
-            if var_n := _item_variance(runs_dir / rid, p.run.dataset):
+            if var_n := _item_variance(rows):
                 variances.setdefault((p.run.method, p.run.lr), {})[p.run.dataset] = var_n[0] / var_n[1]
         return score
 

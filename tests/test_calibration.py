@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from mllm_study.calibration import Calibration, _collapse, _item_variance, calibrate, has_calibration, lr_grid, rung
+from mllm_study.calibration import (Calibration, _collapse, _item_variance, _val_rows, calibrate, has_calibration,
+                                    lr_grid, rung)
 from mllm_study.config import ConfigError
 from mllm_study.data import load_split, val_size
 
@@ -54,18 +55,22 @@ def _predictions(folder, pairs, split="val", dataset="vizwiz"):
     return folder
 
 
+def _collapsed(folder):
+    return _collapse(_val_rows(folder, "vizwiz"))
+
+
 def test_collapsed_points_are_flagged_and_never_chosen(tmp_path):
     # 'yes' to 9 of 10 items: collapsed (gold's top share 0.5, so the bound is 0.6)
     gold = ["yes", "no"] * 5
-    assert _collapse(_predictions(tmp_path / "a", zip(["Yes "] * 9 + ["no"], gold)), "vizwiz") == "'yes' 9/10"
-    assert _collapse(_predictions(tmp_path / "b", zip(["yes"] * 6 + ["no"] * 4, gold)), "vizwiz") is None
+    assert _collapsed(_predictions(tmp_path / "a", zip(["Yes "] * 9 + ["no"], gold))) == "'yes' 9/10"
+    assert _collapsed(_predictions(tmp_path / "b", zip(["yes"] * 6 + ["no"] * 4, gold))) is None
     # a column whose gold is itself 'yes' 70% of the time allows up to 0.8
     skewed = ["yes"] * 14 + ["no"] * 6
-    assert _collapse(_predictions(tmp_path / "c", zip(["yes"] * 15 + ["no"] * 5, skewed)), "vizwiz") is None
-    assert _collapse(_predictions(tmp_path / "d", zip(["yes"] * 17 + ["no"] * 3, skewed)), "vizwiz") == "'yes' 17/20"
+    assert _collapsed(_predictions(tmp_path / "c", zip(["yes"] * 15 + ["no"] * 5, skewed))) is None
+    assert _collapsed(_predictions(tmp_path / "d", zip(["yes"] * 17 + ["no"] * 3, skewed))) == "'yes' 17/20"
     # only the validation rows of the run's own column count
-    assert _collapse(_predictions(tmp_path / "e", zip(["yes"] * 10, gold), split="test"), "vizwiz") is None
-    assert _collapse(tmp_path / "missing", "vizwiz") is None
+    assert _collapsed(_predictions(tmp_path / "e", zip(["yes"] * 10, gold), split="test")) is None
+    assert _collapsed(tmp_path / "missing") is None
     cal = Calibration(profile="p", columns=["vizwiz"], presets={"prefix": 1.0})
     cal.curves = {"prefix": {1.0: {"vizwiz": 0.5}, 3.0: {"vizwiz": 0.51}}}
     cal.collapsed = {"prefix": {3.0: {"vizwiz": "'yes' 200/200"}}}
@@ -98,7 +103,7 @@ def test_one_standard_error_rule(tmp_path):
     rows = [dict(json.loads(line), score=v) for line, v in zip(
         (folder / "predictions.jsonl").read_text().splitlines(), scores)]
     (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    var, n = _item_variance(folder, "vizwiz")
+    var, n = _item_variance(_val_rows(folder, "vizwiz"))
     assert n == 5 and var == pytest.approx(statistics.variance(scores))
 
 
