@@ -29,7 +29,9 @@ achieved GFLOP/s = FLOPs per step / steady seconds per step, the machine's fp32 
 model's own shapes, 1 and 2 threads) and a ``torch.profiler`` table of the project's steps (top 8 by self CPU).
 
 ``--levers``: what optional changes would buy, measured on the project loop only (nothing in the library changes):
-LoRA / adapter dropout 0 instead of 0.05, ``torch.optim.AdamW(foreach=True)`` or ``(fused=True)`` instead of the
+LoRA / adapter dropout 0 instead of 0.05, torch's ``nn.Dropout`` masks instead of the loop's
+:class:`~mllm_study.train.MaskDropout` (what the CPU fast path saves; the Trainer sides keep torch's),
+``torch.optim.AdamW(foreach=True)`` or ``(fused=True)`` instead of the
 plain for-loop implementation, and two torch threads instead of one. Each lever alternates with the baseline.
 
 One torch thread (``MLLM_STUDY_THREADS``, default 1).
@@ -62,7 +64,7 @@ from mllm_study.runs import param_groups, base_model, resolve_dataset  # noqa: E
 from mllm_study.train import TrainSettings, forward_inputs, set_seed, train_model  # noqa: E402
 
 METHODS = ("lora", "ia3", "prefix", "adapter")
-LEVERS = ("foreach AdamW", "fused AdamW", "2 threads", "dropout 0")
+LEVERS = ("foreach AdamW", "fused AdamW", "2 threads", "dropout 0", "torch dropout")
 
 
 class _MallInfo2(ctypes.Structure):
@@ -188,12 +190,12 @@ def _optimizer_signature(optimizer) -> str:
 
 def run_project(params, method: str, records: list[dict], collator, steps: int, batch_size: int,
                 log_every: int, answer_logits: bool, held_out: list[dict] | None, skip: int,
-                memory: bool = False) -> dict:
+                memory: bool = False, fast_dropout: bool = True) -> dict:
     model, processor = fresh_model(params, method)
     settings = TrainSettings(max_steps=steps, batch_size=batch_size, warmup_ratio=params.run.warmup_ratio,
                              weight_decay=params.run.weight_decay, max_grad_norm=params.run.max_grad_norm,
                              seed=params.run.seed, log_every=log_every, progress=False,
-                             answer_logits=True if answer_logits else None)
+                             answer_logits=True if answer_logits else None, fast_dropout=fast_dropout)
     clock = StepClock(collator)
     built: list = []
     real_adamw = torch.optim.AdamW
@@ -440,12 +442,13 @@ def levers(args, paths, records, methods) -> dict:
     out: dict = {}
     for method in methods:
         base = load_params(profile=args.profile, overrides={**paths, "run.method": method})
-        variants = {"baseline": (base, "plain", 1), "foreach AdamW": (base, "foreach", 1),
-                    "fused AdamW": (base, "fused", 1), "2 threads": (base, "plain", 2)}
+        variants = {"baseline": (base, "plain", 1, True), "foreach AdamW": (base, "foreach", 1, True),
+                    "fused AdamW": (base, "fused", 1, True), "2 threads": (base, "plain", 2, True)}
         if method in ("lora", "adapter"):
             variants["dropout 0"] = (load_params(profile=args.profile, overrides={
                 **paths, "run.method": method, "run.method_params": {**base.run.method_params, "dropout": 0.0}}),
-                "plain", 1)
+                "plain", 1, True)
+            variants["torch dropout"] = (base, "plain", 1, False)
         if args.lever_names:
             variants = {k: v for k, v in variants.items() if k == "baseline" or k in args.lever_names}
         _, processor = base_model(base, progress=False)
@@ -453,10 +456,10 @@ def levers(args, paths, records, methods) -> dict:
         collator.prepare(records)
         res: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
         for _ in range(args.repeats):
-            for name, (params, kind, n) in variants.items():
+            for name, (params, kind, n, fast) in variants.items():
                 with adamw_variant(kind), threads(n):
                     r = run_project(params, method, records, collator, args.lever_steps, args.batch_size,
-                                    args.log_every, False, None, args.skip)
+                                    args.log_every, False, None, args.skip, fast_dropout=fast)
                 res[name].append((r["step_wall"], r["step_cpu"]))
         base_wall = [w for w, _ in res["baseline"]]
         base_cpu = [c for _, c in res["baseline"]]
@@ -579,7 +582,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also: FLOPs per step, achieved GFLOP/s vs the matmul peak, profiler top ops")
     ap.add_argument("--profile-steps", type=int, default=12, help="steps of the profiled run (--limit)")
     ap.add_argument("--levers", action="store_true",
-                    help="only measure levers on the project loop (dropout 0, foreach/fused AdamW, 2 threads)")
+                    help="only measure levers on the project loop (dropout 0, torch dropout, foreach/fused AdamW, "
+                         "2 threads)")
     ap.add_argument("--lever-steps", type=int, default=60, help="steps per lever run")
     ap.add_argument("--lever-names", nargs="+", default=None, choices=LEVERS,
                     help="only these levers (default: all) beside the baseline")

@@ -319,3 +319,68 @@ def test_mixed_precision_path_on_cpu(smoke_model_dir, smoke_world, tmp_path):
     done = subprocess.run([sys.executable, str(script), str(smoke_model_dir), str(smoke_world / "iconqa_txt")],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_mask_dropout_drops_at_rate_p_and_keeps_the_mean():
+    """Drop share within 4 binomial standard errors of round(p * 65536) / 65536; kept values scaled by 1 / (1 - p);
+    the gradient is the same mask; eval mode and p = 0 are the identity; the same seed gives the same mask."""
+    from mllm_study.train import MaskDropout
+
+    n = 400_000
+    for p in (0.05, 0.1, 0.5):
+        layer = MaskDropout(p).train()
+        x = torch.ones(n, requires_grad=True)
+        torch.manual_seed(0)
+        y = layer(x)
+        dropped = float((y == 0).float().mean())
+        q = round(p * 65536) / 65536
+        assert abs(dropped - q) < 4 * math.sqrt(q * (1 - q) / n), (p, dropped)
+        assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # d(sum y)/dx = mask * scale = y for x = 1
+        torch.manual_seed(0)
+        assert torch.equal(layer(x.detach()), y.detach())
+    x = torch.randn(3, 7)
+    assert torch.equal(MaskDropout(0.3).eval()(x), x) and torch.equal(MaskDropout(0.0).train()(x), x)
+    assert MaskDropout(0.2).train()(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dropout probability"):
+        MaskDropout(1.0)
+
+
+def test_mask_dropout_masks_are_independent_of_position():
+    """Every position is dropped at the same rate (the int16 view takes all four 16-bit words of each draw)."""
+    from mllm_study.train import MaskDropout
+
+    torch.manual_seed(1)
+    layer = MaskDropout(0.25).train()
+    rates = torch.stack([(layer(torch.ones(8)) == 0).float() for _ in range(20_000)]).mean(0)
+    assert torch.all((rates - 0.25).abs() < 4 * math.sqrt(0.25 * 0.75 / 20_000)), rates
+
+
+def test_training_swaps_dropout_on_cpu_and_puts_it_back(smoke_base, smoke_world):
+    """LoRA's dropouts are MaskDropout while the loop runs and nn.Dropout after; fast_dropout=False keeps torch's
+    masks (another loss, same model code); the fast path is deterministic for a seed."""
+    from mllm_study.train import MaskDropout
+
+    model, processor = smoke_base
+    records = _train_records(smoke_world)
+    collator = Collator(processor, "train")
+    seen = []
+
+    def spy(epoch, m):
+        seen.append(sum(isinstance(x, MaskDropout) for x in m.modules()))
+
+    lora = _lora(model)
+    n_dropout = sum(type(x) is torch.nn.Dropout and x.p > 0 for x in lora.modules())
+    assert n_dropout > 0
+    groups = [{"params": [p for p in lora.parameters() if p.requires_grad], "lr": 1e-3}]
+    train_model(lora, collator, records, groups, TrainSettings(max_steps=4, batch_size=8, seed=5, progress=False),
+                on_epoch_end=spy)
+    assert seen and seen[0] == n_dropout
+    assert sum(type(x) is torch.nn.Dropout and x.p > 0 for x in lora.modules()) == n_dropout
+    assert not any(isinstance(x, MaskDropout) for x in lora.modules())
+    fast_a, weights_a, _, _ = _train(model, collator, records)
+    fast_b, weights_b, _, _ = _train(model, collator, records)
+    torch_masks, _, _, _ = _train(model, collator, records, fast_dropout=False)
+    assert fast_a == fast_b and _same_weights(weights_a, weights_b)
+    assert torch_masks != fast_a and torch_masks == pytest.approx(fast_a, rel=0.05)
