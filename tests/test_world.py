@@ -153,9 +153,9 @@ def check_vqa_references(rec: dict, gold: str) -> None:
 # ------------------------------------------------------------------------------------------------ determinism
 @pytest.mark.slow
 def test_same_seed_byte_identical_different_seed_differs(world, tmp_path):
-    out, manifest = world
+    out, manifest = world  # built in one process (a smoke world is below PARALLEL_MIN_ITEMS)
     again = tmp_path / "again"
-    manifest2 = generate_world(again, profile="smoke", seed=0, progress=False)
+    manifest2 = generate_world(again, profile="smoke", seed=0, progress=False, workers=2)  # chunks in 2 processes
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     files2 = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert files == files2 and len(files) == manifest["n_files"] + 1  # + manifest.json

@@ -4,13 +4,19 @@ Usage: ``manifest = generate_world("data/world", profile="quick", seed=0)``
 
 Layout: ``OUT/manifest.json`` and one folder per family ``OUT/<family>/`` holding ``dataset.json``,
 ``<split>.json`` (a JSON list, one record per line) and ``images/<split>/<index:06d>.png``.
+
+Items are built (scene, record, PNG) in chunks by ``workers`` processes (default: every core, for worlds of at least
+``PARALLEL_MIN_ITEMS`` items) and written by this one in the fixed order, so the files are byte-identical whatever
+the number of workers (every item depends only on its family, seed, split and index).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -90,12 +96,43 @@ def _matches(manifest: dict | None, profile: str, seed: int, families: list[str]
         and manifest.get("code") == world_code_digest()
 
 
+#: worlds smaller than this are built in this process (spawning workers costs about a second)
+PARALLEL_MIN_ITEMS = 5000
+_CHUNK = 250
+
+
+def _build_chunk(task: tuple[str, int, str, int, int]) -> list[tuple[dict, bytes]]:
+    """``(record, PNG bytes)`` of items ``start..stop-1`` of one family split (a worker's unit of work)."""
+    family, seed, split, start, stop = task
+    out = []
+    for i in range(start, stop):
+        record, image = build_item(family, seed, split, i)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")  # Pillow writes no timestamp: identical bytes for identical pixels
+        out.append((record, buf.getvalue()))
+    return out
+
+
+def _chunks(plan: dict[str, dict[str, int]], seed: int, workers: int):
+    """Every ``(family, split, [(record, png), ...])`` chunk of ``plan`` in order, built by ``workers`` processes."""
+    tasks = [(family, seed, split, start, min(n, start + _CHUNK))
+             for family, sizes in plan.items() for split, n in sizes.items() for start in range(0, n, _CHUNK)]
+    if workers <= 1:
+        for task in tasks:
+            yield task[0], task[2], _build_chunk(task)
+        return
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for task, items in zip(tasks, pool.map(_build_chunk, tasks)):
+            yield task[0], task[2], items
+
+
 def _dumps_records(records: list[dict]) -> str:
     # One record per line: valid JSON, small, and readable with grep/head.
     return "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n"
 
 
-def _write_world(root: Path, profile: str, seed: int, families: list[str], progress: bool) -> dict:
+def _write_world(root: Path, profile: str, seed: int, families: list[str], progress: bool,
+                 workers: int | None = None) -> dict:
     hashes: dict[str, str] = {}
 
     split_hashes: dict[str, hashlib._Hash] = {}
@@ -109,29 +146,34 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
 
     plan = {f: split_sizes(f, profile) for f in families}
     total = sum(n for sizes in plan.values() for n in sizes.values())
-    fam_entries = {}
+    if workers is None:
+        workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ITEMS else 1
+    if multiprocessing.current_process().daemon:  # a pool worker (a sweep's): it may not start processes
+        workers = 1
+    for family, sizes in plan.items():
+        for split in sizes:
+            (root / family / "images" / split).mkdir(parents=True, exist_ok=True)
+    records: dict[tuple[str, str], list[dict]] = {}
     with tqdm(total=total, desc=f"world {profile}/seed{seed}", unit="img", disable=None if progress else True) as bar:
-        for family, sizes in plan.items():
-            info = family_info(family)
-            for split, n in sizes.items():
-                (root / family / "images" / split).mkdir(parents=True, exist_ok=True)
-                records = []
-                for i in range(n):
-                    record, image = build_item(family, seed, split, i)
-                    buf = io.BytesIO()
-                    image.save(buf, format="PNG")  # Pillow writes no timestamp: identical bytes for identical pixels
-                    write(f"{family}/images/{record['image']}", buf.getvalue(), f"{family}/{split}")
-                    records.append(record)
-                    bar.update(1)
-                write(f"{family}/{split}.json", _dumps_records(records).encode(), f"{family}/{split}")
-            meta = {
-                "name": family, "family": family, "metric": info.metric, "group": info.group,
-                "max_new_tokens": info.max_new_tokens, "image_folder": "images", "splits": sizes,
-                "source": GENERATOR_VERSION, "column": info.column, "description": info.description,
-            }
-            write(f"{family}/dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
-            fam_entries[family] = {"column": info.column, "metric": info.metric, "group": info.group,
-                                   "splits": sizes}
+        for family, split, items in _chunks(plan, seed, workers):
+            for record, png in items:
+                write(f"{family}/images/{record['image']}", png, f"{family}/{split}")
+            records.setdefault((family, split), []).extend(record for record, _ in items)
+            bar.update(len(items))
+    fam_entries = {}
+    for family, sizes in plan.items():
+        info = family_info(family)
+        for split in sizes:
+            write(f"{family}/{split}.json", _dumps_records(records.get((family, split), [])).encode(),
+                  f"{family}/{split}")
+        meta = {
+            "name": family, "family": family, "metric": info.metric, "group": info.group,
+            "max_new_tokens": info.max_new_tokens, "image_folder": "images", "splits": sizes,
+            "source": GENERATOR_VERSION, "column": info.column, "description": info.description,
+        }
+        write(f"{family}/dataset.json", (json.dumps(meta, indent=2) + "\n").encode())
+        fam_entries[family] = {"column": info.column, "metric": info.metric, "group": info.group,
+                               "splits": sizes}
     fingerprint = hashlib.sha256("".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()).hexdigest()
     manifest = {"generator": GENERATOR_VERSION, "code": world_code_digest(), "profile": profile, "seed": seed,
                 "families": fam_entries,
@@ -147,6 +189,7 @@ def generate_world(
     seed: int = 0,
     families: list[str] | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> dict:
     """Generate the synthetic world into ``out_dir`` (or return the existing one).
 
@@ -161,6 +204,8 @@ def generate_world(
         seed: world seed; the same seed gives byte-identical files.
         families: subset of ``FAMILY_ORDER`` (default: all, i.e. align, the 8 families and pope).
         progress: show a tqdm progress bar.
+        workers: processes that build the items (default: every core from ``PARALLEL_MIN_ITEMS`` items on, else 1);
+            the files do not depend on it.
 
     Returns:
         The manifest: generator, profile, seed, families (column, metric, group, split sizes), n_files, fingerprint
@@ -182,7 +227,7 @@ def generate_world(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        manifest = _write_world(tmp, profile, seed, fams, progress)
+        manifest = _write_world(tmp, profile, seed, fams, progress, workers)
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}") if out.exists() else None
         if old is not None:
             os.replace(out, old)
