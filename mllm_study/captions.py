@@ -15,7 +15,7 @@ from collections import Counter
 
 from .errors import ConfigError
 
-__all__ = ["ptb_tokenize", "tokenize_captions", "cider_d"]
+__all__ = ["ptb_tokenize", "tokenize_captions", "cider_d", "chair_synonyms"]
 
 
 _PTB_REMOVED = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...",
@@ -150,3 +150,14 @@ def cider_d(candidates: list[str], references: list[list[str]], n: int = 4, sigm
                 total += val * math.e ** (-(float(lh - lr) ** 2) / (2 * sigma ** 2))
         scores.append(total / n / len(refs) * 10.0)
     return scores
+
+
+def chair_synonyms(info: dict) -> dict[str, list[str]] | None:
+    """Object synonyms for CHAIR: the dataset's own (``chair_synonyms`` in dataset.json) or the synthetic world's."""
+    if info.get("chair_synonyms"):
+        return info["chair_synonyms"]
+    if str(info.get("source", "")).startswith("synthetic"):
+        from .world import OBJECT_SYNONYMS
+
+        return OBJECT_SYNONYMS
+    return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -260,25 +259,20 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def sweep_params(path: str, profile: str | None, overrides: dict):
-    """Params of ``mllm-study sweep PATH --profile P``: a research-question file's ``_profiles.<P>`` design applies,
-    exactly as under ``mllm-study study``, so both commands plan the same runs."""
-    from .config import load_params, rooted_paths
-    from .study import rq_params
+def _sweep_params(args):
+    """The sweep command's params (:func:`mllm_study.study.sweep_params`), its file and ``--set paths`` taken from
+    the working directory."""
+    from .config import parse_override
+    from .study import sweep_params
 
-    if Path(path).exists():  # a file named from the working directory; else from the project root
-        path = _here(path)
-    overrides = _here_paths(overrides)
-    if profile:
-        return rq_params(path, profile, overrides=overrides)
-    return rooted_paths(load_params(path, None, overrides))
+    path = _here(args.sweep_params) if Path(args.sweep_params).exists() else args.sweep_params
+    return sweep_params(path, args.profile, _here_paths(dict(parse_override(o) for o in args.overrides)))
 
 
 def _cmd_sweep(args) -> int:
-    from .config import parse_override
     from .sweep import parse_shard, plan_sweep, run_sweep, sweep_status
 
-    params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    params = _sweep_params(args)
     shard = parse_shard(args.shard)
     if args.status:
         from .sweep import missing_datasets
@@ -300,7 +294,7 @@ def _cmd_sweep(args) -> int:
         return _slurm_sweep(args, params, ids, state)
     failed = False
     if args.workers > 1:
-        failed = _pool_sweep(args, shard)
+        failed = _pool_sweep(args, params, shard)
     else:
         summary = run_sweep(params, shard, progress=not args.quiet, retries=args.retries)
         print(summary.line())
@@ -320,13 +314,8 @@ def _slurm_sweep(args, params, ids, state) -> int:
         _print_sweep_table(params.paths.runs, ids)
         return 0
     n = args.slurm_tasks or todo
-    argv = ["sweep", args.sweep_params, "--quiet", "--retries", str(args.retries)]
-    if args.profile:
-        argv += ["--profile", args.profile]
-    for o in args.overrides:
-        argv += ["--set", o]
     folder = Path(params.paths.runs) / ".submitit"
-    jobs = submit_sweep(argv, n, folder, local=args.slurm_local, timeout_min=args.slurm_time,
+    jobs = submit_sweep(params, n, folder, retries=args.retries, local=args.slurm_local, timeout_min=args.slurm_time,
                         cpus_per_task=args.slurm_cpus, gpus_per_node=args.slurm_gpus,
                         slurm_partition=args.slurm_partition, slurm_array_parallelism=args.slurm_parallel)
     print(f"submitted {len(jobs)} array tasks (job {jobs[0].job_id.split('_')[0]}); logs in {folder}")
@@ -344,27 +333,19 @@ def _slurm_sweep(args, params, ids, state) -> int:
     return 0 if not state["failed"] and not state["remaining"] else 1
 
 
-def _pool_worker(argv: list[str]) -> int:
-    return main(argv)
-
-
-def _pool_sweep(args, shard):
-    """Split this shard over local worker processes (each a sub-shard); claims keep them apart."""
+def _pool_sweep(args, params, shard):
+    """Split this shard over local worker processes (each a sub-shard, :func:`mllm_study.sweep.sweep_task`);
+    claims keep them apart."""
+    import functools
     import multiprocessing as mp
+
+    from .sweep import sweep_task
 
     i, n = shard
     w = args.workers
-    argvs = []
-    for k in range(w):
-        argv = ["sweep", args.sweep_params, "--shard", f"{i * w + k}/{n * w}", "--quiet",
-                "--retries", str(args.retries)]
-        if args.profile:
-            argv += ["--profile", args.profile]
-        for o in args.overrides:
-            argv += ["--set", o]
-        argvs.append(argv)
     with mp.get_context("spawn").Pool(w) as pool:
-        codes = pool.map(_pool_worker, argvs)
+        codes = pool.map(functools.partial(sweep_task, params, retries=args.retries),
+                         [(i * w + k, n * w) for k in range(w)])
     print(f"{w} workers finished with exit codes {codes}")
     if any(c not in (0, 1) for c in codes):
         raise RuntimeError(f"a sweep worker stopped with exit code {max(codes)}")
@@ -420,12 +401,11 @@ def _cmd_results(args) -> int:
 
 
 def _cmd_rescore(args) -> int:
-    from .config import parse_override
     from .records import rescore_run
     from .runs import is_done
     from .sweep import plan_sweep
 
-    params = sweep_params(args.sweep_params, args.profile, dict(parse_override(o) for o in args.overrides))
+    params = _sweep_params(args)
     done = [(rid, p) for rid, p in plan_sweep(params) if is_done(Path(params.paths.runs) / rid)]
     rescored = 0
     for rid, p in done:
@@ -475,41 +455,17 @@ def _cmd_data(args) -> int:
     return 0
 
 
-def _set_threads() -> None:
-    """``MLLM_STUDY_THREADS`` torch threads; default 1 on machines with at most 2 cores, else torch's own.
-
-    Measured here (2 cores): the tiny model gains little from a second thread, and two threads collapse (10x slower
-    steps) as soon as another process competes for the cores.
-    """
-    import torch
-
-    n = os.environ.get("MLLM_STUDY_THREADS") or ("1" if (os.cpu_count() or 1) <= 2 else "")
-    if n:
-        torch.set_num_threads(int(n))
-
-
-def _terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mllm-study`` console script."""
-    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .process import configure_process
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "params":  # weight-free accounting has its own parser (mllm_study/accounting.py)
         from .accounting import main_params
 
         return main_params(argv[1:])
     args = build_parser().parse_args(argv)
-    _set_threads()
-    if getattr(args, "quiet", False) or not _terminal():
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # transformers' own bars ("Loading weights") write carriage returns
+    configure_process(quiet=getattr(args, "quiet", False))
     handlers = {"world": _cmd_world, "pretrain": _cmd_pretrain, "run": _cmd_run, "sweep": _cmd_sweep,
                 "study": _cmd_study, "report": lambda a: _cmd_study(a, train=False), "results": _cmd_results,
                 "rescore": _cmd_rescore,

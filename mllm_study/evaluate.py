@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, DataError, PredictionFileError
+from .captions import chair_synonyms  # noqa: F401 (re-exported: also this module's API)
 from .data import Collator, prompt_messages
 
 __all__ = ["EvalResult", "generate_predictions", "choose_by_likelihood", "evaluate_records", "evaluate_dataset",
@@ -217,17 +218,6 @@ def rescore(records: list[dict], predictions: list[str], metric: str, info: dict
                               objects=[r["objects"] for r in records], synonyms=chair_synonyms(info))
     return compute_metric(metric, predictions, [references_of(r) for r in records], variant=variant,
                           **_metric_kwargs(metric, records))
-
-
-def chair_synonyms(info: dict) -> dict[str, list[str]] | None:
-    """Object synonyms for CHAIR: the dataset's own (``chair_synonyms`` in dataset.json) or the synthetic world's."""
-    if info.get("chair_synonyms"):
-        return info["chair_synonyms"]
-    if str(info.get("source", "")).startswith("synthetic"):
-        from .world import OBJECT_SYNONYMS
-
-        return OBJECT_SYNONYMS
-    return None
 
 
 def evaluate_dataset(model: torch.nn.Module, processor: Any, dataset_dir: str | Path, split: str = "test",

@@ -36,7 +36,7 @@ def world_dir(profile: str, cache: str | Path, overrides: Any = None) -> Path | 
                                                      "paths.cache": str(project_path(cache))})  # from the root
     if params.run.model != "tiny-llava":
         return None
-    from .models import ensure_world
+    from .world import ensure_world
 
     return Path(ensure_world(params, progress=False))
 

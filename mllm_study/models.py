@@ -11,7 +11,6 @@ families) and cached under ``<cache>/models/tiny-llava-<key>`` where the key has
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,11 @@ import torch
 
 from .errors import ConfigError, DataError, ModelError
 from .config import Params, PretrainConfig
+from .recipe import (  # noqa: F401 (re-exported: the recipe key and the base model's folder are also this module's API)
+    RECIPE_MODULES, RECIPE_VERSION, SEEN_FAMILIES, TINY_MODEL, VOCABULARY_FILE, pretrain_inputs, recipe_code_digest,
+    tiny_llava_dir,
+)
+from .world import ensure_world  # noqa: F401 (re-exported)
 
 __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
@@ -31,13 +35,8 @@ __all__ = [
     "has_torchvision",
 ]
 
-TINY_MODEL = "tiny-llava"
-RECIPE_VERSION = "2"  # bump when the pre-training code changes what it produces (the key also hashes the code)
-SEEN_FAMILIES = ("okvqa", "ocrvqa", "vqav2")
 #: the image-use check scores these with and without the image (every column and the POPE probe)
 CHECK_FAMILIES = ("sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k", "okvqa", "ocrvqa", "vqav2", "pope")
-#: the modules whose code decides the pre-trained weights (with the world's own package): hashed into the recipe key
-RECIPE_MODULES = ("models.py", "train.py", "data.py")
 # A plain template the tiny tokenizer can represent: "user : <image> question assistant : answer </s>".
 TINY_CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -89,13 +88,6 @@ def build_tokenizer(texts: list[str], case_sensitive: bool = False):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", extra_special_tokens={"image_token": "<image>"},
                                    padding_side="left")
-
-
-#: The word-level vocabulary of the embedded world, in id order (committed; measured from the quick world, seed 0).
-#: The tiny model's tokenizer is built from it, not from the generated text, so that an unseen family's generator can
-#: change (its prompts, its answer formats) without moving the pre-trained weights; a word outside it is a test failure
-#: (tests/test_world.py), and adding one changes the embedding matrix, i.e. the base model.
-VOCABULARY_FILE = Path(__file__).parent / "world" / "vocabulary.json"
 
 
 def world_tokenizer(vocabulary: list[str] | None = None):
@@ -154,58 +146,6 @@ def build_tiny_llava(tokenizer, cfg: PretrainConfig, seed: int | None = None):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor
-
-
-def ensure_world(params: Params, progress: bool = True) -> Path:
-    """Generate (or reuse) the synthetic world of ``params.world`` under the cache; returns its folder."""
-    from .world import generate_world
-
-    out = Path(params.paths.cache) / "world" / f"{params.world.profile}-s{params.world.seed}"
-    generate_world(out, profile=params.world.profile, seed=params.world.seed, progress=progress)
-    return out
-
-
-def recipe_code_digest() -> str:
-    """SHA-256 over the source of every module whose code decides the pre-trained weights (RECIPE_MODULES); the
-    world's code enters through the data it generated (:func:`pretrain_inputs`)."""
-    root = Path(__file__).parent
-    digest = hashlib.sha256()
-    for f in [root / m for m in RECIPE_MODULES]:
-        digest.update(f"{f.relative_to(root)}\n".encode() + f.read_bytes())
-    return digest.hexdigest()
-
-
-def pretrain_inputs(cfg: PretrainConfig, world_dir: Path) -> dict[str, str]:
-    """Content digests of every world file a pre-training reads: the ``pretrain`` split (records and images) of the
-    alignment and seen families, and the vocabulary (the committed file, or with ``case_sensitive`` the whole
-    world, whose text then trains the tokenizer). Unseen families do not enter: they can change without moving
-    the base model."""
-    manifest = json.loads((world_dir / "manifest.json").read_text())
-    splits = manifest.get("split_fingerprints") or {}
-    out = {}
-    for family in ("align", *SEEN_FAMILIES):
-        key = f"{family}/pretrain"
-        if key not in splits:
-            raise DataError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: delete "
-                            f"{world_dir} and it is regenerated)")
-        out[key] = splits[key]
-    out["vocabulary"] = manifest["fingerprint"] if cfg.case_sensitive else \
-        hashlib.sha256(VOCABULARY_FILE.read_bytes()).hexdigest()
-    return out
-
-
-def _recipe_key(cfg: PretrainConfig, world_dir: Path) -> str:
-    import transformers
-
-    recipe = {"pretrain": dataclasses.asdict(cfg), "inputs": pretrain_inputs(cfg, world_dir),
-              "recipe_version": RECIPE_VERSION, "code": recipe_code_digest(),
-              "versions": [torch.__version__, transformers.__version__]}
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def tiny_llava_dir(params: Params, world_dir: Path) -> Path:
-    """Cache folder of the pre-trained tiny model for this recipe and world."""
-    return Path(params.paths.cache) / "models" / f"{TINY_MODEL}-{_recipe_key(params.pretrain, world_dir)}"
 
 
 def image_use_check(model, processor, world_dir: Path, size: int, progress: bool = True,

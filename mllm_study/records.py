@@ -16,7 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["manifest", "run_damage", "metric_versions", "metric_variants_used", "stale_metrics", "rescore_run"]
+from .files import read_json, write_json_atomic
+
+__all__ = ["manifest", "run_damage", "is_done", "metric_versions", "metric_variants_used", "stale_metrics",
+           "rescore_run"]
 
 _PARSED: dict[tuple[str, int, int], str | None] = {}  # (path, mtime_ns, size) -> parse error; files do not change
 
@@ -54,7 +57,6 @@ def run_damage(run_dir: Path, status: dict | None = None) -> str | None:
     """Why a run whose status says ``done`` cannot be trusted (a missing, resized or unparsable file), or None."""
     run_dir = Path(run_dir)
     if status is None:
-        from .runs import read_json
 
         try:
             status = read_json(run_dir / "status.json")
@@ -115,7 +117,7 @@ def rescore_run(run_dir: Path, params) -> list[str]:
     """
     from .data import load_dataset_info, load_split
     from .evaluate import EvalResult, rescore
-    from .runs import result_rows, eval_targets, read_json, write_json_atomic
+    from .runs import result_rows, eval_targets
 
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "metrics.json")
@@ -157,3 +159,13 @@ def rescore_run(run_dir: Path, params) -> list[str]:
     status = read_json(run_dir / "status.json")
     write_json_atomic(run_dir / "status.json", {**status, "files": manifest(run_dir), "rescored": stale})
     return stale
+
+
+def is_done(run_dir: Path) -> bool:
+    """A run directory is complete when its status says ``done`` and every file of its manifest exists and parses
+    (:func:`run_damage`); a damaged run is not done, so it is re-run."""
+    try:
+        status = read_json(Path(run_dir) / "status.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(status, dict) and status.get("status") == "done" and run_damage(run_dir, status) is None

@@ -21,41 +21,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, RunError
 from . import __version__
 from .config import Params
+from .files import file_digest, read_json, write_json_atomic  # noqa: F401 (also this module's API: callers use them)
+from .records import is_done
 
 __all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries",
            "base_model", "eval_targets",
            "read_json", "write_json_atomic", "file_digest", "result_rows", "evaluate_all",
            "param_groups"]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a malformed one is a :class:`~mllm_study.errors.DataError` that names the file."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (16 hex digits), read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
@@ -378,18 +353,6 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d.name)
     return removed
-
-
-def is_done(run_dir: Path) -> bool:
-    """A run directory is complete when its status says ``done`` and every file of its manifest exists and parses
-    (:func:`mllm_study.records.run_damage`); a damaged run is not done, so it is re-run."""
-    from .records import run_damage
-
-    try:
-        status = read_json(Path(run_dir) / "status.json")
-    except (OSError, ValueError):
-        return False
-    return isinstance(status, dict) and status.get("status") == "done" and run_damage(run_dir, status) is None
 
 
 def _check_distributed(acc) -> None:

@@ -29,7 +29,7 @@ import yaml
 from .errors import ConfigError, ModelError
 from .config import PARAMS_DIR, Params, load_params, parse_overrides, project_path, rooted_paths
 
-__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "report_options", "design_table",
+__all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "sweep_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
 
 ROOT = PARAMS_DIR.parent
@@ -93,6 +93,15 @@ def _map_sweep(sweep: dict, mapping: dict[str, str]) -> dict:
     if "grids" in out:
         out["grids"] = [grid(g) for g in out["grids"]]
     return out
+
+
+def sweep_params(path: str | Path, profile: str | None, overrides: dict[str, Any]) -> Params:
+    """Params of ``mllm-study sweep PATH [--profile P]``: with a profile, a research-question file's
+    ``_profiles.<P>`` design applies exactly as under ``mllm-study study`` (:func:`rq_params`), so both commands plan
+    the same runs; without one, the file as it is. Relative paths are taken from the project root."""
+    if profile:
+        return rq_params(path, profile, overrides=overrides)
+    return rooted_paths(load_params(path, None, overrides))
 
 
 def rq_params(params_file: str | Path, profile: str, cache: str | None = None, runs: str | None = None,

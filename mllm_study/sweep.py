@@ -26,7 +26,8 @@ from .claims import claim_holder, claim_run, holder_alive, release_run
 from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
-           "release_run", "sweep_status", "missing_datasets", "parse_shard", "submit_sweep", "install_sigterm",
+           "release_run", "sweep_status", "missing_datasets", "parse_shard", "submit_sweep", "sweep_task",
+           "install_sigterm",
            "Progress"]
 
 
@@ -333,11 +334,9 @@ def default_workers() -> int:
 
 def _worker_sweeps(params_list: list[Params], tracker: Progress | None = None) -> list[SweepSummary]:
     """One local worker: every sweep in order, one torch thread; claims keep the workers on different runs."""
-    import torch
-    from transformers.utils import logging as hf_logging
+    from .process import configure_process
 
-    torch.set_num_threads(1)
-    hf_logging.disable_progress_bar()  # no "Loading weights" bars from the workers: one line per run is the progress
+    configure_process(quiet=True, threads=1)  # no "Loading weights" bars from the workers: one line per run
     return [run_sweep(params, progress=False, stream=sys.stderr, tracker=tracker) for params in params_list]
 
 
@@ -381,25 +380,34 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
     return merged
 
 
-def _sweep_task(argv: list[str]) -> int:
-    """One SLURM array task: ``mllm-study sweep ... --shard k/n`` in the job's own process."""
-    from .cli import main
+def sweep_task(params: Params, shard: tuple[int, int], retries: int = 0) -> int:
+    """One worker's shard of a sweep, in its own process: what local pool workers (``mllm-study sweep --workers``)
+    and SLURM array tasks (:func:`submit_sweep`) call, with the params the submitting command resolved.
 
-    code = main(argv)
-    if code not in (0, 1):  # 1 = some run of the shard failed (recorded); anything else is an error
-        raise RuntimeError(f"mllm-study {' '.join(argv)} exited with {code}")
-    return code
-
-
-def submit_sweep(argv: list[str], n_tasks: int, folder: str | Path, local: bool = False,
-                 **executor_params: Any) -> list:
-    """Submit a sweep as a SLURM job array through submitit: task k runs ``argv + --shard k/n_tasks``.
-
-    With ``n_tasks`` = number of runs, each task trains exactly one run. ``local=True`` uses submitit's
-    LocalExecutor (subprocesses on this machine; for tests and for trying the set-up without a cluster).
-    ``executor_params`` go to ``update_parameters`` (e.g. slurm_partition, gpus_per_node, timeout_min,
-    slurm_array_parallelism, cpus_per_task).
+    Returns:
+        0 when every run of the shard finished, 1 when one failed (recorded in its run folder; the next invocation
+        retries it). Any other error is raised (a failed job, with its traceback in the task's log).
     """
+    from .process import configure_process
+
+    configure_process(quiet=True)
+    summary = run_sweep(params, shard, progress=False, retries=retries)
+    print(summary.line(), flush=True)
+    return 1 if summary.failed else 0
+
+
+def submit_sweep(params: Params, n_tasks: int, folder: str | Path, retries: int = 0, local: bool = False,
+                 **executor_params: Any) -> list:
+    """Submit a sweep as a SLURM job array through submitit: task k runs :func:`sweep_task` on shard ``k/n_tasks``.
+
+    With ``n_tasks`` = number of runs, each task trains exactly one run. ``params`` travel pickled (their paths are
+    absolute: the cluster's nodes must see the same file system). ``local=True`` uses submitit's LocalExecutor
+    (subprocesses on this machine; for tests and for trying the set-up without a cluster). ``executor_params`` go to
+    ``update_parameters`` (e.g. slurm_partition, gpus_per_node, timeout_min, slurm_array_parallelism,
+    cpus_per_task).
+    """
+    import functools
+
     import submitit
 
     folder = Path(folder)
@@ -408,7 +416,8 @@ def submit_sweep(argv: list[str], n_tasks: int, folder: str | Path, local: bool 
     if local:
         executor_params = {k: v for k, v in executor_params.items() if not k.startswith("slurm_")}
     executor.update_parameters(**executor_params)
-    return executor.map_array(_sweep_task, [argv + ["--shard", f"{k}/{n_tasks}"] for k in range(n_tasks)])
+    return executor.map_array(functools.partial(sweep_task, params, retries=retries),
+                              [(k, n_tasks) for k in range(n_tasks)])
 
 
 def install_sigterm() -> None:

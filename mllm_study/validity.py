@@ -44,8 +44,8 @@ from typing import Any
 from .errors import RunError
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
-from .records import run_damage
-from .runs import file_digest, is_done, read_json, write_json_atomic
+from .files import file_digest, read_json, write_json_atomic
+from .records import is_done, run_damage
 
 __all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
            "validate",
@@ -218,7 +218,7 @@ def world_columns(world_dir: str | Path) -> dict[str, Column]:
                          info["metric"], info.get("group", ""), column_kind(info["metric"], recs),
                          {r["id"]: r for r in recs})
             if col.kind == "caption":
-                from .evaluate import chair_synonyms  # the synonyms CHAIR is scored with
+                from .captions import chair_synonyms  # the synonyms CHAIR is scored with
 
                 col.synonyms = chair_synonyms(info)
             _baselines(col, train)
@@ -659,7 +659,8 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     import pandas as pd
 
     from .config import load_params, parse_overrides, project_path
-    from .models import ensure_world, tiny_llava_dir
+    from .recipe import tiny_llava_dir
+    from .world import ensure_world
 
     cache, runs_dir = project_path(cache), project_path(runs_dir)  # as the notebooks pass them: from the root
     params = load_params(profile=profile, overrides={**parse_overrides(overrides), "paths.cache": str(cache)})

@@ -108,11 +108,11 @@ def test_a_notebook_reports_parameters_it_does_not_know():
 
 def test_paths_a_notebook_passes_are_taken_from_the_project_root(tmp_path, monkeypatch):
     """A kernel started in notebooks/ (JupyterLab) passes the parameters' relative paths; nothing may land there."""
-    from mllm_study import evidence, models, study
+    from mllm_study import evidence, study, world
     from mllm_study.config import PROJECT_ROOT
 
     seen = []
-    monkeypatch.setattr(models, "ensure_world", lambda params, progress=True: seen.append(params.paths.cache) or
+    monkeypatch.setattr(world, "ensure_world", lambda params, progress=True: seen.append(params.paths.cache) or
                         tmp_path)
     monkeypatch.chdir(PROJECT_ROOT / "notebooks")
     evidence.world_dir("smoke", ".cache")

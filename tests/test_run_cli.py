@@ -179,5 +179,6 @@ def test_params_paths_are_the_projects_from_any_directory_and_command_line_folde
     args = cli.build_parser().parse_args(["validate", "--profile", "smoke", "--set", "paths.runs=mine"])
     assert Path(cli._params(args).paths.runs) == tmp_path / "mine"
     (tmp_path / "my.yaml").write_text("paths: {runs: elsewhere}\n")
-    assert Path(cli.sweep_params("my.yaml", None, {}).paths.runs) == PROJECT_ROOT / "elsewhere"
+    args = cli.build_parser().parse_args(["sweep", "my.yaml"])  # the file from the working directory
+    assert Path(cli._sweep_params(args).paths.runs) == PROJECT_ROOT / "elsewhere"
     assert main(["results", "--runs", "nothing-here"]) == 2

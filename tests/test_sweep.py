@@ -105,9 +105,8 @@ def test_sweep_cli_prints_status_and_table(tmp_path, smoke_params, smoke_model_d
 
 
 def test_sweep_command_uses_the_profile_block_of_a_research_question_file():
-    from mllm_study.cli import sweep_params
     from mllm_study.config import load_params
-    from mllm_study.study import rq_params
+    from mllm_study.study import rq_params, sweep_params
 
     path = "params/rq1_main.yaml"
     runs = expand_sweep(sweep_params(path, "smoke", {}))

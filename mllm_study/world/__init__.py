@@ -18,11 +18,11 @@ from .scenes import (
     item_rng, render_scene, sample_degradation, sample_scene,
 )
 from .tasks import ALIGN, FAMILIES, FAMILY_ORDER, POPE, FamilyInfo, build_item, family_info
-from .writer import GENERATOR_VERSION, PROFILES, generate_world, load_manifest, split_sizes
+from .writer import GENERATOR_VERSION, PROFILES, ensure_world, generate_world, load_manifest, split_sizes
 
 __all__ = [
     # world generation
-    "generate_world", "load_manifest", "split_sizes", "PROFILES", "GENERATOR_VERSION",
+    "generate_world", "ensure_world", "load_manifest", "split_sizes", "PROFILES", "GENERATOR_VERSION",
     # families
     "FamilyInfo", "FAMILIES", "ALIGN", "POPE", "FAMILY_ORDER", "family_info", "build_item",
     # scenes

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .tasks import FAMILY_ORDER, build_item, family_info
 
-__all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "load_manifest"]
+__all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "ensure_world", "load_manifest"]
 
 #: Bump whenever generated content changes: cached worlds (and models pre-trained on them) are keyed by it.
 GENERATOR_VERSION = "synthetic-world v2"  # v2: balanced answers (no question-only shortcut), stage-2 formats
@@ -243,3 +243,11 @@ def generate_world(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def ensure_world(params, progress: bool = True) -> Path:
+    """Generate (or reuse) the synthetic world of ``params.world`` (profile, seed) under ``params.paths.cache``;
+    returns its folder, ``<cache>/world/<profile>-s<seed>``."""
+    out = Path(params.paths.cache) / "world" / f"{params.world.profile}-s{params.world.seed}"
+    generate_world(out, profile=params.world.profile, seed=params.world.seed, progress=progress)
+    return out
