@@ -56,6 +56,12 @@ def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
 def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
     """Everything that determines a run's result: the resolved run settings (:func:`.identity.canonical_run`), the
     data's and base model's identities, and the fingerprint of the code that shapes training and predictions."""
+    return _resolve(params, progress)[0]
+
+
+def _resolve(params: Params, progress: bool) -> tuple[dict[str, Any], list[tuple[Path, str, int | None]]]:
+    """``(spec, eval targets)``: the settings are checked first (a bad method or parameter is refused before any
+    dataset or world is built), then the datasets are resolved, once."""
     from .data import load_dataset_info
     from .identity import canonical_run, code_fingerprint
     from .methods import get_method
@@ -74,8 +80,9 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
             del run[key]
     run["lr"] = params.resolved_lr()
     run["method_params"] = {**method.defaults, **params.resolved_method_params()}
-    dataset_dir = resolve_dataset(params.run.dataset, params, progress)
-    limits = [load_dataset_info(folder).get("max_new_tokens", 16) for folder, _, _ in eval_targets(params, progress)]
+    targets = eval_targets(params, progress)
+    dataset_dir = targets[0][0]  # the run's own dataset
+    limits = [load_dataset_info(folder).get("max_new_tokens", 16) for folder, _, _ in targets]
     spec: dict[str, Any] = {"run": canonical_run(run, params, method, limits),
                             "code": {"version": __version__, "fingerprint": code_fingerprint()},
                             "data": {split: file_digest(dataset_dir / f"{split}.json")
@@ -88,7 +95,7 @@ def resolve_spec(params: Params, progress: bool = True) -> dict[str, Any]:
         from .identity import checkpoint_identity
 
         spec["base_model"] = checkpoint_identity(params.run.model)
-    return spec
+    return spec, targets
 
 
 #: run keys for real checkpoints; at these values they stay out of the spec (tiny-llava's ids are unchanged)
@@ -214,126 +221,203 @@ def evaluate_all(model, processor, params: Params, targets, epoch: int | None, p
 def execute_run(params: Params, progress: bool = True, force: bool = False) -> Path:
     """Train (unless the method is ``none``) and evaluate one run; returns its finished directory.
 
-    ``metrics.json`` holds tidy ``results`` rows (dataset, split, epoch, metric, value), the ``train`` summary and,
-    with ``eval_every_epoch``, per-epoch held-out losses; ``predictions.jsonl`` one line per item and metric.
+    The lifecycle, top to bottom: resolve (datasets once, then the run's identity) -> load (records, base model)
+    -> apply the method -> train -> evaluate -> record. ``metrics.json`` holds tidy ``results`` rows (dataset,
+    split, epoch, metric, value), the ``train`` summary and, with ``eval_every_epoch``, per-epoch held-out losses;
+    ``predictions.jsonl`` one line per item and metric.
+
+    Under ``accelerate launch`` every process trains; the main one alone evaluates and writes (:class:`_RunFolder`).
 
     Raises:
-        ValueError: bad dataset, method or parameters (nothing is written).
+        ConfigError, DataError: bad dataset, method or parameters (nothing is written).
         TrainingDiverged and others: recorded in ``status.json`` as failed, then re-raised.
     """
-    from .data import DataError, load_dataset_info, load_split
-    from .evaluate import evaluate_loss
-    from .records import manifest, metric_variants_used, metric_versions
-    from .methods.registry import apply_method, save_method
-    from .train import TrainSettings, train_model, trainable_summary
-
-    spec = resolve_spec(params, progress)
-    rid = run_id(spec)
-    root = Path(params.paths.runs)
-    final = root / rid
+    spec, targets = _resolve(params, progress)
+    final = Path(params.paths.runs) / run_id(spec)
     if not force and is_done(final):
         return final
-    run = params.run
-    dataset_dir = resolve_dataset(run.dataset, params, progress)
-    info = load_dataset_info(dataset_dir)
-    targets = eval_targets(params, progress)
-    train_split = "train_minus_val" if run.eval_split == "val" else "train"
-    train = load_split(dataset_dir, train_split, run.train_size, seed=run.seed) if run.method != "none" else []
-    held_out = load_split(dataset_dir, run.eval_split, run.test_size, seed=0) if run.eval_every_epoch else []
+    inputs = _load_inputs(params, targets)
     model, processor = base_model(params, progress)
-    from .train import set_seed
-
-    set_seed(run.seed)  # method weights (e.g. LoRA's A) are initialised from the run's seed, not the process's state
-    model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
-                         layers=run.layers, vision=run.vision)
-    _check_rank(model)
-    from .train import enable_gradient_checkpointing, get_accelerator
-
-    acc = get_accelerator()
-    _check_distributed(acc)
-    checkpointing = None
-    if run.gradient_checkpointing and run.method != "none":
-        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
-            import warnings
-
-            # the real profiles turn it on for every method; prefix tuning cannot use it (train.py): say so, go on
-            checkpointing = "off: prefix tuning needs the KV cache that checkpointed training drops"
-            warnings.warn(f"run.gradient_checkpointing ignored for method {run.method!r}: {checkpointing}",
-                          stacklevel=2)
-        else:
-            enable_gradient_checkpointing(model)
-            checkpointing = "on"
-    if run.method == "none" and acc.device.type != "cpu":  # zero-shot rows evaluate on the accelerator too
-        model.to(acc.device)
-    main = acc.is_main_process  # under `accelerate launch` every process trains; only the main one writes
-    tmp = root / f".{rid}.tmp-{os.getpid()}"
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_json_atomic(tmp / "spec.json", spec)
-        write_json_atomic(tmp / "status.json", {"status": "running", "started": started, "pid": os.getpid(),
-                                                "host": platform.node()})
-    rows: list[dict] = []
-    try:
-        train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
+    model, checkpointing = _apply_method(model, params)
+    acc = _accelerator_for(model, params)
+    with _RunFolder(final, spec, main=acc.is_main_process) as folder:
+        train_info = _train(model, processor, params, inputs, folder, acc, progress)
+        if not folder.main:
+            return final  # the main process evaluates and records the run
         if checkpointing is not None:
             train_info["gradient_checkpointing"] = checkpointing
-        if run.method != "none":
-            settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, grad_accum=run.grad_accum,
-                                     warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,
-                                     max_grad_norm=run.max_grad_norm, seed=run.seed, progress=progress,
-                                     desc=f"train {run.method} on {info['name']}")
-
-            def on_epoch_end(epoch: int, m) -> dict:
-                rows.extend(evaluate_all(m, processor, params, targets, epoch, progress, tmp / "predictions.jsonl"))
-                return {"held_out_loss": evaluate_loss(m, processor, held_out, run.eval_batch_size)}
-
-            result = train_model(model, _collator(processor), train, param_groups(model, params), settings,
-                                 log_path=tmp / "train_log.jsonl" if main else None,
-                                 on_epoch_end=on_epoch_end if run.eval_every_epoch and main else None)
-            acc.wait_for_everyone()
-            if not main:
-                acc.wait_for_everyone()  # until the main process has evaluated and written the run
-                return final
-            train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
-                              samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss,
-                              tokens=result.tokens, tokens_per_second=round(result.tokens_per_second, 1),
-                              peak_memory_mb=result.peak_memory_mb, peak_memory_kind=result.peak_memory_kind)
-            if run.eval_every_epoch:
-                train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
-            save_method(model, tmp / "adapter")
-        if not run.eval_every_epoch or run.method == "none":
-            rows = evaluate_all(model, processor, params, targets, None, progress, tmp / "predictions.jsonl")
-        if run.method == "none":  # nothing trained: the memory figure is the evaluation's
+        if not params.run.eval_every_epoch or params.run.method == "none":
+            inputs.rows = evaluate_all(model, processor, params, inputs.targets, None, progress, folder.predictions)
+        if params.run.method == "none":  # nothing trained: the memory figure is the evaluation's
             from .train import peak_memory
 
             peak, kind = peak_memory(acc.device)
             train_info.update(tokens=0, peak_memory_mb=peak, peak_memory_kind=kind)
-        own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == run.eval_split
-                    and r["metric"] == info["metric"]]
-        own = max(own_rows, key=lambda r: r["epoch"] or 0)  # the final epoch's score
-        metrics = {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
-                   "results": rows, "train": train_info, "metric_versions": metric_versions(rows),
-                   "metric_variants": metric_variants_used(rows, run.metric_variants)}
-        write_json_atomic(tmp / "metrics.json", metrics)
-        write_json_atomic(tmp / "status.json", {
-            "status": "done", "started": started, "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": platform.node(), "python": platform.python_version(), "files": manifest(tmp)})
-    except DataError:
-        # bad input (e.g. an unreadable image found while training): no record is left behind; fix and re-run
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException as exc:
-        write_json_atomic(tmp / "status.json", {
-            "status": "failed", "started": started, "reason": f"{type(exc).__name__}: {exc}",
-            "step": getattr(exc, "step", None), "traceback": traceback.format_exc(limit=5)})
-        _replace_dir(tmp, final)
-        raise
-    _replace_dir(tmp, final)
-    if acc.num_processes > 1 and run.method != "none":
+        folder.finish(_metrics(params, inputs, train_info))
+    if acc.num_processes > 1 and params.run.method != "none":
         acc.wait_for_everyone()
     return final
+
+
+@dataclasses.dataclass
+class _RunInputs:
+    """What a run reads, resolved once: its evaluation targets (:func:`eval_targets`, its own dataset first), that
+    dataset's info, the records it trains on, the held-out records of ``eval_every_epoch`` and (filled as it goes)
+    its result rows."""
+
+    targets: list[tuple[Path, str, int | None]]
+    info: dict
+    train: list[dict]
+    held_out: list[dict]
+    rows: list[dict] = dataclasses.field(default_factory=list)
+
+
+def _load_inputs(params: Params, targets: list[tuple[Path, str, int | None]]) -> _RunInputs:
+    from .data import load_dataset_info, load_split
+
+    run = params.run
+    dataset_dir = targets[0][0]  # the run's own dataset (eval_targets puts it first)
+    train_split = "train_minus_val" if run.eval_split == "val" else "train"
+    return _RunInputs(
+        targets=targets, info=load_dataset_info(dataset_dir),
+        train=load_split(dataset_dir, train_split, run.train_size, seed=run.seed) if run.method != "none" else [],
+        held_out=load_split(dataset_dir, run.eval_split, run.test_size, seed=0) if run.eval_every_epoch else [])
+
+
+def _apply_method(model, params: Params):
+    """The run's method on its base model, seeded by the run (method weights such as LoRA's A are initialised from
+    the run's seed, not the process's state); rank checked; gradient checkpointing as asked. Returns
+    ``(model, checkpointing note or None)``."""
+    from .methods.registry import apply_method
+    from .train import enable_gradient_checkpointing, set_seed
+
+    run = params.run
+    set_seed(run.seed)
+    model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
+                         layers=run.layers, vision=run.vision)
+    _check_rank(model)
+    if not run.gradient_checkpointing or run.method == "none":
+        return model, None
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        import warnings
+
+        # the real profiles turn it on for every method; prefix tuning cannot use it (train.py): say so, go on
+        note = "off: prefix tuning needs the KV cache that checkpointed training drops"
+        warnings.warn(f"run.gradient_checkpointing ignored for method {run.method!r}: {note}", stacklevel=3)
+        return model, note
+    enable_gradient_checkpointing(model)
+    return model, "on"
+
+
+def _accelerator_for(model, params: Params):
+    """The process's accelerator (sharded set-ups refused); zero-shot runs move the model to its device."""
+    from .train import get_accelerator
+
+    acc = get_accelerator()
+    _check_distributed(acc)
+    if params.run.method == "none" and acc.device.type != "cpu":  # zero-shot rows evaluate on the accelerator too
+        model.to(acc.device)
+    return acc
+
+
+def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFolder", acc, progress: bool) -> dict:
+    """Train the method (nothing for ``none``) and save its weights; the ``train`` summary of metrics.json. With
+    ``eval_every_epoch`` the result rows of every epoch are added to ``inputs.rows`` as training goes."""
+    from .evaluate import evaluate_loss
+    from .methods.registry import save_method
+    from .train import TrainSettings, train_model, trainable_summary
+
+    run = params.run
+    train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
+    if run.method == "none":
+        return train_info
+    settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, grad_accum=run.grad_accum,
+                             warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,
+                             max_grad_norm=run.max_grad_norm, seed=run.seed, progress=progress,
+                             desc=f"train {run.method} on {inputs.info['name']}")
+
+    def on_epoch_end(epoch: int, m) -> dict:
+        inputs.rows.extend(evaluate_all(m, processor, params, inputs.targets, epoch, progress, folder.predictions))
+        return {"held_out_loss": evaluate_loss(m, processor, inputs.held_out, run.eval_batch_size)}
+
+    result = train_model(model, _collator(processor), inputs.train, param_groups(model, params), settings,
+                         log_path=folder.tmp / "train_log.jsonl" if folder.main else None,
+                         on_epoch_end=on_epoch_end if run.eval_every_epoch and folder.main else None)
+    acc.wait_for_everyone()
+    if not folder.main:
+        acc.wait_for_everyone()  # until the main process has evaluated and written the run
+        return train_info
+    train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
+                      samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss,
+                      tokens=result.tokens, tokens_per_second=round(result.tokens_per_second, 1),
+                      peak_memory_mb=result.peak_memory_mb, peak_memory_kind=result.peak_memory_kind)
+    if run.eval_every_epoch:
+        train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
+    save_method(model, folder.tmp / "adapter")
+    return train_info
+
+
+def _metrics(params: Params, inputs: _RunInputs, train_info: dict) -> dict:
+    """metrics.json: the run's own score (its dataset, split and metric; the final epoch's), every row, the train
+    summary and the metric versions and variants used."""
+    from .records import metric_variants_used, metric_versions
+
+    info, rows = inputs.info, inputs.rows
+    own_rows = [r for r in rows if r["dataset"] == info["name"] and r["split"] == params.run.eval_split
+                and r["metric"] == info["metric"]]
+    own = max(own_rows, key=lambda r: r["epoch"] or 0)
+    return {"dataset": info["name"], "metric": info["metric"], "value": own["value"], "n": own["n"],
+            "results": rows, "train": train_info, "metric_versions": metric_versions(rows),
+            "metric_variants": metric_variants_used(rows, params.run.metric_variants)}
+
+
+class _RunFolder:
+    """The temporary folder a run is written into and its fate (the main process alone writes): renamed into place
+    when the run finished (:meth:`finish`) or failed (status.json says which), removed on bad input (a
+    :class:`~mllm_study.errors.DataError` found while training: nothing to keep; fix and re-run)."""
+
+    def __init__(self, final: Path, spec: dict, main: bool = True):
+        self.final, self.spec, self.main = final, spec, main
+        self.tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        self.predictions = self.tmp / "predictions.jsonl"
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.finished = False
+
+    def __enter__(self) -> "_RunFolder":
+        if self.main:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+            write_json_atomic(self.tmp / "spec.json", self.spec)
+            write_json_atomic(self.tmp / "status.json", {"status": "running", "started": self.started,
+                                                         "pid": os.getpid(), "host": platform.node()})
+        return self
+
+    def finish(self, metrics: dict) -> None:
+        from .records import manifest
+
+        write_json_atomic(self.tmp / "metrics.json", metrics)
+        write_json_atomic(self.tmp / "status.json", {
+            "status": "done", "started": self.started,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(), "python": platform.python_version(), "files": manifest(self.tmp)})
+        self.finished = True
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from .errors import DataError
+
+        if not self.main:
+            return False
+        if kind is not None and issubclass(kind, DataError):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif kind is not None:
+            write_json_atomic(self.tmp / "status.json", {
+                "status": "failed", "started": self.started, "reason": f"{type(exc).__name__}: {exc}",
+                "step": getattr(exc, "step", None),
+                "traceback": "".join(traceback.format_exception(kind, exc, tb, limit=5))})
+            _replace_dir(self.tmp, self.final)
+        elif self.finished:
+            _replace_dir(self.tmp, self.final)
+        return False
 
 
 def clean_stale_temporaries(runs_dir: Path) -> list[str]:

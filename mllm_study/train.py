@@ -419,11 +419,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
         TrainingDiverged: the loss became NaN or infinite (checked at every log point and at the end; the step is
             the first non-finite one) or the final weights are not finite.
     """
-    if not records:
-        raise DataError("no training records")
-    groups = [g for g in param_groups if g["params"]]
-    if not groups:
-        raise RunError("nothing to train: every parameter group is empty")
+    groups = _check_inputs(records, param_groups, settings)
     acc = get_accelerator()
     if acc.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(acc.device)
@@ -432,25 +428,7 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     if callable(prepare):  # encode every record once now (one processor call per chunk), not batch by batch
         prepare(records)
     set_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
-    answer_logits = settings.answer_logits
-    if answer_logits is None:
-        answer_logits = acc.mixed_precision != "no"
-    answer_logits = bool(answer_logits) and _accepts_logits_to_keep(model)
-    if settings.loss_average not in ("token", "sample"):
-        raise ConfigError(f"loss_average must be 'token' or 'sample', got {settings.loss_average!r}")
-    per_sample = settings.loss_average == "sample"
-    collate = _AnswerLogitsCollate(collator) if answer_logits else collator
-    pin = acc.device.type == "cuda"
-    if settings.group_by_length:
-        lengths_of = getattr(collator, "lengths", None)
-        lengths = lengths_of(records) if callable(lengths_of) else \
-            [sum(len(t["value"]) for t in r["conversations"]) for r in records]
-        loader = DataLoader(records, batch_sampler=_LengthGroupedBatches(lengths, settings.batch_size, generator),
-                            collate_fn=collate, pin_memory=pin)
-    else:
-        loader = DataLoader(records, batch_size=settings.batch_size, shuffle=True, collate_fn=collate,
-                            generator=generator, drop_last=False, pin_memory=pin)
+    loader, answer_logits = _loader(model, collator, records, settings, acc)
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     restore_dropout = swap_dropout(model) if settings.fast_dropout and acc.device.type == "cpu" else None
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
@@ -463,37 +441,18 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     params = [p for g in groups for p in g["params"]]
     autocast = precision_context(acc.unwrap_model(model))  # fp32 master weights beside a half-precision base
     model.train()
-    log: list[dict] = []
-    log_file = open(log_path, "a") if log_path else None
+    log = _LossLog(log_path, acc.device, per_epoch, scheduler, start)
     bar = tqdm(total=total, desc=settings.desc, disable=None if settings.progress and acc.is_main_process else True,
                dynamic_ncols=True, leave=False)
     step, samples, micro = 0, 0, 0
-    running, running_n = torch.zeros((), device=acc.device), 0
     tokens = torch.zeros((), dtype=torch.long, device=acc.device)  # summed on device: no host sync per step
-    interval: list[tuple[int, torch.Tensor]] = []  # this log interval's (step, loss) on device: no host sync
     try:
         while step < total:
             for batch in loader:
                 micro += 1
                 sync = micro % settings.grad_accum == 0
-                ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
-                keep = batch.pop(_KEEP, None)
-                with ctx, autocast:
-                    if keep is None and not per_sample:
-                        loss = model(**forward_inputs(model, batch)).loss
-                    else:
-                        inputs = forward_inputs(model, batch)
-                        labels = inputs.pop("labels")
-                        if keep is None:
-                            keep = labels.shape[1]
-                            logits = model(**inputs).logits
-                        else:
-                            logits = model(**inputs, logits_to_keep=keep).logits
-                        loss = _answer_loss(logits, labels, keep, settings.loss_average)
-                    acc.backward(loss / settings.grad_accum)
-                running += loss.detach()
-                running_n += 1
-                interval.append((step + 1, loss.detach()))
+                loss = _forward_backward(model, batch, acc, autocast, settings, sync)
+                log.add(step + 1, loss)
                 samples += batch["input_ids"].shape[0] * acc.num_processes
                 if "attention_mask" in batch:
                     tokens += batch["attention_mask"].sum()
@@ -507,37 +466,15 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 step += 1
                 bar.update(1)
                 if step % settings.log_every == 0 or step == total:
-                    loss = (running / running_n).item()  # the only host sync, once per log interval
-                    running, running_n = torch.zeros((), device=acc.device), 0
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(*_first_non_finite(interval, step, loss))
-                    interval = []
-                    entry = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss,
-                             "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 3)}
-                    log.append(entry)
-                    bar.set_postfix(loss=f"{loss:.4f}")
-                    if log_file:
-                        log_file.write(json.dumps(entry) + "\n")
-                        log_file.flush()
+                    bar.set_postfix(loss=f"{log.flush(step):.4f}")
                 if on_epoch_end is not None and (step % per_epoch == 0 or step == total):
-                    epoch = math.ceil(step / per_epoch)
-                    if not log or log[-1].get("epoch_end") != epoch:
-                        model.eval()
-                        with _without_autocast(acc.unwrap_model(model)) as plain:
-                            extra = on_epoch_end(epoch, plain) or {}
-                        model.train()
-                        entry = {"step": step, "epoch_end": epoch, **extra}
-                        log.append(entry)
-                        if log_file:
-                            log_file.write(json.dumps(entry) + "\n")
-                            log_file.flush()
+                    log.epoch_end(step, lambda: _evaluate_at_epoch_end(model, acc, on_epoch_end, step, per_epoch))
                 if step >= total:
                     break
         _check_weights(params, step)  # the last update is never followed by a loss: check what it left
     finally:
         bar.close()
-        if log_file:
-            log_file.close()
+        log.close()
         if restore_dropout is not None:
             restore_dropout()
         _release(acc)  # drop the accelerator's references so a sweep does not accumulate models
@@ -545,10 +482,123 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     model.eval()
     seconds = time.perf_counter() - start
     peak, kind = peak_memory(acc.device)
-    return TrainResult(steps=step, samples=samples, seconds=seconds,
-                       final_loss=next((e["loss"] for e in reversed(log) if "loss" in e), float("nan")), log=log,
+    return TrainResult(steps=step, samples=samples, seconds=seconds, final_loss=log.final_loss(), log=log.entries,
                        mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits,
                        tokens=int(tokens) * acc.num_processes, peak_memory_mb=peak, peak_memory_kind=kind)
+
+
+def _check_inputs(records: list[dict], param_groups: list[dict], settings: TrainSettings) -> list[dict]:
+    """The non-empty parameter groups; clear errors for nothing to train on, nothing to train, a bad setting."""
+    if not records:
+        raise DataError("no training records")
+    groups = [g for g in param_groups if g["params"]]
+    if not groups:
+        raise RunError("nothing to train: every parameter group is empty")
+    if settings.loss_average not in ("token", "sample"):
+        raise ConfigError(f"loss_average must be 'token' or 'sample', got {settings.loss_average!r}")
+    return groups
+
+
+def _loader(model: torch.nn.Module, collator: Callable, records: list[dict], settings: TrainSettings, acc):
+    """``(DataLoader, answer_logits)``: the seeded shuffle (or length-grouped batches), batches collated by
+    ``collator`` (wrapped to mark the answer positions when logits are computed there only), pinned on CUDA."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    answer_logits = settings.answer_logits
+    if answer_logits is None:
+        answer_logits = acc.mixed_precision != "no"
+    answer_logits = bool(answer_logits) and _accepts_logits_to_keep(model)
+    collate = _AnswerLogitsCollate(collator) if answer_logits else collator
+    pin = acc.device.type == "cuda"
+    if settings.group_by_length:
+        lengths_of = getattr(collator, "lengths", None)
+        lengths = lengths_of(records) if callable(lengths_of) else \
+            [sum(len(t["value"]) for t in r["conversations"]) for r in records]
+        return DataLoader(records, batch_sampler=_LengthGroupedBatches(lengths, settings.batch_size, generator),
+                          collate_fn=collate, pin_memory=pin), answer_logits
+    return DataLoader(records, batch_size=settings.batch_size, shuffle=True, collate_fn=collate,
+                      generator=generator, drop_last=False, pin_memory=pin), answer_logits
+
+
+def _forward_backward(model, batch: dict, acc, autocast, settings: TrainSettings, sync: bool) -> torch.Tensor:
+    """One micro-batch: forward (the model's own loss, or the loss from the answer positions' logits), backward
+    scaled for accumulation (gradients synchronised across processes only on the last micro-batch). Returns the
+    detached loss."""
+    ctx = contextlib.nullcontext() if sync else acc.no_sync(model)
+    keep = batch.pop(_KEEP, None)
+    with ctx, autocast:
+        if keep is None and settings.loss_average == "token":
+            loss = model(**forward_inputs(model, batch)).loss
+        else:
+            inputs = forward_inputs(model, batch)
+            labels = inputs.pop("labels")
+            if keep is None:
+                keep = labels.shape[1]
+                logits = model(**inputs).logits
+            else:
+                logits = model(**inputs, logits_to_keep=keep).logits
+            loss = _answer_loss(logits, labels, keep, settings.loss_average)
+        acc.backward(loss / settings.grad_accum)
+    return loss.detach()
+
+
+def _evaluate_at_epoch_end(model, acc, on_epoch_end: Callable, step: int, per_epoch: int) -> tuple[int, dict]:
+    """``on_epoch_end(epoch, model)`` in eval mode without autocast, then back to training: ``(epoch, its dict)``."""
+    epoch = math.ceil(step / per_epoch)
+    model.eval()
+    with _without_autocast(acc.unwrap_model(model)) as plain:
+        extra = on_epoch_end(epoch, plain) or {}
+    model.train()
+    return epoch, extra
+
+
+class _LossLog:
+    """The loop's loss log: losses stay on the device until a log point (one host sync per interval), entries
+    (``step``, ``epoch``, ``loss``, ``lr``, ``seconds``; epoch ends with what the callback returned) appended to
+    :attr:`entries` and to the JSON-lines file as they come. A non-finite interval mean raises
+    :class:`TrainingDiverged` naming the first non-finite step."""
+
+    def __init__(self, path: str | Path | None, device: torch.device, per_epoch: int, scheduler, start: float):
+        self.file = open(path, "a") if path else None
+        self.device, self.per_epoch, self.scheduler, self.start = device, per_epoch, scheduler, start
+        self.entries: list[dict] = []
+        self.running, self.running_n = torch.zeros((), device=device), 0
+        self.interval: list[tuple[int, torch.Tensor]] = []  # this interval's (step, loss) on device
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.running += loss
+        self.running_n += 1
+        self.interval.append((step, loss))
+
+    def flush(self, step: int) -> float:
+        loss = (self.running / self.running_n).item()  # the only host sync, once per log interval
+        self.running, self.running_n = torch.zeros((), device=self.device), 0
+        if not math.isfinite(loss):
+            raise TrainingDiverged(*_first_non_finite(self.interval, step, loss))
+        self.interval = []
+        self._write({"step": step, "epoch": round(step / self.per_epoch, 4), "loss": loss,
+                     "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - self.start, 3)})
+        return loss
+
+    def epoch_end(self, step: int, evaluate: Callable[[], tuple[int, dict]]) -> None:
+        """Run ``evaluate`` once per epoch (not again when the last step also ends an epoch) and log its figures."""
+        epoch = math.ceil(step / self.per_epoch)
+        if self.entries and self.entries[-1].get("epoch_end") == epoch:
+            return
+        epoch, extra = evaluate()
+        self._write({"step": step, "epoch_end": epoch, **extra})
+
+    def final_loss(self) -> float:
+        return next((e["loss"] for e in reversed(self.entries) if "loss" in e), float("nan"))
+
+    def _write(self, entry: dict) -> None:
+        self.entries.append(entry)
+        if self.file:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
 
 
 def _first_non_finite(interval: list[tuple[int, torch.Tensor]], step: int, mean: float) -> tuple[int, float]:
