@@ -510,3 +510,19 @@ def test_every_profile_speaks_the_committed_vocabulary():
                         if word not in vocab:
                             unknown.setdefault(word, f"{family}/{split}/{i}")
     assert not unknown, f"words outside {VOCABULARY_FILE.name}: {dict(list(unknown.items())[:10])}"
+
+
+def test_parallel_world_falls_back_to_one_process_when_workers_cannot_start(world, tmp_path):
+    """A script without an ``if __name__ == "__main__":`` guard cannot host spawned workers (each would re-run it):
+    the world is then built in the script's own process, with the same bytes."""
+    import subprocess
+    import sys
+
+    out, manifest = world
+    script = tmp_path / "no_guard.py"
+    script.write_text("import sys\nsys.path.insert(0, %r)\nfrom mllm_study.world import generate_world\n"
+                      "m = generate_world(%r, profile='smoke', seed=0, progress=False, workers=2)\n"
+                      "print(m['fingerprint'])\n" % (str(Path(__file__).resolve().parents[1]), str(tmp_path / "w")))
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == manifest["fingerprint"]

@@ -19,6 +19,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -113,17 +114,31 @@ def _build_chunk(task: tuple[str, int, str, int, int]) -> list[tuple[dict, bytes
     return out
 
 
+def _main_importable() -> bool:
+    """Whether spawned workers can re-import the main module (not so for ``python - < script``)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.isfile(path)
+
+
 def _chunks(plan: dict[str, dict[str, int]], seed: int, workers: int):
     """Every ``(family, split, [(record, png), ...])`` chunk of ``plan`` in order, built by ``workers`` processes."""
     tasks = [(family, seed, split, start, min(n, start + _CHUNK))
              for family, sizes in plan.items() for split, n in sizes.items() for start in range(0, n, _CHUNK)]
-    if workers <= 1:
-        for task in tasks:
-            yield task[0], task[2], _build_chunk(task)
-        return
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for task, items in zip(tasks, pool.map(_build_chunk, tasks)):
-            yield task[0], task[2], items
+    done = 0
+    if workers > 1:
+        try:
+            with concurrent.futures.ProcessPoolExecutor(workers,
+                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
+                for task, items in zip(tasks, pool.map(_build_chunk, tasks)):
+                    yield task[0], task[2], items
+                    done += 1
+            return
+        except concurrent.futures.process.BrokenProcessPool:
+            # the workers could not start: a main module that cannot be re-imported (python - < script, a script
+            # without an ``if __name__ == "__main__":`` guard). The items do not depend on who builds them: go on here.
+            pass
+    for task in tasks[done:]:
+        yield task[0], task[2], _build_chunk(task)
 
 
 def _dumps_records(records: list[dict]) -> str:
@@ -148,7 +163,7 @@ def _write_world(root: Path, profile: str, seed: int, families: list[str], progr
     total = sum(n for sizes in plan.values() for n in sizes.values())
     if workers is None:
         workers = (os.cpu_count() or 1) if total >= PARALLEL_MIN_ITEMS else 1
-    if multiprocessing.current_process().daemon:  # a pool worker (a sweep's): it may not start processes
+    if multiprocessing.current_process().daemon or not _main_importable():  # no worker could start here
         workers = 1
     for family, sizes in plan.items():
         for split in sizes:
