@@ -46,18 +46,24 @@ from typing import Sequence
 import torch
 
 from .errors import ModelError, StudyError
+from .method_info import LiveSequence, method_infos
 
-__all__ = ["CONFIG_DIR", "PAPER_METHODS", "list_model_configs", "load_model_config", "build_meta_model",
-           "ParamsRow", "count_method", "params_rows", "format_params_table", "main_params"]
+__all__ = ["CONFIG_DIR", "PAPER_METHODS", "paper_methods", "list_model_configs", "load_model_config",
+           "build_meta_model", "ParamsRow", "count_method", "params_rows", "format_params_table", "main_params"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-# The paper's configurations: (method, params, placement); params = {} means the registry's paper defaults.
-PAPER_METHODS: tuple[tuple[str, dict, str | None], ...] = (
-    ("lora", {}, "both"),  # r=128, alpha=256, all 7 LM linears
-    ("ia3", {}, "both"),  # k, v outputs + down_proj input
-    ("prefix", {}, None),  # 20 virtual tokens, no reparametrisation MLP
-    ("adapter", {}, "mlp"),  # series bottleneck 256, tanh, before gate/up and after down
-)
+
+
+def paper_methods() -> list[tuple[str, dict, str | None]]:
+    """The paper's configurations, (method, params, placement), one per study method in display order: params {}
+    = the method's paper defaults (LoRA r=128, alpha=256; IA3; prefix 20 virtual tokens, no reparametrisation MLP;
+    adapter series bottleneck 256, tanh), placement = its default (LoRA and IA3 all LM linears, adapter mlp,
+    prefix none), as each method declares them in ``methods/<name>.py``."""
+    return [(i.name, {}, i.default_placement) for i in method_infos().values() if i.study]
+
+
+#: :func:`paper_methods` as a live sequence (a method registered later appears too).
+PAPER_METHODS = LiveSequence(paper_methods)
 
 
 def list_model_configs() -> list[str]:

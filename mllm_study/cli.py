@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, StudyError
+from .method_info import method_order
 
 __all__ = ["main", "build_parser"]
 
@@ -36,7 +37,8 @@ RUN_HELP = {
     "model": ("tiny-llava (the embedded model, default), a local checkpoint folder or a hub id", None),
     "dataset": ("a synthetic world family (sqa, vizwiz, iconqa_txt, iconqa_blank, flickr30k, okvqa, ocrvqa, vqav2) "
                 "or a converted dataset folder (docs/data_format.md)", None),
-    "method": ("PEFT method: lora, ia3, prefix, adapter, full, ... (mllm_study/methods; 'none' = zero-shot)", None),
+    "method": (f"PEFT method: {', '.join(m for m in method_order() if m != 'none')} or peft:<tuner> "
+               f"(mllm_study/methods; 'none' = zero-shot)", None),
     "placement": ("where the module goes (default: the method's own)", ["attention", "mlp", "both"]),
     "connector": ("tune the vision-language connector too (default frozen)", ["frozen", "tuned"]),
     "lr": ("learning rate (default: the profile's preset for the method, else the paper's)", None),

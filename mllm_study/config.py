@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
     "PARAMS_DIR", "PROJECT_ROOT", "project_path", "rooted_paths", "RUN_DATA_KEYS", "load_params", "parse_override",
     "parse_overrides",
-    "list_profiles", "check_value",
+    "list_profiles", "check_value", "RUN_FACTORS", "factor_value", "factor_row",
 ]
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
@@ -240,6 +241,46 @@ class PathsConfig:
     reports: str = "reports"
 
 
+#: The run settings that identify a result's setting, in the results table's order: RunConfig field -> its column in
+#: the results table (``dataset``, the trained-on dataset, is ``train_dataset``). The results table's factor columns
+#: (``results.FACTOR_COLUMNS``), the keys runs are paired on (``contrasts.MATCH_KEYS``, and the setting keys of
+#: datasize and findings) and the design tables (``study.design_table``) all read this one definition.
+RUN_FACTORS: dict[str, str] = {
+    "model": "model", "method": "method", "method_params": "method_params", "placement": "placement",
+    "layers": "layers", "connector": "connector", "vision": "vision", "dataset": "train_dataset",
+    "train_size": "train_size", "seed": "seed", "lr": "lr", "connector_lr": "connector_lr", "epochs": "epochs",
+}
+
+
+def factor_value(key: str, value: Any) -> Any:
+    """A run setting as its results-table column holds it: method_params as sorted JSON, placement null as
+    "default", layers null as "all" (else the sorted indices as JSON), a dataset folder by its name."""
+    if key == "method_params":
+        return json.dumps(value or {}, sort_keys=True)
+    if key == "placement":
+        return value or "default"
+    if key == "layers":
+        return "all" if value is None else json.dumps(sorted(int(i) for i in value))
+    if key == "dataset":
+        return Path(value).name
+    return value
+
+
+def factor_row(run: dict[str, Any]) -> dict[str, Any]:
+    """The results-table factor columns of a resolved run (a run spec's ``run`` section); a setting the spec lacks
+    (a run recorded before it existed) takes its RunConfig default."""
+    defaults = RunConfig.__dataclass_fields__
+    out = {}
+    for key, column in RUN_FACTORS.items():
+        if key in run:
+            value = run[key]
+        else:
+            f = defaults[key]
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out[column] = factor_value(key, value)
+    return out
+
+
 SECTIONS: dict[str, type] = {"world": WorldConfig, "pretrain": PretrainConfig, "run": RunConfig, "paths": PathsConfig}
 
 
@@ -266,9 +307,9 @@ class Params:
         preset = self.run.method_presets.get(self.run.method, {})
         if "lr" in preset:
             return float(preset["lr"])
-        from .methods import get_method
+        from .method_info import paper_lr  # declared in the method's file, read without importing torch
 
-        return float(get_method(self.run.method).lr)
+        return paper_lr(self.run.method)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -24,19 +24,22 @@ import pandas as pd
 
 from .errors import DataError
 from . import stats
+from .config import RUN_FACTORS
+from .metrics import metric_higher_is_better
 from .plots import method_key, fmt_ci
 
 __all__ = ["MATCH_KEYS", "load_items", "with_item_cis", "stratified_mean", "Contrast", "stratified_contrast",
            "replicated_contrast", "column_key", "contrast_items", "pair_runs", "compare_pairs", "pairwise",
-           "versus_base", "winners", "UNIT_SEEDS", "UNIT_ITEMS", "item_array", "with_contrast_columns"]
+           "versus_base", "winners", "higher_is_better_of", "UNIT_SEEDS", "UNIT_ITEMS", "item_array",
+           "with_contrast_columns"]
 
 UNIT_SEEDS = "training seeds"
 UNIT_ITEMS = "test items (one seed: training randomness not covered)"
 
 
-# Factors that identify a setting; two runs are "the same but for X" when they agree on all of these except X.
-MATCH_KEYS = ["model", "method", "method_params", "placement", "connector", "vision", "train_dataset", "train_size",
-              "seed", "lr", "connector_lr", "epochs", "dataset", "split"]
+# Factors that identify a setting (the run's factors, config.RUN_FACTORS, and the scored column); two runs are "the
+# same but for X" when they agree on all of these except X.
+MATCH_KEYS = [*RUN_FACTORS.values(), "dataset", "split"]
 
 
 def _epoch_key(s: pd.Series) -> pd.Series:
@@ -367,11 +370,30 @@ def versus_base(scores: pd.DataFrame, items: pd.DataFrame, base_run: str, label:
     return _holm_all(pd.DataFrame(rows))
 
 
+def higher_is_better_of(scores: pd.DataFrame, higher_is_better: bool | None = None) -> bool:
+    """The direction to rank ``scores`` in: ``higher_is_better`` when given, else the registered direction of the
+    one metric in its ``metric`` column (:func:`mllm_study.metrics.metric_higher_is_better`; CHAIR: lower is
+    better). DataError when there is no metric column or its metrics disagree."""
+    if higher_is_better is not None:
+        return bool(higher_is_better)
+    if "metric" not in scores.columns:
+        raise DataError("cannot tell which direction is better: the scores have no 'metric' column "
+                        "(pass higher_is_better=)")
+    directions = {m: metric_higher_is_better(m) for m in scores["metric"].dropna().unique()}
+    if len(set(directions.values())) > 1:
+        raise DataError(f"metrics ranked together disagree on which direction is better: {directions}; "
+                        f"rank them one at a time")
+    return next(iter(directions.values()), True)
+
+
 def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method", by: str = "dataset",
-            higher_is_better: bool = True, flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
+            higher_is_better: bool | None = None, flags: dict[tuple[str, str], str] | None = None) -> pd.DataFrame:
     """Per ``by`` group: the best ``treatment``, its score with CI, the runner-up and the item-paired gap
-    (Holm across groups). Ties in the estimate go to the first in method order. Runs whose measurement is
-    flagged (``flags``) compete for nothing; a group with none left says "not measurable"."""
+    (Holm across groups). "Best" follows each group's metric's registered direction (CHAIR: the lowest;
+    ``higher_is_better`` overrides it for every group; the gap best - runner-up is then negative). Ties in the
+    estimate go to the first in method order.
+    Runs whose measurement is flagged (``flags``) compete for nothing; a group with none left says "not
+    measurable"."""
     rows = []
     flags = flags or {}
     for key, grp in scores.groupby(by, sort=False):
@@ -380,16 +402,18 @@ def winners(scores: pd.DataFrame, items: pd.DataFrame, treatment: str = "method"
             rows.append({by: key, "best": "not measurable (every run flagged)"})
             continue
         grp = grp[keep]
+        higher = higher_is_better_of(grp, higher_is_better)
         g = grp.assign(_k=grp[treatment].map(method_key)).sort_values(["value", "_k"],
-                                                                      ascending=[not higher_is_better, True])
+                                                                      ascending=[not higher, True])
         best = g.iloc[0]
         row = {by: key, "best": best[treatment], "score": fmt_ci(best["value"], best.get("ci_low"),
                                                                    best.get("ci_high"))}
         if len(g) > 1:
             second = g.iloc[1]
             row["runner_up"] = second[treatment]
-            xa = item_array(items, best["run_id"], best["dataset"], best["split"])
-            xb = item_array(items, second["run_id"], second["dataset"], second["split"])
+            metric = best.get("metric") if isinstance(best.get("metric"), str) else None  # CHAIR's items too
+            xa = item_array(items, best["run_id"], best["dataset"], best["split"], metric=metric)
+            xb = item_array(items, second["run_id"], second["dataset"], second["split"], metric=metric)
             common = xa.index.intersection(xb.index)
             if len(common):
                 c = replicated_contrast([xa[common] - xb[common]])

@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
-from .contrasts import item_array, column_key, replicated_contrast
+from .contrasts import MATCH_KEYS, item_array, column_key, replicated_contrast
 
 EQUAL_EPOCHS, EQUAL_STEPS = "equal epochs", "equal steps"
-SETTING_KEYS = ["model", "method", "method_params", "placement", "connector", "vision", "train_dataset", "seed", "lr",
-                "connector_lr", "dataset", "split"]
+# A setting whose size varies: every matching key but the size and the epochs that go with it (equal steps)
+SETTING_KEYS = [k for k in MATCH_KEYS if k not in ("train_size", "epochs")]
 
 
 def log_linear_weights(sizes: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

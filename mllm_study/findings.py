@@ -23,32 +23,79 @@ Every check reads the tidy results table of one research question plus its per-i
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (item_array, with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
+from .contrasts import (MATCH_KEYS, item_array, with_contrast_columns, column_key, compare_pairs, load_items, pair_runs,
                         replicated_contrast)
+from .method_info import LiveSequence, method_infos, study_methods
 from .report import final_epoch, fmt_ci, fmt_p, primary_scores
 
-__all__ = ["Finding", "PAPER_FINDINGS", "NOT_MEASURABLE", "verdict", "flags_from_figures", "finding_adapter_best",
+__all__ = ["Finding", "PaperFinding", "FINDINGS", "paper_finding", "PAPER_FINDINGS", "CHECKS", "PEFT_METHODS",
+           "NOT_MEASURABLE", "verdict", "flags_from_figures", "finding_adapter_best",
            "finding_connector_unseen", "finding_placement", "finding_data_size", "finding_adapter_stable",
            "finding_adapter_hallucination", "evaluate_findings", "findings_table", "findings_details", "rq_items"]
 
 NOT_MEASURABLE = "not measurable here"
-PEFT_METHODS = ("lora", "ia3", "prefix", "adapter")
-# key -> (research question, the paper's finding as we test it)
-PAPER_FINDINGS = {
-    "adapter_best": ("rq1_main", "Adapter has the best overall performance across the eight datasets."),
-    "connector_unseen": ("rq1_main", "Tuning the connector improves performance on unseen datasets."),
-    "placement": ("rq2_placement", "LoRA and IA3 work best placed in both attention and MLP; Adapter in the MLP."),
-    "data_size": ("rq4_data_size", "More training data helps, with diminishing returns."),
-    "adapter_stable": ("rq5_stability", "Adapter is the most stable method across seeds."),
-    "adapter_hallucination": ("rq7_hallucination", "Adapter hallucinates the least."),
-}
+#: The study's PEFT methods in display order (``study=True`` in their files under ``methods/``), a live sequence.
+PEFT_METHODS = LiveSequence(study_methods)
+
+
+@dataclass(frozen=True)
+class PaperFinding:
+    """One headline finding of the paper: the research question whose runs test it, the finding as we test it,
+    and the check that reads that RQ's ``(table, items)`` and returns a :class:`Finding`."""
+
+    key: str
+    rq: str
+    paper: str
+    check: Callable[..., "Finding"]
+
+
+#: key -> :class:`PaperFinding`, in the order the report lists them (registered with :func:`paper_finding`).
+FINDINGS: dict[str, PaperFinding] = {}
+
+
+def paper_finding(key: str, rq: str, paper: str):
+    """Decorator registering ``check(table, items, flags=None) -> Finding`` as the paper's finding ``key`` of ``rq``
+    (``paper``: the finding as we test it). A new finding is one decorated function (and a test)."""
+
+    def wrap(check):
+        FINDINGS[key] = PaperFinding(key, rq, paper, check)
+        return check
+
+    return wrap
+
+
+class _FindingsView(Mapping):
+    """A read-only view of :data:`FINDINGS` through one projection (``PAPER_FINDINGS``, ``CHECKS``)."""
+
+    def __init__(self, project: Callable[[PaperFinding], Any]):
+        self._project = project
+
+    def __getitem__(self, key):
+        return self._project(FINDINGS[key])
+
+    def __iter__(self):
+        return iter(list(FINDINGS))
+
+    def __len__(self) -> int:
+        return len(FINDINGS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+#: key -> (research question, the paper's finding as we test it): a view of :data:`FINDINGS`.
+PAPER_FINDINGS = _FindingsView(lambda f: (f.rq, f.paper))
+#: key -> check function: a view of :data:`FINDINGS`.
+CHECKS = _FindingsView(lambda f: f.check)
+
 Flags = dict[tuple[str, str], str]
 
 
@@ -96,7 +143,7 @@ def flags_from_figures(figures: pd.DataFrame | None) -> Flags:
 
 def _finding(key: str, ours: str, verdict_: str, statistic: str, details: pd.DataFrame | None = None,
              expected: Sequence[int] | int = 1) -> Finding:
-    rq, paper = PAPER_FINDINGS[key]
+    rq, paper = FINDINGS[key].rq, FINDINGS[key].paper
     if details is not None and not details.empty:
         details = details.assign(expected=np.broadcast_to(np.asarray(expected), (len(details),)).tolist(),
                                  finding=key)
@@ -195,19 +242,20 @@ def _mean_by_column_text(sc: pd.DataFrame, by: str) -> str:
     return "; ".join(parts)
 
 
+@paper_finding("adapter_best", "rq1_main", "Adapter has the best overall performance across the eight datasets.")
 def finding_adapter_best(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """Adapter minus each other PEFT method, per column (Holm over all), in the connector setting with the most
     complete grid."""
     key = "adapter_best"
     scores = primary_scores(table)
-    scores = scores[scores["method"].isin(PEFT_METHODS)]
+    scores = scores[scores["method"].isin(study_methods())]
     if "adapter" not in set(scores["method"]) or scores["method"].nunique() < 2:
         return _no_data(key, "adapter and at least one other method are needed")
     counts = scores.groupby("connector")["run_id"].nunique()
     connector = max(counts.index, key=lambda c: (counts[c], c == "tuned"))
     sc = scores[scores["connector"] == connector]
     rows = []
-    for other in [m for m in PEFT_METHODS if m != "adapter" and m in set(sc["method"])]:
+    for other in [m for m in study_methods() if m != "adapter" and m in set(sc["method"])]:
         pairs = pair_runs(sc, "method", "adapter", other, ignore=("method_params", "placement", "lr"))
         if not pairs.empty:
             rows.append(compare_pairs(items, pairs, label=f"adapter - {other}", flags=flags))
@@ -223,6 +271,7 @@ def finding_adapter_best(table: pd.DataFrame, items: pd.DataFrame, flags: Flags 
     return _conclude(key, ours, res)
 
 
+@paper_finding("connector_unseen", "rq1_main", "Tuning the connector improves performance on unseen datasets.")
 def finding_connector_unseen(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """Tuned minus frozen connector per column (methods as blocks within a column); the verdict reads the unseen
     columns, the seen ones are shown beside them (Holm over all)."""
@@ -244,11 +293,16 @@ def finding_connector_unseen(table: pd.DataFrame, items: pd.DataFrame, flags: Fl
     return _conclude(key, ours + ".", res, use=res["group"] == "unseen")
 
 
+@paper_finding("placement", "rq2_placement",
+               "LoRA and IA3 work best placed in both attention and MLP; Adapter in the MLP.")
 def finding_placement(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
-    """For LoRA and IA3 'both' vs attention and vs MLP; for Adapter 'mlp' vs attention and vs both; per column."""
+    """Each study method's default placement against the other placements, per column: for LoRA and IA3 'both' vs
+    attention and vs MLP; for Adapter 'mlp' vs attention and vs both (prefix has no placement). The paper's claim is
+    each method's default placement (``default_placement`` in its file under ``methods/``)."""
     key = "placement"
     scores = primary_scores(table)
-    claims = {"lora": "both", "ia3": "both", "adapter": "mlp"}
+    infos = method_infos()
+    claims = {m: infos[m].default_placement for m in study_methods() if infos[m].default_placement is not None}
     rows, best = [], []
     for method, claimed in claims.items():
         sm = scores[scores["method"] == method]
@@ -264,6 +318,7 @@ def finding_placement(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | N
     return _conclude(key, "Best placement per column: " + "; ".join(best) + ".", pd.concat(rows, ignore_index=True))
 
 
+@paper_finding("data_size", "rq4_data_size", "More training data helps, with diminishing returns.")
 def finding_data_size(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """High minus low train size per column (more data helps, +1), and the change of the gain per decade of data
     from the first to the second size step (diminishing beyond a log-linear curve, -1). With an equal-steps design
@@ -313,8 +368,7 @@ def _curvature_rows(scores: pd.DataFrame, levels: list, w: np.ndarray, items: pd
                     label: str) -> pd.DataFrame:
     """Per column, the contrast ``w`` over the three sizes of every setting that has them, replicated over seeds
     or items (:func:`replicated_contrast`)."""
-    keys = [k for k in ("model", "method", "method_params", "placement", "connector", "train_dataset", "seed", "lr",
-                        "epochs", "dataset", "split") if k in scores]
+    keys = [k for k in MATCH_KEYS if k != "train_size" and k in scores]
     by_col: dict[str, dict] = {}
     for _, grp in scores.groupby(keys, dropna=False, sort=True):
         by = {int(v): r for v, r in zip(grp["train_size"], grp.itertuples())}
@@ -350,6 +404,7 @@ def _curvature_rows(scores: pd.DataFrame, levels: list, w: np.ndarray, items: pd
     return with_contrast_columns(pd.DataFrame(rows))
 
 
+@paper_finding("adapter_stable", "rq5_stability", "Adapter is the most stable method across seeds.")
 def finding_adapter_stable(table: pd.DataFrame, items: pd.DataFrame | None = None,
                            flags: Flags | None = None) -> Finding:
     """Seed-to-seed spread per method (scores centred per setting and column; columns scored in [0, 1] only, so
@@ -362,8 +417,7 @@ def finding_adapter_stable(table: pd.DataFrame, items: pd.DataFrame | None = Non
                                   zip(scores["run_id"], scores["dataset"], scores["split"])])
     left_out = scores[scores["_flag"].notna()].rename(columns={"_flag": "flag"})
     scores = scores[scores["_flag"].isna()]
-    keys = [k for k in ("model", "method", "method_params", "placement", "connector", "train_dataset", "train_size",
-                        "lr", "epochs", "dataset") if k in scores]
+    keys = [k for k in MATCH_KEYS if k not in ("seed", "split") and k in scores]
     resid: dict[str, list[float]] = {}
     for _, grp in scores.groupby(keys, dropna=False):
         if grp["seed"].nunique() >= 2:
@@ -393,6 +447,7 @@ def finding_adapter_stable(table: pd.DataFrame, items: pd.DataFrame | None = Non
     return _finding(key, ours, v, statistic)
 
 
+@paper_finding("adapter_hallucination", "rq7_hallucination", "Adapter hallucinates the least.")
 def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flags: Flags | None = None) -> Finding:
     """Adapter vs each other method: POPE accuracy per split (higher is better) and CHAIR_s (share of captions
     with a hallucinated object, lower is better), item- or seed-replicated, last epoch; a POPE or CHAIR
@@ -403,7 +458,7 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flag
     pope = pope[pope["metric"] == "pope"]
     chair = final_epoch(table[table["metric"] == "chair"])
     rows = []
-    for other in [m for m in PEFT_METHODS if m != "adapter"]:
+    for other in [m for m in study_methods() if m != "adapter"]:
         for name, sc, metric, sign in (("POPE accuracy", pope, "pope", 1), ("CHAIR_s", chair, "chair", -1)):
             pairs = pair_runs(sc, "method", "adapter", other, ignore=("method_params", "placement", "lr"))
             if pairs.empty:
@@ -418,16 +473,11 @@ def finding_adapter_hallucination(table: pd.DataFrame, items: pd.DataFrame, flag
     expected = res.pop("_sign").tolist()
     by = lambda sc, m: sc[sc["method"] == m]["value"].mean()  # noqa: E731
     recall = final_epoch(table[table["metric"] == "chair.recall"])
-    listed = lambda sc: ", ".join(f"{m} {by(sc, m):.3f}" for m in PEFT_METHODS if m in set(sc["method"]))  # noqa: E731
+    listed = lambda sc: ", ".join(f"{m} {by(sc, m):.3f}" for m in study_methods() if m in set(sc["method"]))  # noqa: E731
     ours = f"POPE F1 by method: {listed(pope)}; CHAIR_s: {listed(chair)} (lower is better)"
     if not recall.empty:  # CHAIR rewards captions that name no object at all: show how many objects they name
         ours += f"; object recall of the captions: {listed(recall)}"
     return _conclude(key, ours + ".", res, expected)
-
-
-CHECKS = {"adapter_best": finding_adapter_best, "connector_unseen": finding_connector_unseen,
-          "placement": finding_placement, "data_size": finding_data_size, "adapter_stable": finding_adapter_stable,
-          "adapter_hallucination": finding_adapter_hallucination}
 
 
 def rq_items(table: pd.DataFrame, runs_dir: str | None = None) -> pd.DataFrame:
@@ -444,12 +494,12 @@ def evaluate_findings(tables: dict[str, tuple[pd.DataFrame, pd.DataFrame]], flag
         flags: (run_id, column key) -> reason, from :func:`flags_from_figures`; flagged measurements are left out.
     """
     out = []
-    for key, check in CHECKS.items():
-        rq = PAPER_FINDINGS[key][0]
+    for key, finding in FINDINGS.items():
+        rq = finding.rq
         if rq not in tables or tables[rq][0].empty:
             out.append(_no_data(key, f"no finished runs of {rq}"))
             continue
-        out.append(check(*tables[rq], flags=flags))
+        out.append(finding.check(*tables[rq], flags=flags))
     return out
 
 

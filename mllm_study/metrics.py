@@ -22,6 +22,7 @@ from .errors import ConfigError, DataError
 from .captions import cider_d, ptb_tokenize, tokenize_captions
 
 __all__ = ["Metric", "MetricResult", "register_metric", "get_metric", "list_metrics", "compute_metric",
+           "metric_higher_is_better",
            "vqa_process_answer", "normalize_answer", "extract_choice", "parse_yes_no", "parse_yes_no_llava",
            "resolve_variant", "ptb_tokenize",
            "tokenize_captions", "cider_d", "find_objects"]
@@ -136,6 +137,17 @@ def get_metric(name: str) -> Metric:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown metric {name!r}; known metrics: {', '.join(list_metrics())}{hint}")
     return _REGISTRY[name]
+
+
+def metric_higher_is_better(name: str) -> bool:
+    """The registered direction of metric ``name``: True when a larger score is better (``chair``: False). Rankings
+    (``report.friedman_ranks``, ``contrasts.winners``) read it. A named statistic ``<metric>.<stat>`` has no
+    registered direction (``chair.recall`` is better high, ``chair`` low): ConfigError, as for an unknown metric."""
+    if name not in _REGISTRY and "." in str(name) and str(name).split(".", 1)[0] in _REGISTRY:
+        raise ConfigError(f"{name!r} is a statistic of metric {str(name).split('.', 1)[0]!r} with no registered "
+                          f"direction; rank by a registered metric ({', '.join(list_metrics())}) or say which "
+                          f"direction is better (higher_is_better=)")
+    return get_metric(name).higher_is_better
 
 
 def list_metrics() -> list[str]:

@@ -5,6 +5,7 @@ Usage: ``setup_notebook(); show(df, caption="..."); ci_plot(scores, x="column", 
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from typing import Any, Sequence
@@ -12,29 +13,39 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
+from .method_info import LiveSequence, method_infos, method_order
+
+__all__ = ["METHOD_ORDER", "PRETTY", "method_colors", "method_display", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md",
            "ci_plot", "forest_plot", "method_key"]
 
 
-METHOD_ORDER = ["none", "lora", "ia3", "prefix", "adapter", "full"]
+#: Method names in display order (each method's ``order`` in its file under ``methods/``), a live sequence: a method
+#: registered later appears too. Sort with :func:`method_key`.
+METHOD_ORDER = LiveSequence(method_order)
 
 
 def method_colors(names: Sequence[Any] = ()) -> dict:
-    """One colour per method for every figure of every report: methods keyed by :data:`METHOD_ORDER` (the base
-    model "none" grey), other names after them in the order given (the same order gives the same colours)."""
+    """One colour per method for every figure of every report: each declared method its own colour (its
+    ``color`` in ``methods/<name>.py``; the base model "none" grey), other names after them in the order given
+    (the same order gives the same colours)."""
     import seaborn as sns
+    from matplotlib.colors import to_rgb
 
     base = sns.color_palette("tab10", 10)
-    fixed = {"none": (0.5, 0.5, 0.5), "lora": base[0], "ia3": base[1], "prefix": base[2], "adapter": base[3],
-             "full": base[4]}
-    out, k = {}, 5
+    fixed = {n: to_rgb(i.color) for n, i in method_infos().items() if i.color is not None}
+    husl, taken = sns.color_palette("husl", 20), {tuple(c) for c in fixed.values()}
+    # other names: tab10's last five, then husl from its 11th colour on (cycling), skipping declared methods' colours
+    free = (c for c in itertools.chain(base[5:], (husl[i % 20] for i in itertools.count(10))) if tuple(c) not in taken)
+    out = {}
     for n in names:
-        if n in fixed:
-            out[n] = fixed[n]
-        else:
-            out[n] = base[k % 10] if k < 10 else sns.color_palette("husl", 20)[k % 20]
-            k += 1
+        out[n] = fixed[n] if n in fixed else next(free)
     return {**fixed, **out} if not names else out
+
+
+def method_display(name: Any) -> str:
+    """A method's display name ("LoRA"); other names as they are."""
+    info = method_infos().get(name)
+    return info.display if info else str(name)
 
 
 PRETTY = {"method": "Method", "connector": "Connector", "placement": "Placement", "dataset": "Dataset",
@@ -219,4 +230,5 @@ def ci_plot(df: pd.DataFrame, x: str, y: str = "value", hue: str | None = None, 
 
 def method_key(v: Any) -> tuple:
     """Sort key for method names: METHOD_ORDER first, in that order, then the rest alphabetically."""
-    return (METHOD_ORDER.index(v) if v in METHOD_ORDER else len(METHOD_ORDER), str(v))
+    order = method_order()
+    return (order.index(v) if v in order else len(order), str(v))

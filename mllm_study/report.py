@@ -28,9 +28,10 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .contrasts import (MATCH_KEYS, Contrast, item_array, column_key, compare_pairs, contrast_items, load_items,
-                        pair_runs, pairwise, replicated_contrast, stratified_contrast, stratified_mean, versus_base,
-                        winners, with_item_cis)
+from .method_info import size_label as method_size_label
+from .contrasts import (MATCH_KEYS, Contrast, item_array, column_key, compare_pairs, contrast_items,
+                        higher_is_better_of, load_items, pair_runs, pairwise, replicated_contrast, stratified_contrast,
+                        stratified_mean, versus_base, winners, with_item_cis)
 from .plots import (METHOD_ORDER, PRETTY, method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
 from .datasize import EQUAL_EPOCHS, EQUAL_STEPS, log_linear_fits, log_linear_weights, size_designs
@@ -145,12 +146,11 @@ def flops_for_runs(scores: pd.DataFrame, model_config: str, n_ctx: int) -> pd.Da
 
 
 def size_label(row: Any) -> str:
-    """The method's size knob as text ("r=16", "bottleneck=32", "tokens=10", "-")."""
+    """The method's size knob as text ("r=16", "bottleneck=32", "tokens=10", "-"): the knob and label each method
+    declares in its file (``size_knob``, ``size_label``; :func:`mllm_study.method_info.size_label`)."""
     params = json.loads(row["method_params"]) if isinstance(row["method_params"], str) else row["method_params"]
-    for key, name in (("r", "r"), ("bottleneck_size", "bottleneck"), ("num_virtual_tokens", "tokens")):
-        if key in params:
-            return f"{name}={params[key]}"
-    return "-"
+    method = row.get("method") if hasattr(row, "get") else None
+    return method_size_label(method, params or {})
 
 
 def score_matrix(scores: pd.DataFrame, index: Sequence[str], items: pd.DataFrame | None = None,
@@ -205,12 +205,21 @@ MIN_FRIEDMAN_BLOCKS = 5  # below this the chi-square approximation means little:
 
 
 def friedman_ranks(scores: pd.DataFrame, treatment: str = "method", block: str | Sequence[str] = "dataset",
-                   min_blocks: int = MIN_FRIEDMAN_BLOCKS):
+                   min_blocks: int = MIN_FRIEDMAN_BLOCKS, higher_is_better: bool | None = None):
     """Friedman test of ``treatment`` over complete blocks (datasets); returns (TestResult or None, message).
 
-    Ranks within a block need no common unit, so columns of different metrics may be blocks. With fewer than
-    ``min_blocks`` complete blocks no test is made (the message says why)."""
+    Ranks within a block need no common unit, so columns of different metrics may be blocks; each block is ranked
+    in its metric's registered direction (rank 1 = best: the highest accuracy, the lowest CHAIR), read from the
+    ``metric`` column (``higher_is_better`` sets one direction for all). With fewer than ``min_blocks`` complete
+    blocks no test is made (the message says why)."""
     blocks = [block] if isinstance(block, str) else list(block)
+    if higher_is_better is None:  # orient every block so that higher is better: ranks within a block follow
+        direction = {key if isinstance(key, tuple) else (key,): higher_is_better_of(grp)
+                     for key, grp in scores.groupby(blocks, sort=False)}
+        sign = [1.0 if direction.get(k, True) else -1.0 for k in scores[blocks].itertuples(index=False, name=None)]
+        scores = scores.assign(value=scores["value"] * np.asarray(sign, dtype=float))
+    elif not higher_is_better:
+        scores = scores.assign(value=-scores["value"])
     wide = scores.pivot_table(index=blocks, columns=treatment, values="value", aggfunc="mean").dropna()
     if wide.shape[1] < 3 or wide.shape[0] < max(2, min_blocks):
         return None, (f"Friedman test not shown: {wide.shape[0]} complete block(s) x {wide.shape[1]} "

@@ -15,13 +15,14 @@ from typing import Iterable
 
 import pandas as pd
 
+from .config import RUN_FACTORS, factor_row
 from .records import run_damage
 
 __all__ = ["collect_results", "CollectReport", "FACTOR_COLUMNS", "item_scores"]
 
-# Columns every row carries (the run's factors), in this order, before dataset/split/epoch/metric/value.
-FACTOR_COLUMNS = ["run_id", "model", "method", "method_params", "placement", "connector", "vision", "train_dataset",
-                  "train_size", "seed", "lr", "connector_lr", "epochs"]
+# Columns every row carries (the run's factors, config.RUN_FACTORS), in this order, before dataset/split/epoch/
+# metric/value.
+FACTOR_COLUMNS = ["run_id", *RUN_FACTORS.values()]
 _DTYPES = {"train_size": "Int64", "seed": "Int64", "epoch": "Int64", "n": "Int64", "value": "float64",
            "lr": "float64", "connector_lr": "float64", "epochs": "float64"}
 
@@ -51,13 +52,7 @@ class CollectReport:
 
 
 def _factor_row(rid: str, spec: dict) -> dict:
-    run = spec["run"]
-    return {"run_id": rid, "model": run["model"], "method": run["method"],
-            "method_params": json.dumps(run.get("method_params", {}), sort_keys=True),
-            "placement": run.get("placement") or "default", "connector": run["connector"],
-            "vision": run.get("vision", "frozen"),
-            "train_dataset": Path(run["dataset"]).name, "train_size": run.get("train_size"), "seed": run["seed"],
-            "lr": run["lr"], "connector_lr": run["connector_lr"], "epochs": run["epochs"]}
+    return {"run_id": rid, **factor_row(spec["run"])}
 
 
 def collect_results(runs_dir: str | Path, run_ids: Iterable[str] | None = None) -> tuple[pd.DataFrame, CollectReport]:

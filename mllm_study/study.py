@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import ConfigError, ModelError
-from .config import PARAMS_DIR, Params, load_params, parse_overrides, project_path, rooted_paths
+from .config import RUN_FACTORS, PARAMS_DIR, Params, load_params, parse_overrides, project_path, rooted_paths
 
 __all__ = ["ROOT", "NOTEBOOKS_DIR", "list_notebooks", "profile_block", "rq_params", "sweep_params", "report_options", "design_table",
            "plan_runs", "ensure_runs", "load_rq_tables", "base_model_config", "run_study", "StudySummary"]
@@ -160,7 +160,8 @@ def report_options(params_file: str | Path, profile: str) -> dict:
     return {**top, **(profile_block(params_file, profile).get("_report") or {})}
 
 
-TRAINING_FACTORS = ("placement", "connector", "method_params", "train_size", "epochs", "eval_every_epoch")
+# The design table's rows: the run's factors (config.RUN_FACTORS) and how it is evaluated.
+DESIGN_FACTORS = (*RUN_FACTORS, "test_size", "eval_every_epoch", "eval_datasets")
 
 
 def design_table(params_file: str | Path, profile: str, overrides: Any = None):
@@ -168,6 +169,7 @@ def design_table(params_file: str | Path, profile: str, overrides: Any = None):
     design section)."""
     import pandas as pd
 
+    from .identity import TRAINING_ONLY
     from .sweep import expand_sweep
 
     specs = expand_sweep(rq_params(params_file, profile, overrides=overrides))
@@ -176,15 +178,15 @@ def design_table(params_file: str | Path, profile: str, overrides: Any = None):
     # no per-epoch evaluation) are not levels the study plans, so training factors list only the trained runs
     trained = [r for r in runs if r.method != "none"] or runs
     rows = []
-    for key in ("method", "placement", "connector", "dataset", "method_params", "train_size", "test_size", "seed",
-                "lr", "epochs", "eval_every_epoch", "eval_datasets"):
+    for key in DESIGN_FACTORS:
         if key == "lr":  # the rate each method trains with (its calibrated preset when the file says null)
             rates = dict.fromkeys(f"{p.run.method} {p.resolved_lr():.1e}" for p in specs if p.run.method != "none")
             rows.append({"factor": key, "levels": len(rates), "values": ", ".join(rates) or "-"})
             continue
-        of = trained if key in TRAINING_FACTORS else runs
+        of = trained if key in TRAINING_ONLY else runs
         levels = list(dict.fromkeys(json.dumps(getattr(r, key), sort_keys=True) for r in of))
-        shown = ", ".join(("default" if v == "null" else v.replace('"', "")) for v in levels)
+        unset = "all" if key == "layers" else "default"
+        shown = ", ".join((unset if v == "null" else v.replace('"', "")) for v in levels)
         rows.append({"factor": key, "levels": len(levels), "values": shown})
     rows.append({"factor": "runs", "levels": len(runs), "values": f"{len(runs)} run specs"})
     return pd.DataFrame(rows)

@@ -45,6 +45,7 @@ from .errors import RunError
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
 from .files import file_digest, read_json, write_json_atomic
+from .method_info import LiveSequence, study_methods
 from .records import is_done, run_damage
 
 __all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
@@ -63,7 +64,7 @@ MIN_EFFECT = 0.15  # (d) best trained setting - question-only, per unseen VQA/MC
 CONFIDENCE, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 0.95, 2000, 0  # (d) paired percentile bootstrap over items
 TOP_SHARE_FLOOR, TOP_SHARE_MARGIN = 0.6, 0.1  # (e) top share <= max(floor, gold top share + margin)
 REPEAT_WORDS, MAX_REPEAT_SHARE = 3, 0.10  # (f) share of captions repeating a word 3+ times in a row
-PEFT_METHODS = ("lora", "ia3", "prefix", "adapter")  # (g)
+PEFT_METHODS = LiveSequence(study_methods)  # (g): the study's methods (``study=True`` in methods/<name>.py)
 MIN_SEEDS, MIN_SEED_COLUMNS, MIN_SEED_UNSEEN = 3, 4, 2  # (g)
 PARSED_KINDS = ("mc", "choice", "number", "yesno")
 CRITERIA = {
@@ -496,7 +497,7 @@ def _seeds(columns, trained: list[Run]) -> tuple[Criterion, dict]:
     for r in trained:
         seeds[(r.method, r.trained_on, _setting(r.spec))].add(r.spec["run"]["seed"])
     c, out = Criterion("g"), {}
-    for m in PEFT_METHODS:
+    for m in study_methods():
         most: dict[str, int] = {}
         for (method, col, _), s in seeds.items():
             if method == m:

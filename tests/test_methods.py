@@ -108,6 +108,10 @@ def _expected(method, params, placement, connector, base):
         return {"prompt_encoder.default.embedding.weight"} | \
             ({c.replace("base_model.model.model.", "base_model.model.") for c in CONNECTOR_COPY}
              if connector == "tuned" else set())
+    if method == "vera":
+        names = {f"base_model.model.{lin}.vera_lambda_{bd}.default" for lin in _linears(PLACED[placement])
+                 for bd in "bd"}
+        return names | (CONNECTOR_COPY if connector == "tuned" else set())
     if method == "full":
         if placement in (None, "both"):
             names = {n for n, _ in base.named_parameters() if n.startswith(("model.language_model.", "lm_head."))}
@@ -125,10 +129,11 @@ ROWS += [("adapter", {"bottleneck_size": 8, "variant": "parallel", "bias": True,
          ("adapter", {"bottleneck_size": 8, "init": "identity"}, None, "frozen")]
 ROWS += [("prefix", {"num_virtual_tokens": 4}, None, c) for c in ("frozen", "tuned")]
 ROWS += [("full", {}, None, "tuned"), ("full", {}, "mlp", "frozen")]
+ROWS += [("vera", {"r": 16}, "both", "tuned"), ("vera", {"r": 16, "dropout": 0.1}, "attention", "frozen")]
 ROWS += [("peft:loha", {"r": 4, "alpha": 8}, "both", "tuned"),
          ("peft:lora", {"r": 4, "lora_alpha": 8, "use_dora": True}, "mlp", "frozen"),
          ("peft:vera", {"r": 16}, "attention", "frozen")]
-LR = {"ia3": 5e-2, "full": 1e-3, "peft:vera": 5e-2}
+LR = {"ia3": 5e-2, "full": 1e-3, "peft:vera": 5e-2, "vera": 5e-2}
 
 
 def _row_id(method, params, placement, connector):
@@ -506,3 +511,40 @@ def test_param_groups_give_the_vision_encoder_its_own_lr(tiny):
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in vision}
     frozen = apply_method(copy.deepcopy(base0), "lora", {"r": 4, "alpha": 8}, None, "tuned")
     assert len(param_groups(frozen, params)) == 2  # no vision group: the optimiser is exactly as before
+
+
+def test_vera_trains_on_the_smoke_model_saves_and_reloads(smoke_params, smoke_model_dir, tmp_path):
+    """VeRA (methods/vera.py, not in any study grid) on the pre-trained smoke model: only the scaling vectors train
+    (r + out_features per adapted linear, the shared projections frozen), a few AdamW steps lower the loss, and the
+    saved adapter (projections included) reloads on a fresh base to the same logits."""
+    from mllm_study.data import load_split
+    from mllm_study.method_info import study_methods
+    from mllm_study.models import load_checkpoint
+    from mllm_study.runs import resolve_dataset
+
+    assert "vera" in METHODS and "vera" not in study_methods()
+    base, processor = load_checkpoint(smoke_model_dir)
+    records = load_split(resolve_dataset("iconqa_txt", smoke_params, False), "train", 8, seed=0)
+    batch = Collator(processor, mode="train")(records)
+    model = apply_method(base, "vera", {"r": 32}, "both", "frozen")
+    linears = [m for n, m in load_checkpoint(smoke_model_dir)[0].named_modules()
+               if n.startswith("model.language_model.layers.") and isinstance(m, torch.nn.Linear)]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".vera_lambda_" in n for n in trainable)
+    assert sum(p.numel() for p in trainable.values()) == sum(32 + lin.out_features for lin in linears)
+    model.eval()
+    before = _loss(model, batch).item()
+    opt = torch.optim.AdamW(list(trainable.values()), lr=5e-2)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(5):
+        _loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    assert _loss(model, batch).item() < before
+    logits = _logits(model, batch)
+    save_method(model, tmp_path / "vera")
+    loaded = load_method(load_checkpoint(smoke_model_dir)[0], tmp_path / "vera")
+    assert loaded.mllm_method["method"] == "vera" and loaded.mllm_method["params"]["r"] == 32
+    torch.testing.assert_close(_logits(loaded, batch), logits, rtol=0, atol=1e-6)

@@ -324,7 +324,9 @@ def _load(base, path, record):
 
 
 @register_method("adapter", defaults=dataclasses.asdict(AdapterSettings()), lr=5e-5, default_placement="mlp",
-                 save=_save, load=_load, description="series/parallel bottleneck adapters (Houlsby et al. 2019)")
+                 save=_save, load=_load, description="series/parallel bottleneck adapters (Houlsby et al. 2019)",
+                 display="Adapter", order=40, color="#d62728", size_knob="bottleneck_size", size_label="bottleneck",
+                 study=True)
 def apply_adapter(model, params, placement, connector, layers=None):
     add_adapters(model, AdapterSettings(**params), placement, layers)
     if connector == "tuned":

@@ -47,7 +47,8 @@ def _load_full(base, path, record):
 
 
 @register_method("full", defaults={}, lr=2e-5, default_placement="both", save=_save_full, load=_load_full,
-                 description="full fine-tuning of the language model (vision tower frozen)")
+                 description="full fine-tuning of the language model (vision tower frozen)",
+                 display="Full FT", order=50, color="#9467bd")
 def apply_full(model, params, placement, connector, layers=None):
     modules = _trained_modules(model, placement, layers)
     connector_modules = get_module_map(model).connector if connector == "tuned" else ()

@@ -19,7 +19,8 @@ ROLES = {"attention": ("ia3_attn",), "mlp": ("mlp_out",), "both": ("ia3_attn", "
 
 
 @register_method("ia3", defaults={}, lr=2e-4, default_placement="both",
-                 description="learned rescaling of keys, values and feed-forward input (Liu et al. 2022)")
+                 description="learned rescaling of keys, values and feed-forward input (Liu et al. 2022)",
+                 display="IA3", order=20, color="#ff7f0e", study=True)
 def apply_ia3(model, params, placement, connector, layers=None):
     roles = ROLES[placement]
     feedforward = lm_targets(model, layers=layers, roles=("mlp_out",)) if "mlp_out" in roles else []

@@ -15,7 +15,8 @@ from .registry import lm_targets, peft_modules_to_save, register_method
 
 
 @register_method("lora", defaults={"r": 128, "alpha": 256, "dropout": 0.05}, lr=2e-4, default_placement="both",
-                 description="low-rank update of the LLM linears (Hu et al. 2021)")
+                 description="low-rank update of the LLM linears (Hu et al. 2021)",
+                 display="LoRA", order=10, color="#1f77b4", size_knob="r", size_label="r", study=True)
 def apply_lora(model, params, placement, connector, layers=None):
     config = LoraConfig(r=int(params["r"]), lora_alpha=params["alpha"], lora_dropout=params["dropout"], bias="none",
                         target_modules=lm_targets(model, placement, layers), task_type="CAUSAL_LM",

@@ -19,6 +19,7 @@ def _load_none(base, path, record):
 
 
 @register_method("none", defaults={}, lr=0.0, default_placement=None, placements=("attention", "mlp", "both"),
-                 save=_save_none, load=_load_none, description="no fine-tuning: evaluate the base model")
+                 save=_save_none, load=_load_none, description="no fine-tuning: evaluate the base model",
+                 display="Base model", order=0, color="0.5")
 def apply_none(model, params, placement, connector, layers=None):
     return model

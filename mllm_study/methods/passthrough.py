@@ -24,6 +24,7 @@ import difflib
 from functools import lru_cache
 
 from ..errors import ConfigError
+from ..method_info import PASSTHROUGH_LR
 from .registry import Method, lm_targets, peft_modules_to_save
 
 __all__ = ["list_tuners", "tuner_config_class", "passthrough_method", "NO_AUTO_TARGETS"]
@@ -103,6 +104,6 @@ def passthrough_method(name: str) -> Method:
         return get_peft_model(model, config)
 
     return Method(name=name, apply=apply, defaults={}, description=f"peft {config_cls.__name__} (passthrough)",
-                  lr=2e-4, default_placement=None if prompt else "both",
+                  lr=PASSTHROUGH_LR, default_placement=None if prompt else "both",
                   placements=("both",) if prompt else ("attention", "mlp", "both"),
                   supports_layers=not prompt, free_params=True)

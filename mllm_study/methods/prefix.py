@@ -18,7 +18,9 @@ from .registry import peft_modules_to_save, register_method
 
 @register_method("prefix", defaults={"num_virtual_tokens": 20}, lr=1e-5, default_placement=None,
                  placements=("both",), supports_layers=False,
-                 description="trained key/value prefixes in every attention layer (Li & Liang 2021)")
+                 description="trained key/value prefixes in every attention layer (Li & Liang 2021)",
+                 display="Prefix", order=30, color="#2ca02c", size_knob="num_virtual_tokens", size_label="tokens",
+                 study=True)
 def apply_prefix(model, params, placement, connector, layers=None):
     config = PrefixTuningConfig(num_virtual_tokens=int(params["num_virtual_tokens"]), prefix_projection=False,
                                 task_type="CAUSAL_LM", modules_to_save=peft_modules_to_save(model, connector))

@@ -4,11 +4,16 @@ Usage: ``model = apply_method(model, "lora", {"r": 8}, placement="mlp", connecto
 ``save_method(model, "out/adapter")``; ``model = load_method(fresh_base, "out/adapter")``
 
 A method turns a frozen base model into a trainable one. Its ``defaults`` are the paper's configuration (Zhou et al.
-2024, STUDY.md) and its ``lr`` the paper's learning rate. Targets come from the per-architecture module maps of
-:mod:`.placement`, never from bare names. Every applied model records what was applied (``model.mllm_method``),
-which :func:`save_method` writes beside the weights (``mllm_method.json``) so :func:`load_method` can rebuild it on
-a fresh base model. Folder layout = peft's: ``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md
-for peft methods), for the peft methods, the bottleneck adapter and full fine-tuning alike.
+2024, STUDY.md) and its ``lr`` the paper's learning rate. The same call declares what the report side shows of it
+(display name, order, colour, size knob, whether it is one of the study's methods: :class:`mllm_study.method_info.
+MethodInfo`, literal arguments the report side reads from the method file's source without importing torch), so a
+new method is one new file in this folder (``methods/__init__.py`` imports every module of the package).
+
+Targets come from the per-architecture module maps of :mod:`.placement`, never from bare names. Every applied
+model records what was applied (``model.mllm_method``), which :func:`save_method` writes beside the weights
+(``mllm_method.json``) so :func:`load_method` can rebuild it on a fresh base model. Folder layout = peft's:
+``adapter_config.json`` + ``adapter_model.safetensors`` (+ README.md for peft methods), for the peft methods, the
+bottleneck adapter and full fine-tuning alike.
 
 The vision encoder stays frozen unless ``vision="tuned"`` (the paper's appendix also tries tuning it): then every
 vision-encoder parameter trains (the connector still follows ``connector``), and :func:`save_method` writes them
@@ -27,14 +32,15 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import ConfigError, ModelError
+from ..method_info import INFO_FIELDS, MethodInfo, declare_method, undeclare_method
 from .placement import (MODULE_MAPS, PLACEMENTS, connector_param_names, connector_save_names, get_module_map,
                         is_connector_param, placement_roles, resolve_targets, target_regex, unwrap_model,
                         vision_param_names)
 
-__all__ = ["Method", "METHODS", "register_method", "get_method", "list_methods", "apply_method", "save_method",
-           "load_method", "lm_target_regex", "lm_targets", "peft_modules_to_save", "connector_param_names",
-           "is_connector_param", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS", "RECORD_FILE", "VISION_FILE",
-           "vision_param_names"]
+__all__ = ["Method", "METHODS", "register_method", "unregister_method", "get_method", "list_methods", "apply_method",
+           "save_method", "load_method", "lm_target_regex", "lm_targets", "peft_modules_to_save",
+           "connector_param_names", "is_connector_param", "CONNECTOR_MODULE", "ATTENTION_LINEARS", "MLP_LINEARS",
+           "RECORD_FILE", "VISION_FILE", "vision_param_names"]
 
 CONNECTOR_MODULE = "multi_modal_projector"  # LLaVA's connector; other architectures: placement.connector_modules
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -58,6 +64,7 @@ class Method:
     free_params: bool = False  # True: params go to a peft config class that validates them (passthrough)
     save: Callable[[torch.nn.Module, Path], None] | None = None  # None = peft ``save_pretrained``
     load: Callable[[torch.nn.Module, Path, dict], torch.nn.Module] | None = None  # None = ``PeftModel.from_pretrained``
+    info: MethodInfo | None = None  # what the report side shows of it (None: a passthrough tuner)
 
 
 METHODS: dict[str, Method] = {}
@@ -65,16 +72,37 @@ METHODS: dict[str, Method] = {}
 
 def register_method(name: str, defaults: dict[str, Any] | None = None, description: str = "", lr: float = 2e-4,
                     default_placement: str | None = "both", placements: Sequence[str] = PLACEMENTS,
-                    supports_layers: bool = True, save: Callable | None = None, load: Callable | None = None):
-    """Decorator registering ``fn(model, params, placement, connector, layers) -> model`` as method ``name``."""
+                    supports_layers: bool = True, save: Callable | None = None, load: Callable | None = None,
+                    **info: Any):
+    """Decorator registering ``fn(model, params, placement, connector, layers) -> model`` as method ``name``.
+
+    ``info``: the method's display metadata (:class:`mllm_study.method_info.MethodInfo` fields: ``display``,
+    ``order``, ``color``, ``size_knob``, ``size_label``, ``study``), declared for the report side together with
+    ``lr``, ``default_placement`` and ``description``. Write them as literals: the report side reads them from the
+    method file's source. A ``size_knob`` must be one of ``defaults``."""
+    unknown = sorted(set(info) - set(INFO_FIELDS))
+    if unknown:
+        raise TypeError(f"register_method({name!r}): unknown argument(s) {unknown}; "
+                        f"metadata fields: {', '.join(INFO_FIELDS)}")
+    meta = MethodInfo(name=name, lr=lr, default_placement=default_placement, description=description, **info)
+    if meta.size_knob is not None and meta.size_knob not in (defaults or {}):
+        raise TypeError(f"register_method({name!r}): size_knob {meta.size_knob!r} is not one of its defaults "
+                        f"{sorted(defaults or {})}")
 
     def wrap(fn):
         METHODS[name] = Method(name=name, apply=fn, defaults=dict(defaults or {}), description=description, lr=lr,
                                default_placement=default_placement, placements=tuple(placements),
-                               supports_layers=supports_layers, save=save, load=load)
+                               supports_layers=supports_layers, save=save, load=load, info=meta)
+        declare_method(meta)
         return fn
 
     return wrap
+
+
+def unregister_method(name: str) -> None:
+    """Remove method ``name`` from the registry and its metadata (a method registered for a while, e.g. in a test)."""
+    METHODS.pop(name, None)
+    undeclare_method(name)
 
 
 def get_method(name: str) -> Method:
