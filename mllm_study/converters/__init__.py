@@ -3,7 +3,8 @@
 Usage: ``python -c "from mllm_study.converters import convert; convert('vqav2', 'raw/vqa', 'datasets/vqav2')"``
 (the CLI's ``mllm-study data convert NAME --src DIR --out DIR`` calls :func:`convert`).
 
-One module per release, each registering its converter(s) with :func:`register_converter`:
+One module per release, each registering its converter(s) with :func:`register_converter` (every module of this
+package is imported here, so a new release is one new file):
 
 ==============  ==============================  ===========  ========  =================================
 converter       module                          metric       group     splits (default sizes)
@@ -25,7 +26,12 @@ FileNotFoundError (missing source file, named with the expected format) or Value
 key). Each module's docstring states its exact prompt and its choices.
 """
 
-from . import flickr30k, iconqa, ocrvqa, pope, scienceqa, vizwiz, vqa  # noqa: F401  (registers the converters)
-from .base import CONVERTERS, Converter, Item, convert, get_converter, list_converters, register_converter
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _module in _pkgutil.iter_modules(__path__):  # each converter module registers itself: adding a release is a file
+    _importlib.import_module(f"{__name__}.{_module.name}")
+
+from .base import CONVERTERS, Converter, Item, convert, get_converter, list_converters, register_converter  # noqa: E402
 
 __all__ = ["CONVERTERS", "Converter", "Item", "convert", "get_converter", "list_converters", "register_converter"]
