@@ -2,7 +2,7 @@
 
 Usage: ``scores = with_item_cis(primary_scores(table), load_items(runs_dir, primary_scores(table)))``
 
-Uncertainty conventions (STUDY.md: every number carries its uncertainty):
+Uncertainty conventions (docs/study.md: every number carries its uncertainty):
 - one run's score on one dataset: percentile bootstrap over its test items (:func:`with_item_cis`);
 - an average over datasets (unseen / seen / overall): stratified bootstrap, items resampled within each dataset,
   datasets weighted equally like the paper's plain mean (:func:`stratified_mean`);

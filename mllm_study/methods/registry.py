@@ -4,7 +4,7 @@ Usage: ``model = apply_method(model, "lora", {"r": 8}, placement="mlp", connecto
 ``save_method(model, "out/adapter")``; ``model = load_method(fresh_base, "out/adapter")``
 
 A method turns a frozen base model into a trainable one. Its ``defaults`` are the paper's configuration (Zhou et al.
-2024, STUDY.md) and its ``lr`` the paper's learning rate. The same call declares what the report side shows of it
+2024, docs/study.md) and its ``lr`` the paper's learning rate. The same call declares what the report side shows of it
 (display name, order, colour, size knob, whether it is one of the study's methods: :class:`mllm_study.method_info.
 MethodInfo`, literal arguments the report side reads from the method file's source without importing torch), so a
 new method is one new file in this folder (``methods/__init__.py`` imports every module of the package).

@@ -8,7 +8,7 @@ by exact match of the gold answer on the test items:
   choice, the question type's possible answers otherwise: ``scene["query"]["space"]``);
 - ``majority``: always the most frequent training answer;
 - ``question_only``: the most frequent training answer for the same question text (the majority answer where the
-  text was never seen in training), the baseline of STUDY.md's "no shortcuts" rule.
+  text was never seen in training), the baseline of docs/study.md's "no shortcuts" rule.
 The world is free of shortcuts when ``question_only <= chance + 0.05`` in every family (``tests/test_world.py``).
 Captions are open-ended (no answer space) and are left out.
 """
