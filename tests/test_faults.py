@@ -71,7 +71,9 @@ def test_killed_sweep_resumes_and_finishes_every_run_once(tmp_path, smoke_params
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
-        assert proc.returncode == 130, err
+        # a shell reports 130 either way: the CLI's own exit code, or (seen once in CI, after the CLI had printed its
+        # message) the interpreter ending itself with SIGINT
+        assert proc.returncode in (130, -signal.SIGINT), err
         assert "interrupted" in err
         failed = [json.loads(p.read_text()) for p in runs.glob("*/status.json")]
         assert any(s["status"] == "failed" and "KeyboardInterrupt" in s["reason"] for s in failed)
