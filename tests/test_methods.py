@@ -75,6 +75,18 @@ def _logits(model, batch):
         return model(**forward_inputs(model, {k: v for k, v in batch.items() if k != "labels"})).logits
 
 
+def _train_steps(model, batch, lr, steps):
+    """``steps`` AdamW steps on ``batch`` over the trainable parameters (seeded dropout), then eval mode."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        _loss(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
 def _loss(model, batch):
     return model(**forward_inputs(model, batch)).loss
 
@@ -169,15 +181,7 @@ def test_method_matrix(tiny, tmp_path, method, params, placement, connector):
     model.eval()
     before = _loss(model, batch).item()
     assert torch.isfinite(torch.tensor(before))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR.get(method, 1e-2))
-    model.train()
-    torch.manual_seed(0)
-    for _ in range(5):
-        loss = _loss(model, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    _train_steps(model, batch, LR.get(method, 1e-2), 5)
     after = _loss(model, batch).item()
     assert after < before, (before, after)
 
@@ -464,14 +468,7 @@ def test_vision_tuned_adds_exactly_the_vision_encoder_and_reloads(tiny, tmp_path
     assert set(base_name.values()) == vision
     assert bool(connector_param_names(model, trainable_only=True)) == (connector == "tuned")
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
-    torch.manual_seed(0)
-    for _ in range(3):
-        _loss(model, batch).backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    _train_steps(model, batch, 1e-2, 3)
     own = dict(base0.named_parameters())
     trained = {base_name[n]: p for n, p in model.named_parameters() if n in added}
     assert any(not torch.equal(p, own[n]) for n, p in trained.items())
@@ -534,14 +531,7 @@ def test_vera_trains_on_the_smoke_model_saves_and_reloads(smoke_params, smoke_mo
     assert sum(p.numel() for p in trainable.values()) == sum(32 + lin.out_features for lin in linears)
     model.eval()
     before = _loss(model, batch).item()
-    opt = torch.optim.AdamW(list(trainable.values()), lr=5e-2)
-    model.train()
-    torch.manual_seed(0)
-    for _ in range(5):
-        _loss(model, batch).backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    _train_steps(model, batch, 5e-2, 5)
     assert _loss(model, batch).item() < before
     logits = _logits(model, batch)
     save_method(model, tmp_path / "vera")
