@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import typing
@@ -21,12 +22,12 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 __all__ = [
     "ConfigError", "WorldConfig", "PretrainConfig", "RunConfig", "PathsConfig", "Params",
-    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "rooted_paths", "RUN_DATA_KEYS", "load_params", "parse_override",
-    "parse_overrides",
+    "PARAMS_DIR", "PROJECT_ROOT", "project_path", "rooted_paths", "RUN_DATA_KEYS", "conversation_folder", "load_params",
+    "parse_override", "parse_overrides",
     "list_profiles", "check_value", "RUN_FACTORS", "factor_value", "factor_row",
 ]
 
@@ -294,6 +295,8 @@ class Params:
     paths: PathsConfig = field(default_factory=PathsConfig)
     sweep: dict = field(default_factory=dict)  # the design: {grid: {key: [values]}} or {grids: [...]} (sweep.py)
     sources: list[str] = field(default_factory=list)
+    #: ``run.data_file`` / ``test_data_file`` / ``image_folder`` as given, when ``run.dataset`` is their folder
+    data_source: dict[str, str] = field(default_factory=dict)
 
     def resolved_method_params(self) -> dict[str, Any]:
         """The chosen method's parameters: its profile preset (without ``lr``) overlaid by ``run.method_params``."""
@@ -478,18 +481,48 @@ def parse_overrides(items: Any) -> dict[str, Any]:
     return dict(parse_override(str(o)) for o in items)
 
 
-def _resolve_data_file(merged: dict[str, dict]) -> None:
-    """Replace ``run.data_file`` (+ ``test_data_file``, ``image_folder``) by ``run.dataset`` = its dataset folder."""
+#: Bump when the conversation reader's output changes (mllm_study/converters/llava_file.py): new folders, new run ids.
+CONVERSATION_READER_VERSION = "1"
+
+
+def conversation_folder(data_file: str | Path, image_folder: str | Path | None = None,
+                        test_file: str | Path | None = None, cache: str | Path = ".cache") -> Path:
+    """Where the dataset folder of a LLaVA conversation file lives: ``<cache>/data/<stem>-<hash>``, the hash over the
+    files' bytes, the absolute image folder and the reader's version (computed here, built by the converter).
+
+    Raises:
+        DataError: a named file does not exist.
+    """
+    data_file = Path(data_file).expanduser()
+    if not data_file.is_file():
+        raise DataError(f"run.data_file: conversation file not found: {data_file}")
+    folder = Path(image_folder).expanduser().resolve() if image_folder is not None else data_file.parent.resolve()
+    paths = [data_file]
+    if test_file is not None:
+        paths.append(Path(test_file).expanduser())
+        if not paths[1].is_file():
+            raise DataError(f"run.test_data_file: conversation file not found: {paths[1]}")
+    h = hashlib.sha256(f"v{CONVERSATION_READER_VERSION}\0{folder}\0".encode())
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return Path(cache) / "data" / f"{data_file.stem}-{h.hexdigest()[:12]}"
+
+
+def _resolve_data_file(merged: dict[str, dict]) -> dict[str, str]:
+    """Set ``run.dataset`` to the folder of ``run.data_file`` (+ ``test_data_file``, ``image_folder``) and return
+    those keys: the run resolves the folder through the converter, which builds it on first use."""
     data = {key: merged["run"].pop(key) for key in RUN_DATA_KEYS if merged["run"].get(key) is not None}
     if not data:
-        return
+        return {}
     if "data_file" not in data:
         raise ConfigError(f"run.{next(iter(data))} needs run.data_file (a LLaVA conversation file)")
-    from .converters.llava_file import conversation_dataset
-
     cache = merged["paths"].get("cache", PathsConfig.cache)
-    merged["run"]["dataset"] = str(conversation_dataset(data["data_file"], data.get("image_folder"),
-                                                        data.get("test_data_file"), cache))
+    folder = conversation_folder(data["data_file"], data.get("image_folder"), data.get("test_data_file"), cache)
+    merged["run"]["dataset"] = str(folder)
+    return data
 
 
 def load_params(path: str | Path | None = None, profile: str | None = None,
@@ -545,9 +578,9 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
             if section not in SECTIONS:
                 raise _unknown(f"{source}: unknown section '{section}'", section, [*SECTIONS, "sweep"], "sections")
             _merge_section(merged[section], values or {}, section, source)
-    _resolve_data_file(merged)
+    data_source = _resolve_data_file(merged)
     try:
         built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}
     except ConfigError as exc:
         raise ConfigError(f"{' <- '.join(s for s, _ in layers)}: {exc}") from None
-    return Params(**built, sweep=sweep, sources=[s for s, _ in layers])
+    return Params(**built, sweep=sweep, sources=[s for s, _ in layers], data_source=data_source)

@@ -150,10 +150,12 @@ def fmt_p(p: float, sign: str = "") -> str:
 
 
 def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Rounded numbers, formatted p-values and readable column names."""
+    """Rounded numbers, formatted p-values, methods by their display names ("LoRA") and readable column names."""
     out = df.copy()
     for col in out.columns:
-        if col in ("p_value", "p_holm"):
+        if col in ("method", "method_a", "method_b"):
+            out[col] = out[col].map(method_display)
+        elif col in ("p_value", "p_holm"):
             out[col] = out[col].map(fmt_p)
         elif col in ("lr", "connector_lr"):
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{v:.1e}")
@@ -161,7 +163,8 @@ def pretty(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[col] = out[col].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")
         elif pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].round(digits)
-    return out.rename(columns={c: PRETTY.get(c, c) for c in out.columns})
+    methods = method_infos()  # a pivot's method columns too
+    return out.rename(columns={c: PRETTY.get(c, method_display(c) if c in methods else c) for c in out.columns})
 
 
 def show(df: pd.DataFrame, caption: str | None = None, digits: int = 3):

@@ -45,6 +45,12 @@ def resolve_dataset(name: str, params: Params, progress: bool = True) -> Path:
     path = Path(name)
     if (path / "dataset.json").exists():
         return path
+    source = params.data_source
+    if source and name == params.run.dataset:  # run.data_file's folder, built from the file on first use
+        from .converters.llava_file import conversation_dataset
+
+        return conversation_dataset(source["data_file"], source.get("image_folder"), source.get("test_data_file"),
+                                    params.paths.cache)
     import difflib
 
     close = difflib.get_close_matches(name, sorted(world_names), n=1)

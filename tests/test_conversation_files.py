@@ -18,6 +18,7 @@ from PIL import Image
 from mllm_study.cli import main
 from mllm_study.config import ConfigError, load_params
 from mllm_study.converters.llava_file import conversation_dataset
+from mllm_study.runs import resolve_dataset
 from mllm_study.data import DataError, load_conversation_file, load_split
 
 
@@ -128,11 +129,15 @@ def test_conversation_dataset_is_built_once_and_loads(tmp_path):
 
 def test_params_keys_become_the_dataset_folder(tmp_path):
     path, images = make_files(tmp_path)
-    with pytest.warns(UserWarning):
-        params = load_params(profile="smoke", overrides={"run.data_file": str(path), "run.image_folder": str(images),
-                                                         "paths.cache": str(tmp_path / "cache")})
+    params = load_params(profile="smoke", overrides={"run.data_file": str(path), "run.image_folder": str(images),
+                                                     "paths.cache": str(tmp_path / "cache")})
     assert Path(params.run.dataset).parent == tmp_path / "cache/data"
     assert not hasattr(params.run, "data_file")  # not a RunConfig field: run ids are computed as before
+    assert not Path(params.run.dataset).exists()  # config names the folder; the run's data resolution builds it
+    with pytest.warns(UserWarning):  # the file's duplicate id, reported by the reader while building
+        folder = resolve_dataset(params.run.dataset, params, progress=False)
+    assert folder == Path(params.run.dataset) and (folder / "dataset.json").is_file()
+    assert folder == conversation_dataset(path, images, cache=tmp_path / "cache")  # the converter's own folder
     yaml_file = tmp_path / "mine.yaml"
     yaml_file.write_text("run:\n  image_folder: data\n")
     with pytest.raises(ConfigError, match=r"run\.image_folder needs run\.data_file"):

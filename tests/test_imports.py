@@ -105,9 +105,9 @@ LAYERS = {
 REPORT_SIDE = {"report", "plots", "stats", "findings", "contrasts", "datasize", "evidence", "validity", "render"}
 TRAINING_SIDE = {"cli", "study", "calibration", "sweep", "runs", "train", "evaluate", "methods", "models"}
 #: Imports against the direction that remain (a ratchet: a new one fails, a removed one must leave this list).
-#: config builds a dataset from a conversation file through the converters. (It read a method's paper learning rate
-#: through the method registry until issue 17's item 3 put method metadata below it, in ``method_info``.)
-KNOWN_AGAINST = {("config", "converters")}
+#: None remain: config names a conversation file's dataset folder (``conversation_folder``) and the run's data
+#: resolution (runs.resolve_dataset) builds it through the converter.
+KNOWN_AGAINST: set[tuple[str, str]] = set()
 
 
 def imported_modules(source: str, module: str, is_package: bool = False) -> set[str]:

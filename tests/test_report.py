@@ -749,3 +749,16 @@ def test_rq4_equal_steps_runs_train_the_medium_sizes_steps_and_are_no_convergenc
             for b in rs:
                 if a.train_size == b.train_size and a is not b:
                     assert not math.isclose(b.epochs, 2 * a.epochs), (profile, key, a.train_size, a.epochs, b.epochs)
+
+
+def test_tables_show_methods_by_their_declared_display_names():
+    from mllm_study.method_info import method_info
+    from mllm_study.plots import pretty
+
+    df = pd.DataFrame({"method": ["lora", "ia3", "none", "mystery"], "value": [0.5, 0.4, 0.3, 0.2]})
+    out = pretty(df)
+    assert list(out["Method"]) == [method_info("lora").display, method_info("ia3").display,
+                                   method_info("none").display, "mystery"]
+    assert list(out["Method"])[:2] == ["LoRA", "IA3"] and list(df["method"]) == ["lora", "ia3", "none", "mystery"]
+    wide = pretty(df.pivot_table(index="value", columns="method", values="value").reset_index())
+    assert "LoRA" in wide.columns and "mystery" in wide.columns and "lora" not in wide.columns

@@ -13,24 +13,14 @@ which are then not trained on.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from ..config import CONVERSATION_READER_VERSION, conversation_folder
 from .base import write_dataset_folder
 
 __all__ = ["conversation_dataset", "READER_VERSION"]
 
-READER_VERSION = "1"  # bump when load_conversation_file's output changes (new folders, new run ids)
-
-
-def _digest(paths: list[Path], image_folder: Path) -> str:
-    h = hashlib.sha256(f"v{READER_VERSION}\0{image_folder}\0".encode())
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()[:12]
+READER_VERSION = CONVERSATION_READER_VERSION  # bumped in config.py, which names the folder
 
 
 def conversation_dataset(data_file: str | Path, image_folder: str | Path | None = None,
@@ -51,14 +41,10 @@ def conversation_dataset(data_file: str | Path, image_folder: str | Path | None 
     """
     from ..data import DataError, load_conversation_file, val_size
 
+    out = conversation_folder(data_file, image_folder, test_file, cache)  # DataError for a missing file
     data_file = Path(data_file).expanduser()
-    if not data_file.is_file():
-        raise DataError(f"run.data_file: conversation file not found: {data_file}")
     folder = Path(image_folder).expanduser().resolve() if image_folder is not None else data_file.parent.resolve()
     paths = [data_file] + ([Path(test_file).expanduser()] if test_file is not None else [])
-    if test_file is not None and not paths[1].is_file():
-        raise DataError(f"run.test_data_file: conversation file not found: {paths[1]}")
-    out = Path(cache) / "data" / f"{data_file.stem}-{_digest(paths, folder)}"
     if (out / "dataset.json").is_file():
         return out
     train = load_conversation_file(data_file, folder)
