@@ -74,8 +74,13 @@ class PretrainConfig:
     vision_layers: int = 2
     image_size: int = 32
     patch_size: int = 8
+    vision_steps: int = 0  # stage 0: the vision tower alone learns which object fills each patch's cell (CLIP's role)
     stage1_steps: int = 1200  # connector alignment on scene descriptions (whole model: nothing is pre-trained)
+    stage1_tune_vision: bool = True  # train the vision tower in stage 1 (false: keep stage 0's tower as it is)
     stage2_steps: int = 3600  # instruction tuning on the seen families (vision tower frozen, like LLaVA)
+    format_steps: int = 0  # stage 3: the seen questions in the unseen columns' answer formats (the formats split)
+    format_lr: float = 3e-4  # stage 3's peak learning rate
+    format_tune_vision: bool = False  # train the vision tower in stage 3 too
     yesno_steps: int = 0  # a stage between 1 and 2 on the seen yes/no questions only (whole model trains)
     stage1_qa_share: float = 0.0  # share of the seen families' questions mixed into stage 1 (curriculum)
     stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)

@@ -27,6 +27,7 @@ from .recipe import (  # noqa: F401 (re-exported: the recipe key and the base mo
     tiny_llava_dir,
 )
 from .world import ensure_world  # noqa: F401 (re-exported)
+from .world.tasks import FORMATS_SPLIT
 
 __all__ = [
     "TINY_MODEL", "TINY_CHAT_TEMPLATE", "build_tokenizer", "build_tiny_llava", "ensure_world", "pretrain_tiny_llava",
@@ -171,7 +172,7 @@ def image_use_check(model, processor, world_dir: Path, size: int, progress: bool
 
 
 def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) -> Path:
-    """Build and pre-train the tiny model in two stages (or reuse the cached one). Returns its folder.
+    """Build and pre-train the tiny model in stages (or reuse the cached one). Returns its folder.
 
     Stage 1 (alignment): scene descriptions (``align``); the whole model trains, since here nothing is
     pre-trained (in LLaVA only the connector trains because CLIP and the LLM already are).
@@ -179,10 +180,13 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     unseen columns' answer formats, see ``world.tasks.FORMAT_SHARES``) mixed with a share of stage-1 descriptions
     (``stage2_align_share``, as LLaVA's instruction mix keeps detailed descriptions); the vision tower is frozen like
     LLaVA's unless ``stage2_tune_vision`` (the tiny tower has seen only stage 1's descriptions, CLIP far more).
+    Stage 3 (formats, ``format_steps``): the ``formats`` split of the same families, their questions asked mostly in
+    the unseen columns' answer formats and the descriptions under varied prompts, at ``format_lr``, vision frozen:
+    formats taught after binding is learned, since a change to stage 2's data re-draws whether binding is learned.
+    Stage 0 (``vision_steps``, off by default) trains the vision tower alone on which object fills each cell.
     The folder holds the checkpoint, processor and ``pretrain_record.json`` (recipe, losses, timings, image-use check).
     """
-    from .data import Collator, load_split
-    from .train import TrainSettings, train_model
+    from .data import Collator
 
     cfg = params.pretrain
     out = tiny_llava_dir(params, world_dir)
@@ -193,35 +197,17 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     model, processor = build_tiny_llava(tokenizer, cfg)
     collator = Collator(processor, mode="train")
     record: dict[str, Any] = {"recipe": dataclasses.asdict(cfg), "world": str(world_dir), "stages": {}}
-    stages = [("stage1_align", ["align"], cfg.stage1_steps, False),
+    if cfg.vision_steps > 0:
+        record["stages"]["stage0_vision"] = pretrain_vision_tower(model, processor, world_dir, cfg, progress)
+    stages = [("stage1_align", ["align"], cfg.stage1_steps, not cfg.stage1_tune_vision),
               ("stage1b_yesno", ["vqav2"], cfg.yesno_steps, False),
-              ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, not cfg.stage2_tune_vision)]
+              ("stage2_instruct", list(SEEN_FAMILIES), cfg.stage2_steps, not cfg.stage2_tune_vision),
+              ("stage3_formats", ["align", *SEEN_FAMILIES], cfg.format_steps, not cfg.format_tune_vision)]
     for name, families, steps, freeze_vision in stages:
-        if steps <= 0:
-            continue
-        records = [r for fam in families for r in load_split(world_dir / fam, "pretrain")]
-        if name == "stage1b_yesno":
-            records = [r for r in records if r["scene"]["query"].get("type") == "yesno"]
-        if name == "stage1_align" and cfg.stage1_qa_share > 0:
-            # the seen families' questions, interleaved (every family equally) up to the share
-            qa = [r for group in zip(*(load_split(world_dir / f, "pretrain") for f in SEEN_FAMILIES)) for r in group]
-            n_qa = min(len(qa), round(len(records) * cfg.stage1_qa_share / (1 - cfg.stage1_qa_share)))
-            records = records + qa[:n_qa]
-            families = [*families, *SEEN_FAMILIES]
-        if name == "stage2_instruct" and cfg.stage2_align_share > 0:
-            align = load_split(world_dir / "align", "pretrain")
-            n_align = min(len(align), round(len(records) * cfg.stage2_align_share / (1 - cfg.stage2_align_share)))
-            records = records + align[:n_align]
-            families = [*families, "align"]
-        for p_name, p in model.named_parameters():
-            p.requires_grad = not (freeze_vision and ".vision_tower." in f".{p_name}")
-        group = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-        settings = TrainSettings(max_steps=steps, batch_size=cfg.batch_size, warmup_steps=cfg.warmup_steps,
-                                 seed=cfg.seed, desc=f"pretrain {name}", progress=progress, log_every=50,
-                                 loss_average=cfg.loss_average)
-        result = train_model(model, collator, records, group, settings)
-        record["stages"][name] = {"families": families, "steps": result.steps, "seconds": round(result.seconds, 2),
-                                  "samples": result.samples, "final_loss": result.final_loss, "log": result.log}
+        if steps > 0:
+            records, families = stage_records(name, families, cfg, world_dir)
+            record["stages"][name] = train_stage(model, collator, name, families, records, cfg, steps, freeze_vision,
+                                                 progress)
     for p in model.parameters():
         p.requires_grad = False
     record["image_use_check"] = image_use_check(model, processor, world_dir, cfg.eval_size, progress)
@@ -237,6 +223,113 @@ def pretrain_tiny_llava(params: Params, world_dir: Path, progress: bool = True) 
     else:
         tmp.rename(out)
     return out
+
+
+def _cell_targets(scene: dict, grid: int) -> list[int]:
+    """Per image patch (row-major ``grid`` x ``grid``), the class of the object in its cell: 1 + index in
+    ``OBJECT_TYPES`` (colour x shape), 0 for an empty cell."""
+    from .world.scenes import CELL_SIZE, IMAGE_SIZE, OBJECT_TYPES
+
+    cells = IMAGE_SIZE // CELL_SIZE
+    by_cell = {}
+    for o in scene["objects"]:
+        x, y = o["center"]
+        by_cell[(int(y) // CELL_SIZE, int(x) // CELL_SIZE)] = 1 + OBJECT_TYPES.index((o["color"], o["shape"]))
+    return [by_cell.get((r * cells // grid, c * cells // grid), 0) for r in range(grid) for c in range(grid)]
+
+
+def pretrain_vision_tower(model, processor, world_dir: Path, cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Stage 0, the tiny model's stand-in for CLIP's own pre-training: the vision tower alone learns, with a
+    linear head on every patch token that is then discarded, which object (colour and shape together, or none)
+    fills the patch's cell, on the images of the stage-1 and stage-2 records (their scene graphs are the labels).
+    A real LLaVA starts from a CLIP that already encodes what is where; the tiny tower otherwise learns it only
+    through the language model's loss, and binding a colour to a shape and a cell then succeeds for few seeds."""
+    import numpy as np
+    from PIL import Image
+
+    from .data import load_split
+    from .world.scenes import OBJECT_TYPES
+
+    started = time.perf_counter()
+    records = [r for fam in ("align", *SEEN_FAMILIES) for r in load_split(world_dir / fam, "pretrain")]
+    grid = cfg.image_size // cfg.patch_size
+    pixels = torch.cat([processor.image_processor([Image.open(r["image_path"]).convert("RGB")
+                                                   for r in records[i:i + 512]], return_tensors="pt")["pixel_values"]
+                        for i in range(0, len(records), 512)])
+    targets = torch.tensor([_cell_targets(r["scene"], grid) for r in records])
+    tower = model.model.vision_tower
+    torch.manual_seed(cfg.seed)
+    head = torch.nn.Linear(cfg.vision_hidden_size, 1 + len(OBJECT_TYPES))
+    params = [p for p in tower.parameters()] + list(head.parameters())
+    for p in params:
+        p.requires_grad = True
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps, batch = cfg.vision_steps, 4 * cfg.batch_size
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order, log, tower_was_training = torch.empty(0, dtype=torch.long), [], tower.training
+    tower.train()
+    for step in range(steps):
+        if len(order) < batch:
+            order = torch.cat([order, torch.randperm(len(records), generator=gen)])
+        idx, order = order[:batch], order[batch:]
+        hidden = tower(pixel_values=pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]
+        logits = head(hidden)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[idx].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps - 1:
+            acc = (logits.argmax(-1) == targets[idx]).float().mean().item()
+            log.append({"step": step + 1, "loss": round(loss.item(), 5), "patch_accuracy": round(acc, 4)})
+            if progress:
+                print(f"pretrain stage0_vision step {step + 1}/{steps} loss {loss.item():.4f} patch acc {acc:.3f}",
+                      flush=True)
+    tower.train(tower_was_training)
+    return {"families": ["align", *SEEN_FAMILIES], "steps": steps, "seconds": round(time.perf_counter() - started, 2),
+            "samples": steps * batch, "final_loss": log[-1]["loss"], "log": log}
+
+
+def stage_records(name: str, families: list[str], cfg: PretrainConfig, world_dir: Path) -> tuple[list[dict], list[str]]:
+    """The records pre-training stage ``name`` trains on, and the families they come from."""
+    from .data import load_split
+
+    split = FORMATS_SPLIT if name == "stage3_formats" else "pretrain"
+    records = [r for fam in families for r in load_split(world_dir / fam, split)]
+    if name == "stage1b_yesno":
+        records = [r for r in records if r["scene"]["query"].get("type") == "yesno"]
+    if name == "stage1_align" and cfg.stage1_qa_share > 0:
+        # the seen families' questions, interleaved (every family equally) up to the share
+        qa = [r for group in zip(*(load_split(world_dir / f, "pretrain") for f in SEEN_FAMILIES)) for r in group]
+        n_qa = min(len(qa), round(len(records) * cfg.stage1_qa_share / (1 - cfg.stage1_qa_share)))
+        records = records + qa[:n_qa]
+        families = [*families, *SEEN_FAMILIES]
+    if name == "stage2_instruct" and cfg.stage2_align_share > 0:
+        align = load_split(world_dir / "align", "pretrain")
+        n_align = min(len(align), round(len(records) * cfg.stage2_align_share / (1 - cfg.stage2_align_share)))
+        records = records + align[:n_align]
+        families = [*families, "align"]
+    return records, families
+
+
+def train_stage(model, collator, name: str, families: list[str], records: list[dict], cfg: PretrainConfig,
+                steps: int, freeze_vision: bool, progress: bool = True) -> dict:
+    """Train one pre-training stage in place; returns its entry of ``pretrain_record.json``."""
+    from .train import TrainSettings, train_model
+
+    for p_name, p in model.named_parameters():
+        p.requires_grad = not (freeze_vision and ".vision_tower." in f".{p_name}")
+    lr, warmup = (cfg.format_lr, min(cfg.warmup_steps, steps // 10)) if name == "stage3_formats" else \
+        (cfg.lr, cfg.warmup_steps)
+    group = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+    settings = TrainSettings(max_steps=steps, batch_size=cfg.batch_size, warmup_steps=warmup,
+                             seed=cfg.seed, desc=f"pretrain {name}", progress=progress, log_every=50,
+                             loss_average=cfg.loss_average)
+    result = train_model(model, collator, records, group, settings)
+    return {"families": families, "steps": result.steps, "seconds": round(result.seconds, 2),
+            "samples": result.samples, "final_loss": result.final_loss, "log": result.log}
 
 
 def _world_fingerprint(world_dir: Path) -> str:

@@ -44,18 +44,20 @@ def recipe_code_digest() -> str:
 
 def pretrain_inputs(cfg: PretrainConfig, world_dir: Path) -> dict[str, str]:
     """Content digests of every world file a pre-training reads: the ``pretrain`` split (records and images) of the
-    alignment and seen families, and the vocabulary (the committed file, or with ``case_sensitive`` the whole
-    world, whose text then trains the tokenizer). Unseen families do not enter: they can change without moving
-    the base model."""
+    alignment and seen families (and their ``formats`` split when stage 3 trains), and the vocabulary (the
+    committed file, or with ``case_sensitive`` the whole world, whose text then trains the tokenizer). Unseen
+    families do not enter: they can change without moving the base model."""
     manifest = json.loads((world_dir / "manifest.json").read_text())
     splits = manifest.get("split_fingerprints") or {}
     out = {}
+    names = ("pretrain", "formats") if cfg.format_steps > 0 else ("pretrain",)
     for family in ("align", *SEEN_FAMILIES):
-        key = f"{family}/pretrain"
-        if key not in splits:
-            raise DataError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: delete "
-                            f"{world_dir} and it is regenerated)")
-        out[key] = splits[key]
+        for split in names:
+            key = f"{family}/{split}"
+            if key not in splits:
+                raise DataError(f"{world_dir}/manifest.json: no fingerprint of {key} (a world from older code: "
+                                f"delete {world_dir} and it is regenerated)")
+            out[key] = splits[key]
     out["vocabulary"] = manifest["fingerprint"] if cfg.case_sensitive else \
         hashlib.sha256(VOCABULARY_FILE.read_bytes()).hexdigest()
     return out

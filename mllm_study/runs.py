@@ -26,6 +26,7 @@ from . import __version__
 from .config import Params
 from .files import file_digest, read_json, write_json_atomic  # noqa: F401 (also this module's API: callers use them)
 from .records import is_done
+from .world.tasks import TRAINING_SPLITS
 
 __all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries",
            "base_model", "eval_targets",
@@ -182,7 +183,7 @@ def eval_targets(params: Params, progress: bool = True) -> list[tuple[Path, str,
     targets = [(own, params.run.eval_split, params.run.test_size)]
     for name in params.run.eval_datasets:
         folder = resolve_dataset(name, params, progress)
-        splits = [k for k in load_dataset_info(folder).get("splits", {"test": 0}) if k not in ("train", "pretrain")]
+        splits = [k for k in load_dataset_info(folder).get("splits", {"test": 0}) if k not in TRAINING_SPLITS]
         for split in splits or ["test"]:
             if (folder, split, params.run.test_size) not in targets:
                 targets.append((folder, split, params.run.test_size))

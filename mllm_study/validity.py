@@ -45,6 +45,7 @@ from .errors import RunError
 from . import stats
 from .metrics import compute_metric, extract_choice, find_objects, normalize_answer, parse_yes_no, vqa_process_answer
 from .files import file_digest, read_json, write_json_atomic
+from .world.tasks import TRAINING_SPLITS
 from .method_info import LiveSequence, study_methods
 from .records import is_done, run_damage
 
@@ -213,7 +214,7 @@ def world_columns(world_dir: str | Path) -> dict[str, Column]:
         if info.get("group") == "pretrain":
             continue
         train = load_split(folder, "train", check_images=False) if (folder / "train.json").exists() else None
-        for split in (s for s in info.get("splits", {"test": 0}) if s not in ("train", "pretrain")):
+        for split in (s for s in info.get("splits", {"test": 0}) if s not in TRAINING_SPLITS):
             recs = load_split(folder, split, check_images=False)
             col = Column(info["name"] if split == "test" else f"{info['name']}/{split}", info["name"], split,
                          info["metric"], info.get("group", ""), column_kind(info["metric"], recs),
@@ -271,7 +272,10 @@ def _other_world(spec: dict, world_dir: Path, base_model: Path | None) -> str | 
     files = {folder / f"{split}.json": d for split, d in spec.get("data", {}).items()}
     if any(not p.exists() or _digest(p, p.stat().st_mtime_ns) != d for p, d in files.items()):
         return "made on another world"
-    if base_model is not None and spec.get("base_model") not in (None, base_model.name):
+    made_with = spec.get("base_model")  # the tiny model's folder name, or a local checkpoint's identity
+    if isinstance(made_with, dict):
+        made_with = made_with.get("local")
+    if base_model is not None and made_with not in (None, base_model.name):
         return "made with another base model"
     return None
 

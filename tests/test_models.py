@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -148,6 +150,14 @@ def test_the_recipe_key_follows_the_pretraining_data_not_the_unseen_families(smo
         assert changed(unseen) == key, unseen
     for read in ("align/pretrain", "okvqa/pretrain", "ocrvqa/pretrain", "vqav2/pretrain"):
         assert changed(read) != key, read
+    # the formats split enters exactly when stage 3 trains on it (pretrain.format_steps > 0)
+    for steps in (0, 5):
+        params = dataclasses.replace(smoke_params, pretrain=dataclasses.replace(smoke_params.pretrain,
+                                                                                 format_steps=steps))
+        base = models.tiny_llava_dir(params, smoke_world).name
+        edited = _world_with_manifest(smoke_world, tmp_path, lambda m: m["split_fingerprints"].update(
+            {"vqav2/formats": "0" * 64}))
+        assert (models.tiny_llava_dir(params, edited).name != base) == (steps > 0), steps
     old = _world_with_manifest(smoke_world, tmp_path, lambda m: m.pop("split_fingerprints"))
     with pytest.raises(ValueError, match="no fingerprint of align/pretrain"):
         models.tiny_llava_dir(smoke_params, old)
@@ -209,3 +219,14 @@ def test_per_sample_loss_weighs_every_record_equally():
     assert torch.allclose(_answer_loss(logits, labels, 6, "sample"), (per_record[0] + per_record[1]) / 2)
     assert torch.allclose(_answer_loss(logits, labels, 6, "token"), token_mean)
     assert not torch.allclose(token_mean, (per_record[0] + per_record[1]) / 2)
+
+
+def test_stage0_targets_name_the_object_of_each_patch_cell():
+    from mllm_study.models import _cell_targets
+    from mllm_study.world.scenes import OBJECT_TYPES
+
+    scene = {"objects": [{"shape": "circle", "color": "red", "center": [8, 8]},
+                         {"shape": "cross", "color": "blue", "center": [24, 25]}]}
+    got = _cell_targets(scene, 4)  # 4 x 4 patches of 8 px, 2 x 2 per 16 px cell, row-major
+    red, blue = 1 + OBJECT_TYPES.index(("red", "circle")), 1 + OBJECT_TYPES.index(("blue", "cross"))
+    assert got == [red, red, 0, 0, red, red, 0, 0, 0, 0, blue, blue, 0, 0, blue, blue]

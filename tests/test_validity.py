@@ -46,7 +46,7 @@ def _sqa(split, i):
 
 def _iconqa_txt(split, i):
     choices, gold = _two(i, "circle", "square")
-    return _rec("iconqa_txt", split, i, f"Which shape appears most often?\nChoices: {', '.join(choices)}.", gold,
+    return _rec("iconqa_txt", split, i, f"Which shape appears the most?\nChoices: {', '.join(choices)}.", gold,
                 references=[gold], choices=choices)
 
 
@@ -416,3 +416,18 @@ def test_chance_of_open_columns_is_a_uniform_guess_in_the_columns_metric(smoke_w
                           for a in r["scene"]["query"]["space"]) for r in vqa.records.values())
     exact = fmean(1 / len(r["scene"]["query"]["space"]) for r in vqa.records.values())
     assert vqa.figures["chance"] == pytest.approx(by_hand) and by_hand > exact
+
+
+def test_runs_of_a_local_checkpoint_count_for_that_base_model(tmp_path):
+    """A run of ``run.model=<folder>`` records the folder's identity (a dict); validating with that folder as
+    ``--base-model`` reads the run, another folder skips it."""
+    from mllm_study.validity import _other_world
+
+    world = tmp_path / "world"
+    (world / "vqav2").mkdir(parents=True)
+    (world / "vqav2" / "dataset.json").write_text("{}")
+    spec = {"run": {"dataset": "vqav2"}, "data": {},
+            "base_model": {"local": "my-model", "fingerprint": "0" * 16, "weight_files": 1}}
+    assert _other_world(spec, world, tmp_path / "my-model") is None
+    assert _other_world(spec, world, tmp_path / "other") == "made with another base model"
+    assert _other_world({**spec, "base_model": "tiny-llava-abc"}, world, tmp_path / "tiny-llava-abc") is None

@@ -116,7 +116,7 @@ def unformat(rec: dict) -> tuple[str, str]:
         assert lines[0].startswith("Context: ") and lines[1].startswith("Question: ")
         assert lines[2] == "Options: " + ", ".join(f"{'ABC'[i]}. {c}" for i, c in enumerate(rec["choices"]))
         assert rec["references"] == [gpt(rec)]
-        return lines[1][len("Question: "):], rec["choices"]["ABC".index(gpt(rec))]
+        return plain_wording(lines[1][len("Question: "):]), rec["choices"]["ABC".index(gpt(rec))]
     if fmt == "choices":
         assert lines[1] == f"Choices: {', '.join(rec['choices'])}. Choose an option from the choices to answer the " \
                            "question." and rec["choices"].count(gpt(rec)) == 1
@@ -124,16 +124,30 @@ def unformat(rec: dict) -> tuple[str, str]:
         assert lines[1] == "Fill in the blanks in () or answer this question." and gpt(rec).isdigit()
         for statement, plain in ((r"The number of (.+) in the picture is \(\)\.", r"How many \1 are there?"),
                                  (r"The (.+) has \(\) corners\.", r"How many corners does the \1 have?"),
-                                 (r"The number written in the image is \(\)\.", "What number is shown?")):
+                                 (r"The number written in the image is \(\)\.", "What number is shown?"),
+                                 # the formats split's further statements
+                                 (r"There are \(\) (.+) in the image\.", r"How many \1 are there?"),
+                                 (r"\(\) (.+) are in the picture\.", r"How many \1 are there?"),
+                                 (r"Count the (.+)\. There are \(\) \1 in the image\.", r"How many \1 are there?"),
+                                 (r"There are \(\) (.+)\.", r"How many \1 are there?"),
+                                 (r"The image shows the number \(\)\.", "What number is shown?")):
             if re.fullmatch(statement, lines[0]):
-                return re.sub(statement, plain, lines[0]), gpt(rec)
+                return plain_wording(re.sub(statement, plain, lines[0])), gpt(rec)
         raise AssertionError(f"blank statement without a rewrite rule: {lines[0]!r}")
     elif fmt == "vizwiz":
         assert lines[1].startswith('When the information is insufficient, respond with "Unanswerable".')
     else:
         assert fmt is None
     assert len(lines) == 2
-    return lines[0], gpt(rec)
+    return plain_wording(lines[0]), gpt(rec)
+
+
+def plain_wording(q: str) -> str:
+    """A question of the formats split in the wording of the other splits (world.tasks._STAGE3_WORDINGS)."""
+    if m := re.fullmatch(r"Are there (\w+) (\w+) in the image\?", q):
+        q = f"Is there {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]} {PLURAL_TO_SHAPE[m[2]]} in the image?"
+    return q.replace("Which color is", "What color is").replace("Which shape is", "What shape is") \
+        .replace("feeling is linked", "feeling is often linked")
 
 
 def check_vqa_references(rec: dict, gold: str) -> None:
@@ -220,7 +234,8 @@ def test_layout_follows_data_format(world):
                 assert turns[0]["value"].startswith("<image>\n") and turns[0]["value"].count("<image>") == 1
                 assert (out / family / meta["image_folder"] / r["image"]).is_file()
         assert sorted(os.listdir(out / family / "images")) == sorted(meta["splits"])
-    assert split_sizes("align", "smoke") == {"pretrain": PROFILES["smoke"]["align_pretrain"]}
+    assert split_sizes("align", "smoke") == {"pretrain": PROFILES["smoke"]["align_pretrain"],
+                                             "formats": PROFILES["smoke"]["formats"]}
     assert split_sizes("pope", "smoke") == {"random": 30, "popular": 30, "adversarial": 30}
     with Image.open(out / "vqav2/images/test/000000.png") as img:
         assert img.size == (32, 32) and img.mode == "RGB"
@@ -317,7 +332,7 @@ def test_iconqa_txt_answers(world):
         shapes = Counter(o["shape"] for o in scene["objects"])
         if m := re.fullmatch(r"How many (\w+) are there\?", q):
             gold = str(shapes[PLURAL_TO_SHAPE[m[1]]])
-        elif q == "Which shape appears most often?":
+        elif q == "Which shape appears the most?":
             (gold, n), *rest = shapes.most_common()
             assert not rest or rest[0][1] < n
             assert set(shapes) <= set(rec["choices"])  # every shape in the picture is offered: counting decides
@@ -526,3 +541,21 @@ def test_parallel_world_falls_back_to_one_process_when_workers_cannot_start(worl
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == manifest["fingerprint"]
+
+
+def test_formats_split_asks_seen_questions_in_the_unseen_formats_and_is_never_scored(world):
+    from mllm_study.world.language import ALIGN_PROMPTS, DESCRIPTION_PROMPTS
+    from mllm_study.world.tasks import FORMATS_SPLIT, TRAINING_SPLITS
+
+    seen = ("vqav2", "okvqa", "ocrvqa")
+    formats = Counter(r.get("format") for fam in seen for r in load(world[0], fam, FORMATS_SPLIT))
+    assert {None, "letters", "choices", "blank", "vizwiz"} <= set(formats)
+    assert formats[None] < sum(formats.values()) * 0.25  # mostly formatted (the pretrain split: about 0.5 plain)
+    prompts = [r["conversations"][0]["value"].split("\n", 1)[1] for r in load(world[0], "align", FORMATS_SPLIT)]
+    assert set(prompts) <= set(DESCRIPTION_PROMPTS) and len(set(prompts)) > len(ALIGN_PROMPTS)
+    questions = " ".join(r["conversations"][0]["value"] for fam in seen for r in load(world[0], fam, FORMATS_SPLIT))
+    assert ("Which color is" in questions or "Which shape is" in questions) and "often" not in questions
+    assert re.search(r"Are there \w+ \w+ in the image\?", questions)
+    for fam in ("sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k"):  # unseen families: no formats split
+        assert not (world[0] / fam / f"{FORMATS_SPLIT}.json").exists()
+    assert FORMATS_SPLIT in TRAINING_SPLITS  # runs.eval_targets and validity.world_columns skip it

@@ -13,7 +13,7 @@ from .scenes import COLORS, POSITIONS, SHAPES, pick, shuffled
 
 __all__ = [
     "NUMBER_WORDS", "SHAPE_NOUNS", "PLURALS", "OBJECT_SYNONYMS", "COLOR_VARIANTS", "POSITION_VARIANTS",
-    "KNOWLEDGE_BASE", "KB_KEY", "CAPTION_PROMPTS", "ALIGN_PROMPTS", "article", "plural", "object_name",
+    "KNOWLEDGE_BASE", "KB_KEY", "CAPTION_PROMPTS", "ALIGN_PROMPTS", "DESCRIPTION_PROMPTS", "article", "plural", "object_name",
     "vqa_answers", "describe_scene", "caption_set",
 ]
 
@@ -82,6 +82,13 @@ CAPTION_PROMPTS = (
     "What is in this image? Describe it briefly.",
 )
 ALIGN_PROMPTS = ("Describe the image.", "What is in the image?", "List everything in the image.")
+#: The ``formats`` split's description prompts (pre-training stage 3), varied in form ("summarize", "in a few
+#: words", "a sentence") so that the base model describes the scene for any description request rather than reading
+#: "one" or "a few" as a number question; Flickr30k's own prompts (``CAPTION_PROMPTS``) stay unseen.
+DESCRIPTION_PROMPTS = (*ALIGN_PROMPTS, "Describe the picture.", "What is in this picture?",
+                       "Give a description of the image.", "Summarize the image.", "Describe the image in a sentence.",
+                       "Write a description of the picture.", "Provide a description of this image.",
+                       "What can you see in the picture?", "Describe the picture in a few words.")
 
 
 def article(word: str) -> str:

@@ -18,20 +18,26 @@ import numpy as np
 from PIL import Image
 
 from .language import (
-    ALIGN_PROMPTS, CAPTION_PROMPTS, COLOR_VARIANTS, KB_KEY, KNOWLEDGE_BASE, NUMBER_WORDS, POSITION_VARIANTS,
+    ALIGN_PROMPTS, CAPTION_PROMPTS, COLOR_VARIANTS, DESCRIPTION_PROMPTS, KB_KEY, KNOWLEDGE_BASE, NUMBER_WORDS, POSITION_VARIANTS,
     SHAPE_NOUNS, article, caption_set, describe_scene, object_name, plural, vqa_answers,
 )
 from .scenes import COLORS, NUMBERS, OBJECT_TYPES, POSITIONS, SHAPES, WORDS, item_rng, object_at, pick, \
     pick_weighted, render_scene, sample_degradation, sample_scene, shuffled
 
-__all__ = ["FamilyInfo", "FAMILIES", "ALIGN", "POPE", "FAMILY_ORDER", "SHORT_ANSWER", "VIZWIZ_SUFFIX",
+__all__ = ["FamilyInfo", "FAMILIES", "ALIGN", "POPE", "FAMILY_ORDER", "SHORT_ANSWER", "VIZWIZ_SUFFIX", "FORMATS_SPLIT",
+           "TRAINING_SPLITS",
            "family_info", "build_item", "GENERATORS"]
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 VIZWIZ_SUFFIX = 'When the information is insufficient, respond with "Unanswerable". ' + SHORT_ANSWER
 ICONQA_TXT_SUFFIX = "Choose an option from the choices to answer the question."
 ICONQA_BLANK_SUFFIX = "Fill in the blanks in () or answer this question."
-SEEN_SPLITS = ("pretrain", "train", "test")
+#: ``formats``: the seen families' (and the descriptions') questions asked mostly in the unseen columns' answer
+#: formats, for pre-training stage 3 (``pretrain.format_steps``); like ``pretrain`` and ``train``, never evaluated.
+FORMATS_SPLIT = "formats"
+SEEN_SPLITS = ("pretrain", "train", "test", FORMATS_SPLIT)
+#: splits that are trained on only: not evaluation columns
+TRAINING_SPLITS = ("train", "pretrain", FORMATS_SPLIT)
 UNSEEN_SPLITS = ("train", "test")
 
 
@@ -78,7 +84,7 @@ FAMILIES: dict[str, FamilyInfo] = {f.name: f for f in (
     FamilyInfo("vqav2", "VQAv2", "vqa_score", "seen", 6, SHORT_ANSWER, SEEN_SPLITS,
                "colour / shape / count / position / yes-no questions"),
 )}
-ALIGN = FamilyInfo("align", "align", "cider", "pretrain", 48, "", ("pretrain",),
+ALIGN = FamilyInfo("align", "align", "cider", "pretrain", 48, "", ("pretrain", FORMATS_SPLIT),
                    "stage-1 connector alignment: canonical descriptions of objects, positions, count and text")
 POPE = FamilyInfo("pope", "POPE", "pope", "probe", 3, SHORT_ANSWER, ("random", "popular", "adversarial"),
                   "object-existence probes 'Is there a <colour> <shape> in the image?', 50/50 yes/no")
@@ -150,10 +156,12 @@ def _attribute_question(rng: np.random.Generator, attr: str) -> tuple[str, str, 
 #: ask whether an object exists ("Is there a red circle in the image?"): binding a colour and a shape to a cell is
 #: the hardest skill for the tiny model, and it is the one the POPE probe measures.
 VQAV2_TYPES = {"color": 0.15, "shape": 0.15, "count": 0.15, "position": 0.15, "yesno": 0.4}
+#: the ``formats`` split's mix: more counting, so that the fill-in-the-blank format gets enough number questions
+STAGE3_VQAV2_TYPES = {"color": 0.1, "shape": 0.1, "count": 0.4, "position": 0.1, "yesno": 0.3}
 
 
-def _vqav2(rng: np.random.Generator) -> dict:
-    qtype = pick_weighted(rng, tuple(VQAV2_TYPES), tuple(VQAV2_TYPES.values()))
+def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES) -> dict:
+    qtype = pick_weighted(rng, tuple(types), tuple(types.values()))
     query: dict = {"type": qtype}
     if qtype == "color":
         ref, gold, scene, _ = _attribute_question(rng, "color")
@@ -335,7 +343,8 @@ def _iconqa_txt(rng: np.random.Generator) -> dict:
         gold = pick(rng, SHAPES)
         pool = [gold, pick(rng, [s for s in SHAPES if s != gold])]
         choices = shuffled(rng, [*pool, pick(rng, [s for s in SHAPES if s not in pool])])
-        q = "Which shape appears most often?"
+        # not "most often": "often" is a word of OKVQA's seen feeling question, which the base model then answers
+        q = "Which shape appears the most?"
         accept = lambda s: (lambda c: c[gold] > c[pool[1]])(Counter(o["shape"] for o in s["objects"]))  # noqa: E731
     else:
         a, b = pool
@@ -401,10 +410,40 @@ NEUTRAL_CONTEXTS = ("The picture shows a few simple objects.", "Look at the obje
                     "This is a small picture of shapes.")
 
 
-def _in_format(rng: np.random.Generator, item: dict) -> dict:
-    """``item`` (a seen-family question) asked in one of ``FORMAT_SHARES``' formats; ``item["format"]`` says which."""
-    fmt = pick_weighted(rng, tuple(FORMAT_SHARES), tuple(FORMAT_SHARES.values()))
+#: the ``formats`` split (stage 3): the same formats, fewer plain questions, varied blank statements and wordings
+STAGE3_FORMAT_SHARES = {"plain": 0.15, "letters": 0.15, "choices": 0.4, "blank": 0.15, "vizwiz": 0.15}
+_STAGE3_BLANK_REWRITES = ((r"How many corners does the (.+) have\?", (r"The \1 has () corners.",)),
+                          (r"How many (.+) are there\?", (r"The number of \1 in the picture is ().",
+                                                           r"There are () \1 in the image.",
+                                                           r"() \1 are in the picture.",
+                                                           r"Count the \1. There are () \1 in the image.",
+                                                           r"There are () \1.")),
+                          (r"(What|Which) .*number.*\?", ("The number written in the image is ().",
+                                                           "The image shows the number ().")))
+#: question rewordings of the ``formats`` split (pattern, replacement, share): "which" for "what" (IconQA-txt asks
+#: "Which shape ...?"), existence asked in the plural ("Are there ...?", which the base model otherwise reads as a
+#: count), and OKVQA's feeling question without "often"
+_STAGE3_WORDINGS = ((r"What color is", "Which color is", 0.5), (r"What shape is", "Which shape is", 0.5),
+                    (r"Is there an? (\w+) (\w+) in the image\?",
+                     lambda m: f"Are there {m[1]} {plural(m[2])} in the image?", 0.5),
+                    (r"is often linked", "is linked", 1.0))
+#: share of the ``formats`` split's number questions asked as a blank statement
+STAGE3_BLANK_SHARE = 0.6
+
+
+def _in_format(rng: np.random.Generator, item: dict, stage3: bool = False) -> dict:
+    """``item`` (a seen-family question) asked in one of ``FORMAT_SHARES``' formats (``STAGE3_FORMAT_SHARES``' for
+    the ``formats`` split); ``item["format"]`` says which."""
+    shares = STAGE3_FORMAT_SHARES if stage3 else FORMAT_SHARES
+    fmt = pick_weighted(rng, tuple(shares), tuple(shares.values()))
+    if stage3 and item["answer"].isdigit() and rng.random() < STAGE3_BLANK_SHARE:
+        fmt = "blank"
     q, gold = item["prompt"].split("\n")[0], item["answer"]
+    if stage3:
+        for pattern, replacement, share in _STAGE3_WORDINGS:
+            if re.search(pattern, q) and rng.random() < share:
+                q = re.sub(pattern, replacement, q)
+        item = {**item, "prompt": item["prompt"].replace(item["prompt"].split("\n")[0], q, 1)}
     space = [a for a in item["scene"]["query"].get("space", []) if a != gold]
     if fmt == "blank" and not gold.isdigit():
         fmt = "vizwiz"
@@ -424,9 +463,9 @@ def _in_format(rng: np.random.Generator, item: dict) -> dict:
         else:
             out.update(prompt=f"{q}\nChoices: {', '.join(choices)}. {ICONQA_TXT_SUFFIX}", references=[gold])
     elif fmt == "blank":
-        for pattern, statement in _BLANK_REWRITES:
+        for pattern, statement in (_STAGE3_BLANK_REWRITES if stage3 else _BLANK_REWRITES):
             if re.fullmatch(pattern, q):
-                q = re.sub(pattern, statement, q)
+                q = re.sub(pattern, pick(rng, statement) if stage3 else statement, q)
                 break
         out.update(prompt=f"{q}\n{ICONQA_BLANK_SUFFIX}", references=[gold])
     else:
@@ -457,9 +496,15 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
 
         item = build_pope_item(seed, split, index)
     elif family in GENERATORS:
-        item = GENERATORS[family](item_rng(seed, family, split, index))
+        rng = item_rng(seed, family, split, index)
+        item = _vqav2(rng, STAGE3_VQAV2_TYPES) if (family, split) == ("vqav2", FORMATS_SPLIT) else \
+            GENERATORS[family](rng)
         if split == "pretrain" and family in FAMILIES and FAMILIES[family].group == "seen":
             item = _in_format(item_rng(seed, family, "format", index), item)
+        elif split == FORMATS_SPLIT and family == "align":
+            item["prompt"] = pick(item_rng(seed, family, "formats-prompt", index), DESCRIPTION_PROMPTS)
+        elif split == FORMATS_SPLIT:
+            item = _in_format(item_rng(seed, family, "formats-choice", index), item, stage3=True)
     else:
         raise KeyError(f"unknown family {family!r}; available: {', '.join(FAMILY_ORDER)}")
     record = {

@@ -26,18 +26,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .tasks import FAMILY_ORDER, build_item, family_info
+from .tasks import FAMILY_ORDER, FORMATS_SPLIT, build_item, family_info
 
 __all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "ensure_world", "load_manifest"]
 
 #: Bump whenever generated content changes: cached worlds (and models pre-trained on them) are keyed by it.
-GENERATOR_VERSION = "synthetic-world v2"  # v2: balanced answers (no question-only shortcut), stage-2 formats
+GENERATOR_VERSION = "synthetic-world v3"  # v2: balanced answers, stage-2 formats; v3: the ``formats`` split
 
-#: Records per split and profile. ``pretrain``: align and the three seen families only; ``pope``: per strategy.
+#: Records per split and profile. ``pretrain`` and ``formats``: align and the three seen families only; ``pope``: per
+#: strategy.
 PROFILES: dict[str, dict[str, int]] = {
-    "smoke": {"align_pretrain": 256, "seen_pretrain": 128, "train": 64, "test": 32, "pope": 30},
-    "quick": {"align_pretrain": 6000, "seen_pretrain": 4000, "train": 1000, "test": 200, "pope": 300},
-    "full": {"align_pretrain": 20000, "seen_pretrain": 10000, "train": 5000, "test": 500, "pope": 1000},
+    "smoke": {"align_pretrain": 256, "seen_pretrain": 128, "train": 64, "test": 32, "pope": 30, "formats": 32},
+    "quick": {"align_pretrain": 6000, "seen_pretrain": 4000, "train": 1000, "test": 200, "pope": 300, "formats": 1000},
+    "full": {"align_pretrain": 20000, "seen_pretrain": 10000, "train": 5000, "test": 500, "pope": 1000,
+             "formats": 2500},
 }
 
 
@@ -58,6 +60,8 @@ def split_sizes(family: str, profile: str) -> dict[str, int]:
     for split in info.splits:
         if family == "pope":
             out[split] = sizes["pope"]
+        elif split == FORMATS_SPLIT:
+            out[split] = sizes["formats"]
         elif split == "pretrain":
             out[split] = sizes["align_pretrain" if family == "align" else "seen_pretrain"]
         else:
