@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="cache folder (default: the profile's paths.cache)")
     p.add_argument("--runs", help="runs folder (default: the profile's paths.runs)")
     p.add_argument("--workers", type=int, default=None, help="worker processes for the grid (default: 2 on 2 cores)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one params key of every calibration run, e.g. --set run.warmup_ratio=0.15 "
+                        "(repeatable; applied last, as `study --set` does)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
 
     p = sub.add_parser("validate", help="check that the world, base model and runs can show the study's factors "
@@ -423,7 +426,7 @@ def _cmd_calibrate(args) -> int:
     from .calibration import calibrate
 
     result = calibrate(args.profile, cache=_here(args.cache), runs=_here(args.runs), progress=False,
-                       workers=args.workers,
+                       workers=args.workers, overrides=args.overrides or None,
                        stream=sys.stderr if not args.quiet else io.StringIO())
     print("\n".join(result.lines()))
     return 0 if result.ok else 1

@@ -81,6 +81,7 @@ class PretrainConfig:
     format_steps: int = 0  # stage 3: the seen questions in the unseen columns' answer formats (the formats split)
     format_lr: float = 3e-4  # stage 3's peak learning rate
     format_tune_vision: bool = False  # train the vision tower in stage 3 too
+    format_replay_share: float = 0.0  # share of stage 3's records replayed from stage 2's (native formats)
     yesno_steps: int = 0  # a stage between 1 and 2 on the seen yes/no questions only (whole model trains)
     stage1_qa_share: float = 0.0  # share of the seen families' questions mixed into stage 1 (curriculum)
     stage2_align_share: float = 0.2  # share of stage-1 descriptions mixed into stage 2 (keeps captions naming objects)

@@ -311,6 +311,12 @@ def stage_records(name: str, families: list[str], cfg: PretrainConfig, world_dir
         n_align = min(len(align), round(len(records) * cfg.stage2_align_share / (1 - cfg.stage2_align_share)))
         records = records + align[:n_align]
         families = [*families, "align"]
+    if name == "stage3_formats" and cfg.format_replay_share > 0:
+        # stage 2's own records (native formats), interleaved over the families, up to the share: the seen skills
+        # keep training while the formats are taught
+        replay = [r for group in zip(*(load_split(world_dir / f, "pretrain") for f in families)) for r in group]
+        n_replay = min(len(replay), round(len(records) * cfg.format_replay_share / (1 - cfg.format_replay_share)))
+        records = records + replay[:n_replay]
     return records, families
 
 

@@ -125,3 +125,18 @@ def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_d
     n_runs = len(list(runs.iterdir()))
     again = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)
     assert again.curves == first.curves and len(list(runs.iterdir())) == n_runs  # every run reused
+
+
+@pytest.mark.slow
+def test_calibrate_command_applies_set_overrides_to_every_run(smoke_params, smoke_model_dir, tmp_path, capsys):
+    """``mllm-study calibrate --set run.warmup_ratio=...``: every calibration run (grid and doubled budget) trains
+    with the override, in run folders of their own."""
+    from mllm_study.cli import main
+
+    runs = tmp_path / "runs"
+    rc = main(["calibrate", "--profile", "smoke", "--cache", smoke_params.paths.cache, "--runs", str(runs),
+               "--workers", "1", "--quiet", "--set", "run.warmup_ratio=0.25"])
+    assert rc in (0, 1) and "lora" in capsys.readouterr().out
+    specs = [json.loads((d / "spec.json").read_text()) for d in runs.iterdir() if (d / "spec.json").exists()]
+    assert len(specs) >= 4 and {s["run"]["warmup_ratio"] for s in specs} == {0.25}
+    assert {s["run"]["epochs"] for s in specs} == {1, 2}

@@ -163,6 +163,28 @@ def test_the_recipe_key_follows_the_pretraining_data_not_the_unseen_families(smo
         models.tiny_llava_dir(smoke_params, old)
 
 
+def test_stage3_replays_stage2_records_up_to_its_share(smoke_params, smoke_world):
+    """``pretrain.format_replay_share``: stage 3 trains on the formats split plus stage 2's own records (the pretrain
+    split, native formats), interleaved over the families, replayed records making up that share of the stage."""
+    from mllm_study import models
+    from mllm_study.data import load_split
+
+    families = ["align", *models.SEEN_FAMILIES]
+    formats, fams = models.stage_records("stage3_formats", families,
+                                         dataclasses.replace(smoke_params.pretrain, format_replay_share=0.0),
+                                         smoke_world)
+    assert fams == families and formats
+    replayed, _ = models.stage_records("stage3_formats", families,
+                                       dataclasses.replace(smoke_params.pretrain, format_replay_share=0.5),
+                                       smoke_world)
+    assert replayed[:len(formats)] == formats
+    extra = replayed[len(formats):]
+    pretrain = {json.dumps(r, sort_keys=True) for f in families for r in load_split(smoke_world / f, "pretrain")}
+    assert len(extra) == min(len(formats), len(pretrain)) and extra
+    assert all(json.dumps(r, sort_keys=True) in pretrain for r in extra)
+    assert len({r["id"].split("-")[0] for r in extra[:len(families)]}) == len(families)  # interleaved
+
+
 def test_the_committed_vocabulary_gives_the_ids_the_world_text_gave(smoke_world):
     """The tokenizer over the committed vocabulary encodes like one trained on the text it was measured from, and
     covers every word of the world (an unknown word would be read as <unk> by the tiny model)."""

@@ -130,6 +130,9 @@ def unformat(rec: dict) -> tuple[str, str]:
                                  (r"\(\) (.+) are in the picture\.", r"How many \1 are there?"),
                                  (r"Count the (.+)\. There are \(\) \1 in the image\.", r"How many \1 are there?"),
                                  (r"There are \(\) (.+)\.", r"How many \1 are there?"),
+                                 (r"If zero more (.+) are added, there will be \(\) \1\.", r"How many \1 are there?"),
+                                 (r"If one more [\w ]+ is added to the \(\) (.+), there will be more \1\.",
+                                  r"How many \1 are there?"),
                                  (r"The image shows the number \(\)\.", "What number is shown?")):
             if re.fullmatch(statement, lines[0]):
                 return plain_wording(re.sub(statement, plain, lines[0])), gpt(rec)
@@ -144,7 +147,7 @@ def unformat(rec: dict) -> tuple[str, str]:
 
 def plain_wording(q: str) -> str:
     """A question of the formats split in the wording of the other splits (world.tasks._STAGE3_WORDINGS)."""
-    if m := re.fullmatch(r"Are there (\w+) (\w+) in the image\?", q):
+    if m := re.fullmatch(r"Are there (?:more than zero )?(\w+) (\w+) in the image\?", q):
         q = f"Is there {'an' if m[1][0] in 'aeiou' else 'a'} {m[1]} {PLURAL_TO_SHAPE[m[2]]} in the image?"
     return q.replace("Which color is", "What color is").replace("Which shape is", "What shape is") \
         .replace("feeling is linked", "feeling is often linked")
@@ -556,6 +559,38 @@ def test_formats_split_asks_seen_questions_in_the_unseen_formats_and_is_never_sc
     questions = " ".join(r["conversations"][0]["value"] for fam in seen for r in load(world[0], fam, FORMATS_SPLIT))
     assert ("Which color is" in questions or "Which shape is" in questions) and "often" not in questions
     assert re.search(r"Are there \w+ \w+ in the image\?", questions)
+    # IconQA-blank's "one more" wording, but the blank is the count in the image: its +1 skill stays unseen
+    more = re.findall(r"If one more ([\w ]+) is added([^\n]*)", questions)
+    assert more and all(rest.startswith(" to the () ") for _, rest in more)
+    assert {noun.split()[-1] for noun, _ in more} <= {"square", "circle", "triangle", "cross", "object"}
     for fam in ("sqa", "vizwiz", "iconqa_txt", "iconqa_blank", "flickr30k"):  # unseen families: no formats split
         assert not (world[0] / fam / f"{FORMATS_SPLIT}.json").exists()
     assert FORMATS_SPLIT in TRAINING_SPLITS  # runs.eval_targets and validity.world_columns skip it
+
+
+def test_hard_existence_negatives_hold_the_asked_color_or_shape_elsewhere():
+    """The formats split's "no" existence questions (tasks.STAGE3_HARD_NEGATIVES) are asked about an object whose
+    color or shape the image holds on another object, so that "is the color there?" no longer answers them."""
+    from mllm_study.world.tasks import STAGE3_HARD_NEGATIVES, _vqav2
+
+    assert 0 < STAGE3_HARD_NEGATIVES <= 1
+    near, plain_no = Counter(), 0
+    for i in range(300):
+        item = _vqav2(np.random.default_rng(i), {"yesno": 1.0}, hard_negatives=1.0)
+        query, objects = item["scene"]["query"], item["scene"]["objects"]
+        if query["sub"] != "exists":
+            assert "hard" not in query
+            continue
+        color, shape = re.match(r"Is there an? (\w+) (\w+) in the image\?", item["prompt"]).groups()
+        present = any(o["color"] == color and o["shape"] == shape for o in objects)
+        assert present == (item["answer"] == "yes")
+        if item["answer"] == "no":
+            kind = query["hard"]
+            assert any(o[kind] == {"color": color, "shape": shape}[kind] for o in objects), item
+            near[kind] += 1
+        else:
+            assert "hard" not in query
+        plain = _vqav2(np.random.default_rng(i), {"yesno": 1.0})
+        assert "hard" not in plain["scene"]["query"]
+        plain_no += plain["scene"]["query"]["sub"] == "exists" and plain["answer"] == "no"
+    assert near["color"] > 20 and near["shape"] > 20 and plain_no > 20

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .language import (
     ALIGN_PROMPTS, CAPTION_PROMPTS, COLOR_VARIANTS, DESCRIPTION_PROMPTS, KB_KEY, KNOWLEDGE_BASE, NUMBER_WORDS, POSITION_VARIANTS,
-    SHAPE_NOUNS, article, caption_set, describe_scene, object_name, plural, vqa_answers,
+    PLURALS, SHAPE_NOUNS, article, caption_set, describe_scene, object_name, plural, vqa_answers,
 )
 from .scenes import COLORS, NUMBERS, OBJECT_TYPES, POSITIONS, SHAPES, WORDS, item_rng, object_at, pick, \
     pick_weighted, render_scene, sample_degradation, sample_scene, shuffled
@@ -158,9 +158,15 @@ def _attribute_question(rng: np.random.Generator, attr: str) -> tuple[str, str, 
 VQAV2_TYPES = {"color": 0.15, "shape": 0.15, "count": 0.15, "position": 0.15, "yesno": 0.4}
 #: the ``formats`` split's mix: more counting, so that the fill-in-the-blank format gets enough number questions
 STAGE3_VQAV2_TYPES = {"color": 0.1, "shape": 0.1, "count": 0.4, "position": 0.1, "yesno": 0.3}
+#: share of the ``formats`` split's "no" existence questions asked about an object whose color (or shape) the image
+#: holds on another object: random negatives let "is the color there?" stand in for "is that object there?", the
+#: shortcut the base model took (every POPE probe whose color was present answered "yes")
+STAGE3_HARD_NEGATIVES = 0.7
 
 
-def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES) -> dict:
+def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES, hard_negatives: float = 0.0) -> dict:
+    """A VQAv2-style question; ``hard_negatives``: share of the "no" existence questions whose image holds the asked
+    color on another shape or the asked shape in another color (else any image without the asked object)."""
     qtype = pick_weighted(rng, tuple(types), tuple(types.values()))
     query: dict = {"type": qtype}
     if qtype == "color":
@@ -197,8 +203,13 @@ def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES) -> d
         if sub == "exists":
             color, shape = pick(rng, OBJECT_TYPES)
             q = f"Is there {article(color)} {color} {shape} in the image?"
+            near = pick(rng, ("color", "shape")) if not yes and hard_negatives and rng.random() < hard_negatives \
+                else None
+            if near:
+                query["hard"] = near
             scene = _draw(rng, lambda: sample_scene(rng),
-                          lambda s: bool(_with(s["objects"], color=color, shape=shape)) == yes)
+                          lambda s: bool(_with(s["objects"], color=color, shape=shape)) == yes and
+                          (near is None or bool(_with(s["objects"], **{near: {"color": color, "shape": shape}[near]}))))
         elif sub == "shape_at":
             pos, shape = pick(rng, POSITIONS), pick(rng, SHAPES)
             q = f"Is there {article(shape)} {shape} at the {pos}?"
@@ -410,6 +421,12 @@ NEUTRAL_CONTEXTS = ("The picture shows a few simple objects.", "Look at the obje
                     "This is a small picture of shapes.")
 
 
+def _singular(phrase: str) -> str:
+    """``"red square"`` for ``"red squares"``: the noun of ``phrase`` (its last word) in the singular."""
+    *words, noun = phrase.split()
+    return " ".join([*words, {p: s for s, p in PLURALS.items()}.get(noun, noun.removesuffix("s"))])
+
+
 #: the ``formats`` split (stage 3): the same formats, fewer plain questions, varied blank statements and wordings
 STAGE3_FORMAT_SHARES = {"plain": 0.15, "letters": 0.15, "choices": 0.4, "blank": 0.15, "vizwiz": 0.15}
 _STAGE3_BLANK_REWRITES = ((r"How many corners does the (.+) have\?", (r"The \1 has () corners.",)),
@@ -417,15 +434,22 @@ _STAGE3_BLANK_REWRITES = ((r"How many corners does the (.+) have\?", (r"The \1 h
                                                            r"There are () \1 in the image.",
                                                            r"() \1 are in the picture.",
                                                            r"Count the \1. There are () \1 in the image.",
-                                                           r"There are () \1.")),
+                                                           r"There are () \1.",
+                                                           r"If zero more \1 are added, there will be () \1.",
+                                                           lambda m: f"If one more {_singular(m[1])} is added to the "
+                                                                     f"() {m[1]}, there will be more {m[1]}.")),
                           (r"(What|Which) .*number.*\?", ("The number written in the image is ().",
                                                            "The image shows the number ().")))
 #: question rewordings of the ``formats`` split (pattern, replacement, share): "which" for "what" (IconQA-txt asks
 #: "Which shape ...?"), existence asked in the plural ("Are there ...?", which the base model otherwise reads as a
-#: count), and OKVQA's feeling question without "often"
+#: count) and as "Are there more than zero ...?" (a yes/no question with "more ... than", which it read as a count
+#: after the "one more" blank statements; the IconQA comparison of two counts stays unseen), and OKVQA's feeling
+#: question without "often"
 _STAGE3_WORDINGS = ((r"What color is", "Which color is", 0.5), (r"What shape is", "Which shape is", 0.5),
                     (r"Is there an? (\w+) (\w+) in the image\?",
                      lambda m: f"Are there {m[1]} {plural(m[2])} in the image?", 0.5),
+                    (r"Is there an? (\w+) (\w+) in the image\?",
+                     lambda m: f"Are there more than zero {m[1]} {plural(m[2])} in the image?", 0.5),
                     (r"is often linked", "is linked", 1.0))
 #: share of the ``formats`` split's number questions asked as a blank statement
 STAGE3_BLANK_SHARE = 0.6
@@ -497,7 +521,7 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
         item = build_pope_item(seed, split, index)
     elif family in GENERATORS:
         rng = item_rng(seed, family, split, index)
-        item = _vqav2(rng, STAGE3_VQAV2_TYPES) if (family, split) == ("vqav2", FORMATS_SPLIT) else \
+        item = _vqav2(rng, STAGE3_VQAV2_TYPES, STAGE3_HARD_NEGATIVES) if (family, split) == ("vqav2", FORMATS_SPLIT) else \
             GENERATORS[family](rng)
         if split == "pretrain" and family in FAMILIES and FAMILIES[family].group == "seen":
             item = _in_format(item_rng(seed, family, "format", index), item)
