@@ -491,5 +491,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``mllm-study`` command and ``python -m mllm_study``: :func:`main`, then exit with its code. A second
+    interrupt (Ctrl-C or SIGTERM again, while the first is being reported or the interpreter shuts down) still
+    exits 130, not through an unhandled ``KeyboardInterrupt`` (which Python turns into death by SIGINT)."""
+    import signal
+
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        code = 130
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
