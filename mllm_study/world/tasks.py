@@ -203,13 +203,13 @@ def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES, hard
         if sub == "exists":
             color, shape = pick(rng, OBJECT_TYPES)
             q = f"Is there {article(color)} {color} {shape} in the image?"
-            near = pick(rng, ("color", "shape")) if not yes and hard_negatives and rng.random() < hard_negatives \
-                else None
-            if near:
-                query["hard"] = near
+            near = None  # a hard negative: the asked color (or shape) is on another object
+            if not yes and hard_negatives and rng.random() < hard_negatives:
+                near = query["hard"] = pick(rng, ("color", "shape"))
+            held = {"color": color, "shape": shape}
             scene = _draw(rng, lambda: sample_scene(rng),
-                          lambda s: bool(_with(s["objects"], color=color, shape=shape)) == yes and
-                          (near is None or bool(_with(s["objects"], **{near: {"color": color, "shape": shape}[near]}))))
+                          lambda s: bool(_with(s["objects"], **held)) == yes and
+                          (near is None or bool(_with(s["objects"], **{near: held[near]}))))
         elif sub == "shape_at":
             pos, shape = pick(rng, POSITIONS), pick(rng, SHAPES)
             q = f"Is there {article(shape)} {shape} at the {pos}?"
@@ -421,10 +421,13 @@ NEUTRAL_CONTEXTS = ("The picture shows a few simple objects.", "Look at the obje
                     "This is a small picture of shapes.")
 
 
+_SINGULARS = {p: s for s, p in PLURALS.items()}
+
+
 def _singular(phrase: str) -> str:
     """``"red square"`` for ``"red squares"``: the noun of ``phrase`` (its last word) in the singular."""
     *words, noun = phrase.split()
-    return " ".join([*words, {p: s for s, p in PLURALS.items()}.get(noun, noun.removesuffix("s"))])
+    return " ".join([*words, _SINGULARS.get(noun, noun.removesuffix("s"))])
 
 
 #: the ``formats`` split (stage 3): the same formats, fewer plain questions, varied blank statements and wordings
