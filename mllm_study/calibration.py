@@ -10,10 +10,13 @@ and chooses by the one-standard-error rule: among the rates whose mean validatio
 error (over the validation items) of the best, the one nearest the preset, so that a difference one seed's noise
 can make does not move the rates (rates whose outputs collapsed onto one answer are never chosen). A chosen rate on
 the edge of its grid extends the grid by one rung on that side (trained here, outside the static sweep) until it is
-inside. The sweep also trains each
-method at its preset rate with twice the epochs: the score change is the convergence figure (at most
-``CONVERGENCE_TOLERANCE`` in mean over the columns). The profile's presets (``run.method_presets.<m>.lr``) are
-what this command chose; it exits non-zero, naming the key to change, when they differ.
+inside. Each method is also
+trained at its chosen rate with twice the epochs: the score change is the convergence figure (at most
+``CONVERGENCE_TOLERANCE`` in mean over the columns); the static sweep holds these runs at the presets, others are
+trained here over the workers. The profile's presets (``run.method_presets.<m>.lr``) are what this command chose on
+the machine that set them. The base model is not bit-identical across CPUs, so on another machine it may choose
+otherwise: :meth:`Calibration.overrides` then gives the ``--set`` values with which ``mllm-study study`` trains
+every research question (and renders its notebooks), so the rates used are always the ones chosen here.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 from .config import PARAMS_DIR, ConfigError, Params
 
 __all__ = ["CALIBRATION_FILE", "CONVERGENCE_TOLERANCE", "MAX_EXTENSIONS", "rung", "lr_grid", "Calibration",
-           "has_calibration", "calibrate", "read_calibration"]
+           "has_calibration", "calibrate", "read_calibration", "stored_overrides"]
 
 CALIBRATION_FILE = PARAMS_DIR / "calibration.yaml"
 CONVERGENCE_TOLERANCE = 0.02
@@ -51,6 +54,11 @@ def _rate(index: int) -> float:
     return float(f"{(1.0, 3.0)[offset]}e{k - 5}")
 
 
+def _ladder_text(lr: float) -> str:
+    """A ladder rate as ``--set`` text that YAML reads back as the same float (``0.0003``, not ``3e-04``)."""
+    return f"{lr:.10f}".rstrip("0").rstrip(".")
+
+
 def lr_grid(center: float, points: int = 5) -> list[float]:
     """``points`` consecutive ladder rates centred on ``center``: ``lr_grid(1e-3) = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]``."""
     c = rung(center)
@@ -68,6 +76,7 @@ class Calibration:
     presets: dict[str, float] = field(default_factory=dict)
     extended: dict[str, list[float]] = field(default_factory=dict)  # rates added beyond the static grid
     doubled: dict[str, dict[str, float]] = field(default_factory=dict)  # method -> column -> (2x epochs - 1x)
+    doubled_at: dict[str, float] = field(default_factory=dict)  # method -> the rate of its convergence check
     failed: dict[str, str] = field(default_factory=dict)
     # method -> lr -> column -> "'yes' 200/200": points whose outputs collapsed onto one answer (never chosen)
     collapsed: dict[str, dict[float, dict[str, str]]] = field(default_factory=dict)
@@ -94,13 +103,20 @@ class Calibration:
     def mismatches(self) -> list[str]:
         return [m for m in self.chosen if not math.isclose(self.chosen[m], self.presets.get(m, float("nan")))]
 
+    def overrides(self) -> list[str]:
+        """``--set`` values that make a study train every method at its chosen rate where it differs from the
+        profile's preset (``run.method_presets.ia3.lr=0.1``); empty when the presets are the chosen rates."""
+        return [f"run.method_presets.{m}.lr={_ladder_text(self.chosen[m])}" for m in self.mismatches()]
+
     def unconverged(self) -> list[str]:
         return [m for m, d in self.doubled.items()
                 if not d or abs(sum(d.values()) / len(d)) > CONVERGENCE_TOLERANCE]
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.mismatches() and not self.unconverged()
+        """Every run trained and every method converged at its chosen rate (a chosen rate other than the preset is
+        not a failure: the study trains with it, see :meth:`overrides`)."""
+        return not self.failed and not self.unconverged()
 
     def lines(self) -> list[str]:
         out = [f"learning-rate calibration '{self.profile}' (validation split carved from train; columns "
@@ -118,12 +134,12 @@ class Calibration:
                     f"{c} answers {top}" for c, top in cols.items()))
         for method, d in self.doubled.items():
             shown = ", ".join(f"{c} {v:+.3f}" for c, v in d.items()) or "not measured"
-            out.append(f"  {method:8s} twice the epochs at {self.presets.get(method, float('nan')):g}: {shown}")
-        for method in self.mismatches():
-            out.append(f"  MISMATCH {method}: calibration chose {self.chosen[method]:g}, the profile presets "
-                       f"{self.presets.get(method, float('nan')):g}: set run.method_presets.{method}.lr: "
-                       f"{self.chosen[method]:g} (params/defaults.yaml holds the embedded presets) and centre "
-                       f"params/calibration.yaml's grid on it")
+            at = self.doubled_at.get(method, self.presets.get(method, float("nan")))
+            out.append(f"  {method:8s} twice the epochs at {at:g}: {shown}")
+        for method, text in zip(self.mismatches(), self.overrides()):
+            out.append(f"  CALIBRATED {method}: chose {self.chosen[method]:g}, not the profile's preset "
+                       f"{self.presets.get(method, float('nan')):g}; the study trains with --set {text} "
+                       f"(params/defaults.yaml's presets: the choice on the machine that set them)")
         for method in self.unconverged():
             out.append(f"  NOT CONVERGED {method}: twice the epochs moves the mean score by more than "
                        f"{CONVERGENCE_TOLERANCE}")
@@ -202,7 +218,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             model is pre-trained first, in this process.
         overrides: ``--set`` values applied last (``mllm-study study --set``), e.g. another base-model recipe.
     """
-    from .runs import run_id, resolve_spec, write_json_atomic
+    from .runs import is_done, run_id, resolve_spec, write_json_atomic
     from .study import profile_block, rq_params
     from .sweep import default_workers, expand_sweep, run_sweep, run_sweeps
 
@@ -254,6 +270,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         return math.sqrt(sum(v.values())) / len(v) if v else 0.0
 
     methods = list(dict.fromkeys(p.run.method for p in planned))
+    base_budget: dict[str, float] = {}  # method -> epochs of its curve points
     for method in methods:
         preset = params.run.method_presets.get(method, {}).get("lr")
         if preset is None:
@@ -284,10 +301,23 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         result.se[method] = {lr: standard_error(method, lr) for lr in sorted(curve) if curve[lr]}
         if any(curve.values()):
             result.chosen[method] = result.best(method, [lr for lr in curve if curve[lr]], float(preset))
+        result.doubled_at[method] = result.chosen.get(method, float(preset))
+        base_budget[method] = base_epochs
+    # convergence: each method at its chosen rate with twice the epochs; the static grid holds the presets' runs,
+    # the others are trained here over the workers
+    checks = {(m, c): run_at(m, result.doubled_at[m], c, 2 * base_budget[m]) for m in methods if m in base_budget
+              for c in columns}
+    missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
+    if missing and train:
+        for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
+            result.failed.update(sub.failed)
+    for method in methods:
+        if method not in base_budget:
+            continue
         doubled = {}
         for c in columns:
-            once = curve.get(float(preset), {}).get(c)
-            twice = measure(run_at(method, float(preset), c, 2 * base_epochs), curve_point=False)
+            once = result.curves.get(method, {}).get(result.doubled_at[method], {}).get(c)
+            twice = measure(checks[(method, c)], curve_point=False)
             if once is not None and twice is not None:
                 doubled[c] = twice - once
         result.doubled[method] = doubled
@@ -299,3 +329,15 @@ def read_calibration(runs_dir: str | Path, profile: str) -> dict | None:
     """The last calibration written for ``profile`` (None when it never ran)."""
     path = Path(runs_dir) / f"calibration-{profile}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def stored_overrides(runs_dir: str | Path, profile: str) -> list[str]:
+    """:meth:`Calibration.overrides` of the calibration last written in ``runs_dir`` for ``profile`` (what a study
+    trained with; ``mllm-study report`` renders from it without calibrating again); [] when none was written."""
+    data = read_calibration(runs_dir, profile)
+    if not data:
+        return []
+    cal = Calibration(profile=profile, columns=list(data.get("columns", [])),
+                      chosen={m: float(v) for m, v in data.get("chosen", {}).items()},
+                      presets={m: float(v) for m, v in data.get("presets", {}).items()})
+    return cal.overrides()

@@ -10,11 +10,13 @@ Unknown keys and values of the wrong type are errors that name the key and the f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -391,6 +393,31 @@ def _merge_section(base: dict, update: dict, section: str, source: str) -> None:
         base[key] = _check_type(value, hints[key], f"{source}: '{section}.{key}'")
 
 
+def _set_inside(merged: dict[str, dict], section: str, name: str, path: list[str], value: Any) -> None:
+    """``--set section.name.a.b=value`` where ``section.name`` is a mapping (``run.method_presets.ia3.lr=0.1``): set
+    ``value`` at ``a.b`` inside a copy of the merged mapping, keeping its other entries."""
+    key = ".".join([section, name, *path])
+    if section not in SECTIONS:
+        raise _unknown(f"command line: unknown section '{section}'", section, list(SECTIONS), "sections")
+    hints = typing.get_type_hints(SECTIONS[section])
+    if name not in hints:
+        raise _unknown(f"command line: unknown key '{section}.{name}'", name, hints, f"keys of '{section}'")
+    if typing.get_origin(hints[name]) is not dict and hints[name] is not dict:
+        raise ConfigError(f"override {key}: '{section}.{name}' is not a mapping, so it has no key "
+                          f"{'.'.join(path)!r}; set it as {section}.{name}=VALUE")
+    current = merged[section].get(name)  # what the layers set (a field's default mapping is empty)
+    root = copy.deepcopy(current) if isinstance(current, dict) else {}
+    node = root
+    for depth, part in enumerate(path[:-1], 1):
+        child = node.get(part)
+        if child is not None and not isinstance(child, dict):
+            raise ConfigError(f"override {key}: '{'.'.join([section, name, *path[:depth]])}' is {child!r}, "
+                              f"not a mapping")
+        node = node.setdefault(part, {}) if child is None else child
+    node[path[-1]] = value
+    merged[section][name] = root
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.exists():
         raise ConfigError(f"params file not found: {path}")
@@ -472,7 +499,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
-    return key.strip(), value
+    return key.strip(), _yaml12_floats(value)
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml12_floats(value: Any) -> Any:
+    """``1e-4`` as the float YAML 1.2 reads, not the string PyYAML's YAML 1.1 makes of it (which needs
+    ``1.0e-4``), also inside mappings and lists (``run.method_presets.ia3.lr=1e-1``)."""
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _yaml12_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml12_floats(v) for v in value]
+    return value
 
 
 def parse_overrides(items: Any) -> dict[str, Any]:
@@ -562,10 +604,15 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
         layers.append((str(prof_path), _read_yaml(prof_path)))
     if path is not None:
         layers.append((str(path), user))
+    deep: list[tuple[str, str, list[str], Any]] = []  # section.mapping_key.a.b=value: set inside the mapping
     if overrides:
         nested: dict[str, dict] = {}
         for key, value in overrides.items():
             section, _, sub = key.partition(".")
+            if "." in sub:
+                name, *path = sub.split(".")
+                deep.append((section, name, path, value))
+                continue
             nested.setdefault(section, {})[sub] = value
         layers.append(("command line", nested))
 
@@ -584,6 +631,8 @@ def load_params(path: str | Path | None = None, profile: str | None = None,
             if section not in SECTIONS:
                 raise _unknown(f"{source}: unknown section '{section}'", section, [*SECTIONS, "sweep"], "sections")
             _merge_section(merged[section], values or {}, section, source)
+    for section, name, path, value in deep:  # after every layer: the key lands inside the merged mapping
+        _set_inside(merged, section, name, path, value)
     data_source = _resolve_data_file(merged)
     try:
         built = {name: cls(**merged[name]) for name, cls in SECTIONS.items()}

@@ -328,6 +328,7 @@ class StudySummary:
     index: str | None = None
     stages: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds (world, pre-training, ...)
     calibration: list[str] = field(default_factory=list)  # the calibration's table
+    calibrated: list[str] = field(default_factory=list)  # --set values of the rates it chose other than the presets
 
     @property
     def ok(self) -> bool:
@@ -386,6 +387,7 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
     """
     from . import report as rep
+    from .calibration import calibrate, has_calibration, stored_overrides
     from .sweep import Progress, default_workers, run_sweeps
 
     stream = stream or sys.stderr
@@ -417,8 +419,6 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
             world = _timed(summary, "world", lambda: ensure_world(first, progress), stream)
             _timed(summary, "pre-training", lambda: pretrain_tiny_llava(first, world, progress), stream)
         # 1. learning-rate calibration of the embedded profiles (its runs are cached like any other)
-        from .calibration import calibrate, has_calibration
-
         if has_calibration(profile):
             cal = _timed(summary, "calibration", lambda: calibrate(profile, str(cache_dir), str(runs_dir),
                                                                    stream=stream, workers=workers,
@@ -426,6 +426,15 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
             summary.calibration = cal.lines()
             summary.runs_failed.update(cal.failed)
             print("\n".join(summary.calibration), file=stream, flush=True)
+            summary.calibrated = cal.overrides()
+    elif has_calibration(profile):  # re-rendering: the rates the study trained with (its calibration file)
+        summary.calibrated = stored_overrides(runs_dir, profile)
+    if summary.calibrated:  # every RQ and notebook uses the calibrated rates; the user's own --set still wins
+        sets = [*summary.calibrated, *sets]
+        rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir), overrides=sets)
+              for stem, path in needed.items()}
+        print(f"== calibrated rates, not the presets of params/defaults.yaml: --set "
+              f"{' --set '.join(summary.calibrated)}", file=stream, flush=True)
     # 2. runs: every RQ's sweep (the summary needs all of them), each run once, over the local workers
     plans = {stem: plan_runs(params, cached=not train) for stem, params in rq.items()}
     if train:

@@ -442,11 +442,30 @@ def _base_criterion(columns, base: dict[str, dict], image_use: dict) -> tuple[Cr
     return c, rows
 
 
-def _convergence(trained: list[Run]) -> tuple[Criterion, list[dict]]:
+def _checked_rates(runs_dir: str | Path) -> dict[str, float]:
+    """Per method the rate of its calibration's convergence check (``doubled_at`` of every
+    ``calibration-<profile>.json`` in ``runs_dir``; a method the files disagree on is left out)."""
+    rates: dict[str, set[float]] = defaultdict(set)
+    for path in sorted(Path(runs_dir).glob("calibration-*.json")):
+        for method, lr in (read_json(path).get("doubled_at") or {}).items():
+            rates[method].add(float(lr))
+    return {m: next(iter(v)) for m, v in rates.items() if len(v) == 1}
+
+
+def _convergence(trained: list[Run], rates: dict[str, float] | None = None) -> tuple[Criterion, list[dict]]:
     """Pairs of runs alike but for a doubled budget (``max_steps`` where the spec has it, else ``epochs``): the
-    change of metrics.json's own score (the run's eval split: a calibration run's ``val`` counts too)."""
+    change of metrics.json's own score (the run's eval split: a calibration run's ``val`` counts too). ``rates``:
+    per method the calibrated rate the study trains with; a calibration pair (``val``) at another rate of its grid
+    does not count (the static grid also doubles the presets, which the study may not use)."""
+    rates = rates or {}
+
+    def counts(r: Run) -> bool:
+        run = r.spec["run"]
+        return run.get("eval_split") != "val" or r.method not in rates or run.get("lr") is None or \
+            math.isclose(float(run["lr"]), rates[r.method])
+
     groups: dict[tuple, list[Run]] = defaultdict(list)
-    for r in trained:
+    for r in (r for r in trained if counts(r)):
         budget = "max_steps" if r.spec["run"].get("max_steps") is not None else "epochs"
         groups[(budget, _setting(r.spec, (budget,)))].append(r)
     by: dict[tuple, list] = defaultdict(list)
@@ -614,7 +633,7 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
                 base[key] = {**f, "run_id": r.run_id}
     trained = [r for r in runs if r.method != "none"]
     crit_b, base_rows = _base_criterion(columns, base, image_use)
-    crit_c, convergence = _convergence(trained)
+    crit_c, convergence = _convergence(trained, _checked_rates(runs_dir))
     crit_d, effects = _effects(columns, trained)
     crit_g, seeds = _seeds(columns, trained)
     criteria = [_world_criterion(columns), crit_b, crit_c, crit_d, *_outputs(runs, figs), crit_g]

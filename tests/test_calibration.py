@@ -10,7 +10,7 @@ import json
 import pytest
 
 from mllm_study.calibration import (Calibration, _collapse, _item_variance, _val_rows, calibrate, has_calibration,
-                                    lr_grid, rung)
+                                    lr_grid, rung, stored_overrides)
 from mllm_study.config import ConfigError
 from mllm_study.data import load_split, val_size
 
@@ -40,12 +40,35 @@ def test_calibration_verdicts():
     cal.curves = {"lora": {1e-3: {"a": 0.6, "b": 0.4}}, "ia3": {1e-2: {"a": 0.7, "b": 0.7}}}
     cal.chosen = {"lora": 1e-3, "ia3": 1e-2}
     cal.doubled = {"lora": {"a": 0.01, "b": -0.01}, "ia3": {"a": 0.05, "b": 0.03}}
+    cal.doubled_at = {"lora": 1e-3, "ia3": 1e-2}
     assert cal.mean("lora", 1e-3) == pytest.approx(0.5)
     assert cal.mismatches() == ["ia3"] and cal.unconverged() == ["ia3"] and not cal.ok
+    # the study adopts a chosen rate that differs from the preset: an override, not a failure
+    assert cal.overrides() == ["run.method_presets.ia3.lr=0.01"]
     text = "\n".join(cal.lines())
-    assert "set run.method_presets.ia3.lr: 0.01 (params/defaults.yaml" in text and "NOT CONVERGED ia3" in text
-    cal.presets["ia3"], cal.doubled["ia3"] = 1e-2, {"a": 0.0}
-    assert cal.ok
+    assert "CALIBRATED ia3: chose 0.01, not the profile's preset 0.003" in text and "NOT CONVERGED ia3" in text
+    assert "ia3      twice the epochs at 0.01: a +0.050, b +0.030" in text
+    cal.doubled["ia3"] = {"a": 0.0}
+    assert cal.ok and cal.overrides() == ["run.method_presets.ia3.lr=0.01"]
+    cal.presets["ia3"] = 1e-2
+    assert cal.ok and cal.overrides() == []
+
+
+def test_calibrated_rates_reach_the_runs_through_nested_overrides():
+    from mllm_study.calibration import _ladder_text
+    from mllm_study.config import load_params, parse_overrides
+
+    assert [_ladder_text(x) for x in (3e-5, 1e-4, 0.003, 0.1, 1.0, 3.0)] == ["0.00003", "0.0001", "0.003", "0.1",
+                                                                           "1", "3"]
+    cal = Calibration(profile="quick", columns=["a"], presets={"ia3": 3e-2, "adapter": 3e-3},
+                      chosen={"ia3": 1e-1, "adapter": 3e-5})
+    p = load_params(profile="quick", overrides=parse_overrides(cal.overrides()))
+    presets = load_params(profile="quick").run.method_presets
+    assert p.run.method_presets["ia3"] == {"lr": 0.1} and p.run.method_presets["adapter"]["lr"] == 3e-5
+    assert p.run.method_presets["adapter"]["bottleneck_size"] == presets["adapter"]["bottleneck_size"]
+    assert p.run.method_presets["lora"] == presets["lora"]  # other methods keep their presets
+    p.run.method = "ia3"
+    assert p.resolved_lr() == pytest.approx(0.1)
 
 
 def _predictions(folder, pairs, split="val", dataset="vizwiz"):
@@ -115,13 +138,24 @@ def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_d
     grid = sorted(first.curves["lora"])
     assert {1e-3, 3e-3, 1e-2} <= set(grid) and first.chosen["lora"] in grid
     assert first.chosen["lora"] not in (grid[0], grid[-1]) or len(grid) == 3 + 3  # an edge optimum extends
-    assert set(first.doubled["lora"]) == {"iconqa_txt"}
+    assert set(first.doubled["lora"]) == {"iconqa_txt"} and first.doubled_at["lora"] == first.chosen["lora"]
     done = [json.loads((d / "spec.json").read_text()) for d in runs.iterdir() if (d / "spec.json").exists()]
     assert done and all(s["run"]["eval_split"] == "val" for s in done)
     metrics = [json.loads((d / "metrics.json").read_text()) for d in runs.iterdir() if (d / "metrics.json").exists()]
     assert all(row["split"] == "val" for m in metrics for row in m["results"])
+    # the convergence check trained at the chosen rate with twice the epochs, wherever the preset is
+    doubled = [s for s in done if s["run"]["epochs"] == 2]
+    assert [s["run"]["lr"] for s in doubled] == [first.chosen["lora"]]
     written = json.loads((runs / "calibration-smoke.json").read_text())
     assert written["chosen"]["lora"] == first.chosen["lora"]
+    # what a re-rendering study (train=False) adopts from the file: the chosen rate where it is not the preset
+    assert stored_overrides(runs, "smoke") == first.overrides()
+    written["chosen"]["lora"], written["presets"]["lora"] = 1e-2, 3e-3
+    (runs / "calibration-smoke.json").write_text(json.dumps(written))
+    assert stored_overrides(runs, "smoke") == ["run.method_presets.lora.lr=0.01"]
+    assert stored_overrides(tmp_path / "nowhere", "smoke") == []
+    (runs / "calibration-smoke.json").write_text(json.dumps({**written, "chosen": first.chosen,
+                                                             "presets": first.presets}))
     n_runs = len(list(runs.iterdir()))
     again = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(runs), workers=1)
     assert again.curves == first.curves and len(list(runs.iterdir())) == n_runs  # every run reused

@@ -70,9 +70,28 @@ def test_unknown_profile_and_missing_file(tmp_path):
 
 
 def test_parse_override():
-    assert parse_override("run.lr=1e-4") == ("run.lr", "1e-4")  # YAML 1.1 string; coerced by the float field
+    assert parse_override("run.lr=1e-4") == ("run.lr", 1e-4)  # a float as YAML 1.2 reads it (PyYAML: a string)
     assert load_params(profile="smoke", overrides=dict([parse_override("run.lr=1e-4")])).run.lr == 1e-4
     assert parse_override("run.method_params={r: 8}") == ("run.method_params", {"r": 8})
+    assert parse_override("run.method_params={dropout: 5E-2, names: [a, 1e3]}") == (
+        "run.method_params", {"dropout": 0.05, "names": ["a", 1000.0]})
+    assert parse_override("run.dataset=2e5b") == ("run.dataset", "2e5b")  # not a number: stays a string
+
+
+def test_nested_override_sets_one_key_inside_a_mapping():
+    presets = load_params(profile="quick").run.method_presets
+    p = load_params(profile="quick", overrides=dict([parse_override("run.method_presets.ia3.lr=1e-1"),
+                                                     parse_override("run.method_presets.lora.r=8")]))
+    assert p.run.method_presets["ia3"]["lr"] == 0.1 and p.run.method_presets["lora"]["r"] == 8
+    assert p.run.method_presets["lora"]["lr"] == presets["lora"]["lr"]  # the rest of the mapping is kept
+    assert p.run.method_presets["prefix"] == presets["prefix"]
+    assert load_params(profile="quick").run.method_presets == presets  # the layers themselves are not changed
+    for text, message in [("run.lr.x=1", r"'run.lr' is not a mapping"),
+                          ("run.method_presets.lora.lr.x=1", r"'run.method_presets.lora.lr' is 0.003, not a mapping"),
+                          ("run.nokey.a=1", r"unknown key 'run.nokey'"),
+                          ("nosection.a.b=1", r"unknown section 'nosection'")]:
+        with pytest.raises(ConfigError, match=message):
+            load_params(profile="quick", overrides=dict([parse_override(text)]))
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("lr=3")
 

@@ -336,6 +336,17 @@ def test_convergence_fails_c_when_doubling_moves_a_method_or_no_pair_exists(tmp_
         "adapter: doubled - base = +0.050 in mean over 2 pairs",  # sqa +0.000, iconqa_txt/val +0.100
         "ia3: doubled - base = +0.200 in mean over 1 pairs",
         "prefix: not measured (no pair of runs with the budget doubled)"]}
+    # the calibration chose another rate than this pair's and checked convergence there: the pair does not count
+    for rid in ("adapter-cal", "adapter-cal-long"):
+        spec = json.loads((runs / rid / "spec.json").read_text())
+        write_json_atomic(runs / rid / "spec.json", {**spec, "run": {**spec["run"], "lr": 3e-3}})
+    write_json_atomic(runs / "calibration-quick.json", {"doubled_at": {"adapter": 1e-2}})
+    v = check(world, runs, base)
+    assert not any(f.startswith("adapter") for f in failed(v)["c"])
+    assert [(r["column"], r["pairs"]) for r in v.data["convergence"] if r["method"] == "adapter"] == [
+        ("sqa", 1), ("(mean)", 1)]
+    write_json_atomic(runs / "calibration-quick.json", {"doubled_at": {"adapter": 3e-3}})
+    assert failed(check(world, runs, base))["c"][0] == "adapter: doubled - base = +0.050 in mean over 2 pairs"
 
 
 def test_no_effect_over_question_only_fails_d(tmp_path):
