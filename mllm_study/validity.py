@@ -599,6 +599,10 @@ class Validation:
         why = ", ".join(f"{n} {k}" for k, n in Counter(skipped.values()).items())
         out = [f"world {d['world_dir']}; runs {d['runs_dir']}: {len(d['runs'])} finished runs used, {len(skipped)} "
                f"skipped{f' ({why})' if why else ''}; base model {d['base_model_dir'] or 'not given'}"]
+        digest = (d.get("base_model") or {}).get("weights_sha256")
+        if digest:  # the base model is one draw per CPU: say which weights and which machine these figures are of
+            out.append(f"base weights sha256 {digest}... (pre-training is bit-identical per recipe, machine and "
+                       f"thread count, not across CPUs); validated on {d.get('machine')}")
         for title, key, cols in _TABLES:
             rows = self._rows(key)
             out.append(f"\n== {title}\n" + (pd.DataFrame(rows, columns=cols).to_string(
@@ -607,6 +611,35 @@ class Validation:
         out.append(f"{'PASS' if self.exit_code == 0 else 'FAIL'}: {sum(c.passed for c in self.criteria)} of "
                    f"{len(self.criteria)} criteria pass")
         return "\n".join(out)
+
+
+def _weights_digest(base_dir: Path | None) -> str | None:
+    """sha256 (16 hex digits) of the base model's weight files, or None without a base model folder."""
+    files = sorted(base_dir.glob("*.safetensors")) if base_dir and base_dir.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_digest(f).encode())
+    return file_digest(files[0]) if len(files) == 1 else h.hexdigest()[:16]
+
+
+def machine_line() -> str:
+    """The CPU model, torch's vector instruction set and thread count: what decides the base model's rounding."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch thread(s), "
+            f"torch {torch.__version__}")
 
 
 def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | Path | None = None) -> Validation:
@@ -646,7 +679,8 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
                   "trained_on": r.trained_on, "epochs": r.spec["run"].get("epochs"), "columns": figs[r.run_id]}
                  for r in runs],
         "base_model": {"dir": str(base_dir) if base_dir else None, "image_use_check": image_use or None,
-                       "columns": base_rows},
+                       "columns": base_rows, "weights_sha256": _weights_digest(base_dir)},
+        "machine": machine_line(),
         "convergence": convergence, "effects": effects, "seeds": seeds,
         "criteria": [{"name": c.name, "title": CRITERIA[c.name], "passed": c.passed, "checked": c.checked,
                       "failures": c.failures} for c in criteria],

@@ -442,3 +442,17 @@ def test_runs_of_a_local_checkpoint_count_for_that_base_model(tmp_path):
     assert _other_world(spec, world, tmp_path / "my-model") is None
     assert _other_world(spec, world, tmp_path / "other") == "made with another base model"
     assert _other_world({**spec, "base_model": "tiny-llava-abc"}, world, tmp_path / "tiny-llava-abc") is None
+
+
+def test_figures_name_the_base_weights_and_the_machine(tmp_path):
+    """The base model is one draw per CPU: validate names its weights (sha256) and the machine it ran on."""
+    from mllm_study.files import file_digest
+
+    world, runs, base = build(tmp_path)
+    v = check(world, runs, base)
+    assert v.data["base_model"]["weights_sha256"] is None and "base weights sha256" not in v.text()
+    (base / "model.safetensors").write_bytes(b"not really weights")
+    v = check(world, runs, base)
+    digest = file_digest(base / "model.safetensors")
+    assert v.data["base_model"]["weights_sha256"] == digest and len(digest) == 16
+    assert f"base weights sha256 {digest}..." in v.text() and "torch thread(s)" in v.data["machine"]
