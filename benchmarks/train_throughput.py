@@ -519,6 +519,17 @@ def _load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
 
 
+def peak_table(model, tokens: int, threads=(1, 2)) -> dict[str, dict[int, float]]:
+    """The machine's fp32 matmul GFLOP/s (best of 5) for 1024^3 and the model's own shapes, printed as a table."""
+    print(f"\nmachine fp32 matmul peak, GFLOP/s (best of 5), {' and '.join(map(str, threads))} torch threads; "
+          f"{_load()}; MKL_CBWR={os.environ.get('MKL_CBWR', '(unset)')}")
+    out = {}
+    for name, m, k, n in [("1024x1024x1024", 1024, 1024, 1024)] + model_shapes(model, tokens):
+        out[name] = {t: matmul_gflops(m, k, n, t) for t in threads}
+        print(f"  {name:28s} " + " ".join(f"{out[name][t]:7.1f}" for t in threads))
+    return out
+
+
 def limit_report(args, paths, records, methods, steady: dict) -> dict:
     """FLOPs per step, achieved GFLOP/s (steady), the matmul peak, and a profiled run's top ops."""
     out: dict = {"peak": {}, "methods": {}}
@@ -527,12 +538,7 @@ def limit_report(args, paths, records, methods, steady: dict) -> dict:
     collator = Collator(processor, mode="train")
     collator.prepare(records)
     tokens = int(collator(records[:args.batch_size])["input_ids"].numel())
-    print(f"\nmachine fp32 matmul peak, GFLOP/s (best of 5), 1 and 2 torch threads; {_load()}")
-    shapes = [("1024x1024x1024", 1024, 1024, 1024)] + model_shapes(model, tokens)
-    for name, m, k, n in shapes:
-        g = {t: matmul_gflops(m, k, n, t) for t in (1, 2)}
-        out["peak"][name] = g
-        print(f"  {name:28s} {g[1]:7.1f} {g[2]:7.1f}")
+    out["peak"] = peak_table(model, tokens)
     peak1 = out["peak"]["1024x1024x1024"][1]
     print(f"\nachieved: FLOPs of one step (FlopCounterMode, forward + backward, batch {args.batch_size}, {tokens} "
           f"tokens) / steady seconds per step (median wall; CPU) of the project loop and Trainer (fair); share of "
@@ -580,6 +586,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="project loop with TrainSettings(answer_logits=True) (on CPU: same loss up to rounding)")
     ap.add_argument("--limit", action="store_true",
                     help="also: FLOPs per step, achieved GFLOP/s vs the matmul peak, profiler top ops")
+    ap.add_argument("--peak", action="store_true",
+                    help="only the machine's fp32 matmul GFLOP/s on one thread (1024^3 and the model's shapes)")
     ap.add_argument("--profile-steps", type=int, default=12, help="steps of the profiled run (--limit)")
     ap.add_argument("--levers", action="store_true",
                     help="only measure levers on the project loop (dropout 0, torch dropout, foreach/fused AdamW, "
@@ -601,6 +609,11 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = load_split(folder, "test", args.held_out, seed=0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__}, transformers {transformers.__version__}; start: {_load()}")
+    if args.peak:  # the matmul peak alone (e.g. beside MKL_CBWR=COMPATIBLE, MKL's reproducible code path)
+        model, processor = base_model(base, progress=False)
+        collator = Collator(processor, mode="train")
+        tokens = int(collator(records[:args.batch_size])["input_ids"].numel())
+        return peak_table(model, tokens, threads=(1,))
     if args.encoding:
         _, processor = base_model(base, progress=False)
         table = encoding_table(processor, records, args.batch_size)

@@ -305,15 +305,12 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         base_budget[method] = base_epochs
     # convergence: each method at its chosen rate with twice the epochs; the static grid holds the presets' runs,
     # the others are trained here over the workers
-    checks = {(m, c): run_at(m, result.doubled_at[m], c, 2 * base_budget[m]) for m in methods if m in base_budget
-              for c in columns}
+    checks = {(m, c): run_at(m, result.doubled_at[m], c, 2 * base_budget[m]) for m in methods for c in columns}
     missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
     if missing and train:
         for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
             result.failed.update(sub.failed)
     for method in methods:
-        if method not in base_budget:
-            continue
         doubled = {}
         for c in columns:
             once = result.curves.get(method, {}).get(result.doubled_at[method], {}).get(c)

@@ -616,12 +616,9 @@ class Validation:
 def _weights_digest(base_dir: Path | None) -> str | None:
     """sha256 (16 hex digits) of the base model's weight files, or None without a base model folder."""
     files = sorted(base_dir.glob("*.safetensors")) if base_dir and base_dir.is_dir() else []
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for f in files:
-        h.update(file_digest(f).encode())
-    return file_digest(files[0]) if len(files) == 1 else h.hexdigest()[:16]
+    if len(files) <= 1:  # one file: the first 16 digits `sha256sum model.safetensors` prints
+        return file_digest(files[0]) if files else None
+    return hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()[:16]
 
 
 def machine_line() -> str:
