@@ -10,12 +10,12 @@ and chooses by the one-standard-error rule: among the rates whose mean validatio
 error (over the validation items) of the best, the one nearest the preset, so that a difference one seed's noise
 can make does not move the rates (rates whose outputs collapsed onto one answer are never chosen). A chosen rate on
 the edge of its grid extends the grid by one rung on that side (trained here, outside the static sweep) until it is
-inside. Each method is also
-trained at its chosen rate with twice the epochs: the score change is the convergence figure (at most
-``CONVERGENCE_TOLERANCE`` in mean over the columns); the static sweep holds these runs at the presets, others are
-trained here over the workers. The profile's presets (``run.method_presets.<m>.lr``) are what this command chose on
-the machine that set them. The base model is not bit-identical across CPUs, so on another machine it may choose
-otherwise: :meth:`Calibration.overrides` then gives the ``--set`` values with which ``mllm-study study`` trains
+inside. Each method is also trained at its chosen rate with twice the epochs: the score change is the convergence
+figure (at most ``CONVERGENCE_TOLERANCE`` in mean over the columns); these runs are trained here over the workers,
+once the curves have chosen the rates (the static sweep holds only the curves). The profile's presets
+(``run.method_presets.<m>.lr``) are what this command chose on the machine that set them. The base model is not
+bit-identical across CPUs, so on another machine it may choose otherwise: :meth:`Calibration.overrides` then gives
+the ``--set`` values with which ``mllm-study study`` trains
 every research question (and renders its notebooks), so the rates used are always the ones chosen here.
 """
 
@@ -303,8 +303,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             result.chosen[method] = result.best(method, [lr for lr in curve if curve[lr]], float(preset))
         result.doubled_at[method] = result.chosen.get(method, float(preset))
         base_budget[method] = base_epochs
-    # convergence: each method at its chosen rate with twice the epochs; the static grid holds the presets' runs,
-    # the others are trained here over the workers
+    # convergence: each method at its chosen rate with twice the epochs, trained here over the workers
     checks = {(m, c): run_at(m, result.doubled_at[m], c, 2 * base_budget[m]) for m in methods for c in columns}
     missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
     if missing and train:

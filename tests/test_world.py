@@ -594,3 +594,19 @@ def test_hard_existence_negatives_hold_the_asked_color_or_shape_elsewhere():
         assert "hard" not in plain["scene"]["query"]
         plain_no += plain["scene"]["query"]["sub"] == "exists" and plain["answer"] == "no"
     assert near["color"] > 20 and near["shape"] > 20 and plain_no > 20
+
+
+def test_formats_existence_questions_lean_no_and_the_other_yes_no_questions_stay_balanced():
+    """``exists_yes`` (tasks.STAGE3_EXISTS_YES_SHARE in the formats split) sets the share of "yes" among existence
+    questions only; the pretrain and train splits keep 50/50. Checked against the binomial: 2000 draws, 4 SE."""
+    from mllm_study.world.tasks import STAGE3_EXISTS_YES_SHARE, _vqav2
+
+    assert 0 < STAGE3_EXISTS_YES_SHARE < 0.5
+    for share in (STAGE3_EXISTS_YES_SHARE, 0.5):
+        yes = Counter()
+        for i in range(2000):
+            item = _vqav2(np.random.default_rng(i), {"yesno": 1.0}, exists_yes=share)
+            yes[(item["scene"]["query"]["sub"] == "exists", item["answer"])] += 1
+        n_exists, n_other = yes[True, "yes"] + yes[True, "no"], yes[False, "yes"] + yes[False, "no"]
+        assert abs(yes[True, "yes"] / n_exists - share) < 4 * (share * (1 - share) / n_exists) ** 0.5
+        assert abs(yes[False, "yes"] / n_other - 0.5) < 4 * (0.25 / n_other) ** 0.5

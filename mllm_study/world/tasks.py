@@ -162,11 +162,18 @@ STAGE3_VQAV2_TYPES = {"color": 0.1, "shape": 0.1, "count": 0.4, "position": 0.1,
 #: holds on another object: random negatives let "is the color there?" stand in for "is that object there?", the
 #: shortcut the base model took (every POPE probe whose color was present answered "yes")
 STAGE3_HARD_NEGATIVES = 0.7
+#: share of "yes" among the ``formats`` split's existence questions ("Is there a red circle in the image?"): below
+#: half, like the negative instructions of LRV-Instruction (Liu et al. 2023). A prior, not binding: the base model
+#: answers "yes" whenever the asked colour is anywhere in the image, so on 50/50 existence questions it said "yes"
+#: to 67% of 50/50 POPE probes; at 0.4 66%, at 0.3 65% (recall 0.98 -> 0.96; README, "Base model")
+STAGE3_EXISTS_YES_SHARE = 0.3
 
 
-def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES, hard_negatives: float = 0.0) -> dict:
+def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES, hard_negatives: float = 0.0,
+           exists_yes: float = 0.5) -> dict:
     """A VQAv2-style question; ``hard_negatives``: share of the "no" existence questions whose image holds the asked
-    color on another shape or the asked shape in another color (else any image without the asked object)."""
+    color on another shape or the asked shape in another color (else any image without the asked object);
+    ``exists_yes``: share of "yes" among the existence questions (the other yes/no questions are 50/50)."""
     qtype = pick_weighted(rng, tuple(types), tuple(types.values()))
     query: dict = {"type": qtype}
     if qtype == "color":
@@ -199,7 +206,7 @@ def _vqav2(rng: np.random.Generator, types: dict[str, float] = VQAV2_TYPES, hard
         refs = vqa_answers(rng, gold, POSITION_VARIANTS[gold], POSITIONS)
     else:
         sub = pick_weighted(rng, ("exists", "shape_at", "color_at"), (0.6, 0.2, 0.2))
-        yes, space = bool(rng.random() < 0.5), ("yes", "no")
+        yes, space = bool(rng.random() < (exists_yes if sub == "exists" else 0.5)), ("yes", "no")
         if sub == "exists":
             color, shape = pick(rng, OBJECT_TYPES)
             q = f"Is there {article(color)} {color} {shape} in the image?"
@@ -524,8 +531,8 @@ def build_item(family: str, seed: int, split: str, index: int) -> tuple[dict, Im
         item = build_pope_item(seed, split, index)
     elif family in GENERATORS:
         rng = item_rng(seed, family, split, index)
-        item = _vqav2(rng, STAGE3_VQAV2_TYPES, STAGE3_HARD_NEGATIVES) if (family, split) == ("vqav2", FORMATS_SPLIT) else \
-            GENERATORS[family](rng)
+        item = _vqav2(rng, STAGE3_VQAV2_TYPES, STAGE3_HARD_NEGATIVES, STAGE3_EXISTS_YES_SHARE) \
+            if (family, split) == ("vqav2", FORMATS_SPLIT) else GENERATORS[family](rng)
         if split == "pretrain" and family in FAMILIES and FAMILIES[family].group == "seen":
             item = _in_format(item_rng(seed, family, "format", index), item)
         elif split == FORMATS_SPLIT and family == "align":

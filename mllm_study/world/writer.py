@@ -31,7 +31,8 @@ from .tasks import FAMILY_ORDER, FORMATS_SPLIT, build_item, family_info
 __all__ = ["GENERATOR_VERSION", "PROFILES", "split_sizes", "generate_world", "ensure_world", "load_manifest"]
 
 #: Bump whenever generated content changes: cached worlds (and models pre-trained on them) are keyed by it.
-GENERATOR_VERSION = "synthetic-world v3"  # v2: balanced answers, stage-2 formats; v3: the ``formats`` split
+GENERATOR_VERSION = "synthetic-world v4"  # v2: balanced answers, stage-2 formats; v3: the ``formats`` split;
+#: v4: the formats split's existence questions 30% "yes"
 
 #: Records per split and profile. ``pretrain`` and ``formats``: align and the three seen families only; ``pope``: per
 #: strategy.
