@@ -109,8 +109,10 @@ class Calibration:
         return [f"run.method_presets.{m}.lr={_ladder_text(self.chosen[m])}" for m in self.mismatches()]
 
     def unconverged(self) -> list[str]:
+        from .validity import exceeds
+
         return [m for m, d in self.doubled.items()
-                if not d or abs(sum(d.values()) / len(d)) > CONVERGENCE_TOLERANCE]
+                if not d or exceeds(abs(sum(d.values()) / len(d)), CONVERGENCE_TOLERANCE)]
 
     @property
     def ok(self) -> bool:

@@ -174,3 +174,14 @@ def test_calibrate_command_applies_set_overrides_to_every_run(smoke_params, smok
     specs = [json.loads((d / "spec.json").read_text()) for d in runs.iterdir() if (d / "spec.json").exists()]
     assert len(specs) >= 4 and {s["run"]["warmup_ratio"] for s in specs} == {0.25}
     assert {s["run"]["epochs"] for s in specs} == {1, 2}
+
+
+def test_a_change_of_exactly_the_tolerance_is_not_more_than_it():
+    """Scores are k / 200: 0.665 - 0.645 is 0.020000000000000018 in floats, a move of exactly 0.02 (four items),
+    which "moves the score by more than 0.02" does not describe; 0.025 does (calibration and validate alike)."""
+    from mllm_study.validity import exceeds
+
+    assert 0.665 - 0.645 > 0.02 and not exceeds(0.665 - 0.645, 0.02) and exceeds(0.67 - 0.645, 0.02)
+    cal = Calibration(profile="p", columns=["a"])
+    cal.doubled = {"ia3": {"a": 0.665 - 0.645}, "prefix": {"a": 0.625 - 0.645}, "lora": {"a": 0.67 - 0.645}}
+    assert cal.unconverged() == ["lora"]
