@@ -12,11 +12,14 @@ can make does not move the rates (rates whose outputs collapsed onto one answer 
 the edge of its grid extends the grid by one rung on that side (trained here, outside the static sweep) until it is
 inside. Each method is also trained at its chosen rate with twice the epochs: the score change is the convergence
 figure (at most ``CONVERGENCE_TOLERANCE`` in mean over the columns); these runs are trained here over the workers,
-once the curves have chosen the rates (the static sweep holds only the curves). The profile's presets
-(``run.method_presets.<m>.lr``) are what this command chose on the machine that set them. The base model is not
-bit-identical across CPUs, so on another machine it may choose otherwise: :meth:`Calibration.overrides` then gives
-the ``--set`` values with which ``mllm-study study`` trains
-every research question (and renders its notebooks), so the rates used are always the ones chosen here.
+once the curves have chosen the rates (the static sweep holds only the curves). Where the chosen rate does not
+converge, the band's next rate on the side that can help (higher when twice the epochs raised the score, lower when
+it lowered it) is checked the same way and chosen if it converges (:meth:`Calibration.convergence_alternative`):
+the band's rates are alike within one standard error, so the converged one costs no measurable score. The
+profile's presets (``run.method_presets.<m>.lr``) are what this command chose on the machine that set them. The base
+model is not bit-identical across CPUs, so on another machine it may choose otherwise: :meth:`Calibration.overrides`
+then gives the ``--set`` values with which ``mllm-study study`` trains every research question (and renders its
+notebooks), so the rates used are always the ones chosen here.
 """
 
 from __future__ import annotations
@@ -82,19 +85,42 @@ class Calibration:
     collapsed: dict[str, dict[float, dict[str, str]]] = field(default_factory=dict)
     # method -> lr -> standard error of the mean score (over the columns' validation items); 0 where not measured
     se: dict[str, dict[float, float]] = field(default_factory=dict)
+    # method -> {"from", "to", "doubled_from", "doubled_to"}: the chosen rate did not converge and the band's next
+    # rate on the helpful side was checked too (``to`` the rate now chosen; None when that one did not converge)
+    reselected: dict[str, dict] = field(default_factory=dict)
 
     def is_collapsed(self, method: str, lr: float) -> bool:
         return bool(self.collapsed.get(method, {}).get(lr))
 
-    def best(self, method: str, rates: list[float], preset: float) -> float:
-        """The one-standard-error choice: among the points that did not collapse (all, if every one did), those whose
-        mean score is at least the best mean minus its standard error; of these the rate nearest ``preset``, then
-        the higher score."""
+    def band(self, method: str, rates: list[float] | None = None) -> list[float]:
+        """The rates (of ``rates``, default every scored one) that did not collapse (all, if every one did) and whose
+        mean score is at least the best mean minus its standard error: the one-standard-error band."""
+        rates = [lr for lr in self.curves.get(method, {}) if self.curves[method][lr]] if rates is None else rates
         ok = [lr for lr in rates if not self.is_collapsed(method, lr)] or list(rates)
         top = max(ok, key=lambda lr: self.mean(method, lr))
         bar = self.mean(method, top) - self.se.get(method, {}).get(top, 0.0)
-        near = [lr for lr in ok if self.mean(method, lr) >= bar]
-        return min(near, key=lambda lr: (abs(rung(lr) - rung(preset)), -self.mean(method, lr)))
+        return [lr for lr in ok if self.mean(method, lr) >= bar]
+
+    def best(self, method: str, rates: list[float], preset: float) -> float:
+        """The one-standard-error choice: of the :meth:`band`, the rate nearest ``preset``, then the higher score."""
+        return min(self.band(method, rates), key=lambda lr: (abs(rung(lr) - rung(preset)), -self.mean(method, lr)))
+
+    def doubled_mean(self, method: str) -> float | None:
+        d = self.doubled.get(method)
+        return sum(d.values()) / len(d) if d else None
+
+    def convergence_alternative(self, method: str) -> float | None:
+        """Where twice the epochs moved the chosen rate's score by more than the tolerance: the band's rate nearest
+        the chosen one on the side that can help, a higher rate when the score rose (under-trained in the budget), a
+        lower one when it fell; None when the chosen rate converged or the band has no rate on that side. The band's
+        rates are alike within one standard error, so preferring one that converges costs no measurable score."""
+        from .validity import exceeds
+
+        diff, chosen = self.doubled_mean(method), self.doubled_at.get(method)
+        if diff is None or chosen is None or not exceeds(abs(diff), CONVERGENCE_TOLERANCE):
+            return None
+        side = [lr for lr in self.band(method) if (lr - chosen) * diff > 0]
+        return min(side, key=lambda lr: abs(rung(lr) - rung(chosen)), default=None)
 
     def mean(self, method: str, lr: float) -> float:
         scores = self.curves[method][lr]
@@ -138,6 +164,10 @@ class Calibration:
             shown = ", ".join(f"{c} {v:+.3f}" for c, v in d.items()) or "not measured"
             at = self.doubled_at.get(method, self.presets.get(method, float("nan")))
             out.append(f"  {method:8s} twice the epochs at {at:g}: {shown}")
+        for method, r in self.reselected.items():
+            tried = f"{r['tried']:g}, in the band, moved {r['doubled_tried']:+.3f}"
+            out.append(f"  RESELECTED {method}: {r['from']:g} moved {r['doubled_from']:+.3f} with twice the epochs; "
+                       + (f"{tried}: chosen instead" if r["to"] is not None else f"{tried} too: kept {r['from']:g}"))
         for method, text in zip(self.mismatches(), self.overrides()):
             out.append(f"  CALIBRATED {method}: chose {self.chosen[method]:g}, not the profile's preset "
                        f"{self.presets.get(method, float('nan')):g}; the study trains with --set {text} "
@@ -223,6 +253,7 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
     from .runs import is_done, run_id, resolve_spec, write_json_atomic
     from .study import profile_block, rq_params
     from .sweep import default_workers, expand_sweep, run_sweep, run_sweeps
+    from .validity import exceeds
 
     stream = stream or sys.stderr
     params = rq_params(params_file, profile, cache, runs, overrides=overrides)
@@ -319,6 +350,25 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             if once is not None and twice is not None:
                 doubled[c] = twice - once
         result.doubled[method] = doubled
+    # a chosen rate that did not converge: the band's next rate on the helpful side, checked the same way
+    retry = {m: lr for m in methods if (lr := result.convergence_alternative(m)) is not None}
+    more = {(m, c): run_at(m, lr, c, 2 * base_budget[m]) for m, lr in retry.items() for c in columns}
+    missing = [p for p in more.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
+    if missing and train:
+        for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
+            result.failed.update(sub.failed)
+    for method, lr in retry.items():
+        doubled = {}
+        for c in columns:
+            once, twice = result.curves[method][lr].get(c), measure(more[(method, c)], curve_point=False)
+            if once is not None and twice is not None:
+                doubled[c] = twice - once
+        entry = {"from": result.chosen[method], "doubled_from": result.doubled_mean(method), "tried": lr,
+                 "doubled_tried": sum(doubled.values()) / len(doubled) if doubled else float("nan"), "to": None}
+        if doubled and not exceeds(abs(entry["doubled_tried"]), CONVERGENCE_TOLERANCE):
+            entry["to"] = result.chosen[method] = result.doubled_at[method] = lr
+            result.doubled[method] = doubled
+        result.reselected[method] = entry
     write_json_atomic(runs_dir / f"calibration-{profile}.json", result.to_dict())
     return result
 

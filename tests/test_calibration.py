@@ -144,8 +144,10 @@ def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_d
     metrics = [json.loads((d / "metrics.json").read_text()) for d in runs.iterdir() if (d / "metrics.json").exists()]
     assert all(row["split"] == "val" for m in metrics for row in m["results"])
     # the convergence check trained at the chosen rate with twice the epochs, wherever the preset is
-    doubled = [s for s in done if s["run"]["epochs"] == 2]
-    assert [s["run"]["lr"] for s in doubled] == [first.chosen["lora"]]
+    doubled = sorted(s["run"]["lr"] for s in done if s["run"]["epochs"] == 2)
+    r = first.reselected.get("lora")  # an unconverged choice also checks the band's next rate
+    assert doubled == ([first.chosen["lora"]] if r is None else sorted([r["from"], r["tried"]]))
+    assert first.doubled_at["lora"] == first.chosen["lora"] == (r["to"] or r["from"] if r else first.chosen["lora"])
     written = json.loads((runs / "calibration-smoke.json").read_text())
     assert written["chosen"]["lora"] == first.chosen["lora"]
     # what a re-rendering study (train=False) adopts from the file: the chosen rate where it is not the preset
@@ -185,3 +187,35 @@ def test_a_change_of_exactly_the_tolerance_is_not_more_than_it():
     cal = Calibration(profile="p", columns=["a"])
     cal.doubled = {"ia3": {"a": 0.665 - 0.645}, "prefix": {"a": 0.625 - 0.645}, "lora": {"a": 0.67 - 0.645}}
     assert cal.unconverged() == ["lora"]
+
+
+def test_an_unconverged_choice_tries_the_band_s_next_rate_on_the_helpful_side():
+    """The quick calibration's own curves (2026-12-04, IconQA-txt validation, SE about 0.034): the adapter chose its
+    preset 3e-3 (0.620), inside the band of the best (1e-2, 0.635), and moved +0.035 with twice the epochs: under-
+    trained, so the band's next higher rate is checked. LoRA's band has no higher rate (1e-2 scored 0.515), IA3
+    converged, and a fall with twice the epochs (over-training) looks at lower rates."""
+    cal = Calibration(profile="quick", columns=["iconqa_txt"])
+    cal.curves = {"adapter": {3e-4: {"c": 0.595}, 1e-3: {"c": 0.585}, 3e-3: {"c": 0.620}, 1e-2: {"c": 0.635},
+                              3e-2: {"c": 0.585}},
+                  "lora": {3e-4: {"c": 0.600}, 1e-3: {"c": 0.655}, 3e-3: {"c": 0.665}, 1e-2: {"c": 0.515},
+                           3e-2: {"c": 0.120}},
+                  "ia3": {1e-2: {"c": 0.590}, 3e-2: {"c": 0.620}, 1e-1: {"c": 0.630}}}
+    cal.se = {m: {lr: 0.034 for lr in c} for m, c in cal.curves.items()}
+    cal.collapsed = {"lora": {3e-2: {"c": "'yes' 200/200"}}}
+    assert cal.band("adapter") == [3e-3, 1e-2] and cal.band("lora") == [1e-3, 3e-3]
+    assert cal.best("adapter", list(cal.curves["adapter"]), 3e-3) == 3e-3  # the preset, inside the band
+    cal.doubled_at = {"adapter": 3e-3, "lora": 3e-3, "ia3": 3e-2}
+    cal.doubled = {"adapter": {"c": 0.035}, "lora": {"c": 0.130}, "ia3": {"c": 0.665 - 0.645}}
+    assert cal.convergence_alternative("adapter") == 1e-2
+    assert cal.convergence_alternative("lora") is None  # no higher rate in its band
+    assert cal.convergence_alternative("ia3") is None  # converged (exactly the tolerance)
+    cal.doubled["adapter"] = {"c": -0.035}
+    assert cal.convergence_alternative("adapter") is None  # lower rates of the band: none (1e-3 scored 0.585)
+    cal.doubled["lora"] = {"c": -0.05}
+    assert cal.convergence_alternative("lora") == 1e-3
+    cal.chosen = {"adapter": 1e-2}
+    cal.reselected = {"adapter": {"from": 3e-3, "doubled_from": 0.035, "tried": 1e-2, "doubled_tried": 0.01,
+                                  "to": 1e-2}}
+    text = "\n".join(cal.lines())
+    assert "RESELECTED adapter: 0.003 moved +0.035 with twice the epochs; 0.01, in the band, moved +0.010: " \
+           "chosen instead" in text
