@@ -363,9 +363,11 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             once, twice = result.curves[method][lr].get(c), measure(more[(method, c)], curve_point=False)
             if once is not None and twice is not None:
                 doubled[c] = twice - once
+        if not doubled:  # not trained (train=False): nothing measured, nothing to report
+            continue
         entry = {"from": result.chosen[method], "doubled_from": result.doubled_mean(method), "tried": lr,
-                 "doubled_tried": sum(doubled.values()) / len(doubled) if doubled else float("nan"), "to": None}
-        if doubled and not exceeds(abs(entry["doubled_tried"]), CONVERGENCE_TOLERANCE):
+                 "doubled_tried": sum(doubled.values()) / len(doubled), "to": None}
+        if not exceeds(abs(entry["doubled_tried"]), CONVERGENCE_TOLERANCE):
             entry["to"] = result.chosen[method] = result.doubled_at[method] = lr
             result.doubled[method] = doubled
         result.reselected[method] = entry
