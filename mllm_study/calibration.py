@@ -85,8 +85,8 @@ class Calibration:
     collapsed: dict[str, dict[float, dict[str, str]]] = field(default_factory=dict)
     # method -> lr -> standard error of the mean score (over the columns' validation items); 0 where not measured
     se: dict[str, dict[float, float]] = field(default_factory=dict)
-    # method -> {"from", "to", "doubled_from", "doubled_to"}: the chosen rate did not converge and the band's next
-    # rate on the helpful side was checked too (``to`` the rate now chosen; None when that one did not converge)
+    # method -> {"from", "doubled_from", "tried", "doubled_tried", "to"}: the chosen rate did not converge and the
+    # band's next rate on the helpful side was checked too (``to``: the rate now chosen; None when it did not converge)
     reselected: dict[str, dict] = field(default_factory=dict)
 
     def is_collapsed(self, method: str, lr: float) -> bool:
@@ -137,8 +137,8 @@ class Calibration:
     def unconverged(self) -> list[str]:
         from .validity import exceeds
 
-        return [m for m, d in self.doubled.items()
-                if not d or exceeds(abs(sum(d.values()) / len(d)), CONVERGENCE_TOLERANCE)]
+        return [m for m in self.doubled
+                if (d := self.doubled_mean(m)) is None or exceeds(abs(d), CONVERGENCE_TOLERANCE)]
 
     @property
     def ok(self) -> bool:
@@ -336,39 +336,35 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             result.chosen[method] = result.best(method, [lr for lr in curve if curve[lr]], float(preset))
         result.doubled_at[method] = result.chosen.get(method, float(preset))
         base_budget[method] = base_epochs
-    # convergence: each method at its chosen rate with twice the epochs, trained here over the workers
-    checks = {(m, c): run_at(m, result.doubled_at[m], c, 2 * base_budget[m]) for m in methods for c in columns}
-    missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
-    if missing and train:
-        for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
-            result.failed.update(sub.failed)
-    for method in methods:
-        doubled = {}
-        for c in columns:
-            once = result.curves.get(method, {}).get(result.doubled_at[method], {}).get(c)
-            twice = measure(checks[(method, c)], curve_point=False)
-            if once is not None and twice is not None:
-                doubled[c] = twice - once
-        result.doubled[method] = doubled
+    def doubled_at(rates: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Per method, twice the epochs at ``rates[method]`` minus its curve point, per column (the missing runs
+        trained over the workers first)."""
+        checks = {(m, c): run_at(m, lr, c, 2 * base_budget[m]) for m, lr in rates.items() for c in columns}
+        missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
+        if missing and train:
+            for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
+                result.failed.update(sub.failed)
+        out = {}
+        for m, lr in rates.items():
+            out[m] = {}
+            for c in columns:
+                once = result.curves.get(m, {}).get(lr, {}).get(c)
+                twice = measure(checks[(m, c)], curve_point=False)
+                if once is not None and twice is not None:
+                    out[m][c] = twice - once
+        return out
+
+    # convergence: each method at its chosen rate with twice the epochs
+    result.doubled = doubled_at({m: result.doubled_at[m] for m in methods})
     # a chosen rate that did not converge: the band's next rate on the helpful side, checked the same way
     retry = {m: lr for m in methods if (lr := result.convergence_alternative(m)) is not None}
-    more = {(m, c): run_at(m, lr, c, 2 * base_budget[m]) for m, lr in retry.items() for c in columns}
-    missing = [p for p in more.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
-    if missing and train:
-        for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
-            result.failed.update(sub.failed)
-    for method, lr in retry.items():
-        doubled = {}
-        for c in columns:
-            once, twice = result.curves[method][lr].get(c), measure(more[(method, c)], curve_point=False)
-            if once is not None and twice is not None:
-                doubled[c] = twice - once
+    for method, doubled in doubled_at(retry).items():
         if not doubled:  # not trained (train=False): nothing measured, nothing to report
             continue
-        entry = {"from": result.chosen[method], "doubled_from": result.doubled_mean(method), "tried": lr,
+        entry = {"from": result.chosen[method], "doubled_from": result.doubled_mean(method), "tried": retry[method],
                  "doubled_tried": sum(doubled.values()) / len(doubled), "to": None}
         if not exceeds(abs(entry["doubled_tried"]), CONVERGENCE_TOLERANCE):
-            entry["to"] = result.chosen[method] = result.doubled_at[method] = lr
+            entry["to"] = result.chosen[method] = result.doubled_at[method] = retry[method]
             result.doubled[method] = doubled
         result.reselected[method] = entry
     write_json_atomic(runs_dir / f"calibration-{profile}.json", result.to_dict())

@@ -76,6 +76,8 @@ BOUND_SLACK = 1e-9
 def exceeds(value: float, bound: float) -> bool:
     """``value > bound`` beyond float rounding (:data:`BOUND_SLACK`)."""
     return value > bound + BOUND_SLACK
+
+
 CRITERIA = {
     "a": f"world: question-only <= chance + {QUESTION_ONLY_MARGIN} (gold-majority + {QUESTION_ONLY_MARGIN} without "
          "offered options)",

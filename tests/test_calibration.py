@@ -147,7 +147,8 @@ def test_smoke_calibration_runs_on_val_and_is_cached(smoke_params, smoke_model_d
     doubled = sorted(s["run"]["lr"] for s in done if s["run"]["epochs"] == 2)
     r = first.reselected.get("lora")  # an unconverged choice also checks the band's next rate
     assert doubled == ([first.chosen["lora"]] if r is None else sorted([r["from"], r["tried"]]))
-    assert first.doubled_at["lora"] == first.chosen["lora"] == (r["to"] or r["from"] if r else first.chosen["lora"])
+    kept = first.chosen["lora"] if r is None else (r["to"] or r["from"])
+    assert first.doubled_at["lora"] == first.chosen["lora"] == kept
     written = json.loads((runs / "calibration-smoke.json").read_text())
     assert written["chosen"]["lora"] == first.chosen["lora"]
     # what a re-rendering study (train=False) adopts from the file: the chosen rate where it is not the preset
