@@ -2,10 +2,11 @@
 Idefics3/SmolVLM (bfloat16, image splitting), each with its real processor class, a BPE tokenizer carrying the real
 special tokens and the hub chat template, run through ``mllm-study run --model <folder>``.
 
-The matrix: every method (LoRA, IA3, prefix, bottleneck adapter with a tuned connector, full fine-tuning, and the
-zero-shot ``none``) on every architecture, in the checkpoint's dtype. Each run must finish (no NaN), lower the
-training loss, change every trainable tensor, evaluate at batch > 1, and reload to the same predictions (plain peft
-for peft formats to the same logits as the project's loader).
+The matrix: every method x placement x connector (LoRA, IA3 and the bottleneck adapter at attention, MLP and both,
+each with a frozen and a tuned connector; prefix tuning, which has no placement, with either connector; full
+fine-tuning; and the zero-shot ``none``) on every architecture, in the checkpoint's dtype. Each run must finish (no
+NaN), lower the training loss, change every trainable tensor, evaluate at batch > 1, and reload to the same
+predictions (plain peft for peft formats to the same logits as the project's loader).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ pytestmark = pytest.mark.slow  # tiny random checkpoints of every real architect
 END_OF_TURN = {"llava-1.5": "</s>", "qwen2-vl": "<|im_end|>", "idefics3": "<end_of_utterance>"}
 DTYPE = {"llava-1.5": torch.float16, "qwen2-vl": torch.bfloat16, "idefics3": torch.bfloat16}
 METHODS = ("lora", "ia3", "prefix", "adapter", "full")
+PLACED = ("lora", "ia3", "adapter")  # the methods with a placement
+#: (method, placement, connector): every combination the study's factors allow; full fine-tuning trains the
+#: connector with everything else
+COMBOS = ([(m, p, c) for m in PLACED for p in ("attention", "mlp", "both") for c in ("frozen", "tuned")]
+          + [("prefix", None, c) for c in ("frozen", "tuned")] + [("full", None, "tuned")])
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +111,12 @@ def test_qwen2_vl_batches_pad_per_token_inputs(fixtures):
         assert torch.isfinite(model(**batch).loss)
 
 
-def _run(fixtures, arch, method, tmp_path, capsys):
+def _run(fixtures, arch, method, tmp_path, capsys, placement=None, connector=None):
     root, data, models = fixtures
+    if connector is None:
+        connector = "tuned" if method in ("adapter", "lora") else "frozen"
     args = ["run", "--profile", "smoke", "--quiet", "--model", str(models[arch]), "--dataset", str(data),
-            "--method", method, "--connector", "tuned" if method in ("adapter", "lora") else "frozen",
+            "--method", method, "--connector", connector, *(["--placement", placement] if placement else []),
             "--epochs", "4", "--batch-size", "4", "--set", "run.eval_batch_size=4",
             "--set", f"paths.runs={tmp_path / 'runs'}", "--set", f"paths.cache={root / 'cache'}"]
     assert main(args) == 0
@@ -125,16 +133,33 @@ def _logits(model, processor, records):
         return model(**forward_inputs(model, batch)).logits.float()
 
 
-@pytest.mark.parametrize("method", METHODS)
+#: the connector's module name in each architecture (transformers 5)
+CONNECTOR = {"llava-1.5": "multi_modal_projector", "qwen2-vl": "visual.merger", "idefics3": "connector"}
+
+
+def _check_placement(arch, method, placement, connector, names):
+    """The trainable tensors sit where the placement and connector say: attention only, MLP only, or both."""
+    in_connector = [n for n in names if CONNECTOR[arch] in n]
+    assert bool(in_connector) == (connector == "tuned"), (connector, in_connector[:3])
+    if placement is None:
+        return
+    attn = [n for n in names if "self_attn" in n and CONNECTOR[arch] not in n]
+    mlp = [n for n in names if ".mlp." in n and CONNECTOR[arch] not in n]
+    assert bool(attn) == (placement in ("attention", "both")), (placement, attn[:3])
+    assert bool(mlp) == (placement in ("mlp", "both")), (placement, mlp[:3])
+
+
+@pytest.mark.parametrize("method,placement,connector", COMBOS,
+                         ids=[f"{m}-{p or 'none'}-{c}" for m, p, c in COMBOS])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_method_matrix_trains_in_the_checkpoint_dtype(fixtures, arch, method, tmp_path, capsys):
+def test_method_matrix_trains_in_the_checkpoint_dtype(fixtures, arch, method, placement, connector, tmp_path, capsys):
     from mllm_study.evaluate import evaluate_loss, generate_predictions
     from mllm_study.methods.registry import apply_method, load_method
     from mllm_study.models import load_checkpoint
     from mllm_study.train import set_seed
 
     _, data, models = fixtures
-    run_dir = _run(fixtures, arch, method, tmp_path, capsys)
+    run_dir = _run(fixtures, arch, method, tmp_path, capsys, placement, connector)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "done", status.get("reason")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -149,6 +174,8 @@ def test_method_matrix_trains_in_the_checkpoint_dtype(fixtures, arch, method, tm
                            spec["connector"])
     trainable = {n: p.detach().float().clone() for n, p in initial.named_parameters() if p.requires_grad}
     assert trainable and all(p.dtype == torch.float32 for p in initial.parameters() if p.requires_grad)
+    assert spec["connector"] == connector and placement in (None, spec["placement"])
+    _check_placement(arch, method, placement, connector, list(trainable))
     if method != "full":  # the frozen base stays in the checkpoint's dtype
         assert any(p.dtype == DTYPE[arch] for p in initial.parameters() if not p.requires_grad)
 
