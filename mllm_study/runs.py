@@ -248,7 +248,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     model, checkpointing = _apply_method(model, params)
     acc = _accelerator_for(model, params)
     with _RunFolder(final, spec, main=acc.is_main_process) as folder:
-        train_info = _train(model, processor, params, inputs, folder, acc, progress)
+        train_info, model = _train(model, processor, params, inputs, folder, acc, progress)
         if not folder.main:
             return final  # the main process evaluates and records the run
         if checkpointing is not None:
@@ -321,15 +321,17 @@ def _accelerator_for(model, params: Params):
     from .train import get_accelerator
 
     acc = get_accelerator()
-    _check_distributed(acc)
+    _check_distributed(acc, params)
     if params.run.method == "none" and acc.device.type != "cpu":  # zero-shot rows evaluate on the accelerator too
         model.to(acc.device)
     return acc
 
 
-def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFolder", acc, progress: bool) -> dict:
-    """Train the method (nothing for ``none``) and save its weights; the ``train`` summary of metrics.json. With
-    ``eval_every_epoch`` the result rows of every epoch are added to ``inputs.rows`` as training goes."""
+def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFolder", acc,
+           progress: bool) -> tuple[dict, Any]:
+    """Train the method (nothing for ``none``) and save its weights. Returns the ``train`` summary of metrics.json
+    and the model to evaluate (under sharded training a whole copy with the gathered weights, on the main process).
+    With ``eval_every_epoch`` the result rows of every epoch are added to ``inputs.rows`` as training goes."""
     from .evaluate import evaluate_loss
     from .methods.registry import save_method
     from .train import TrainSettings, train_model, trainable_summary
@@ -337,7 +339,7 @@ def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFo
     run = params.run
     train_info: dict[str, Any] = {**trainable_summary(model), "steps": 0, "seconds": 0.0}
     if run.method == "none":
-        return train_info
+        return train_info, model
     settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, grad_accum=run.grad_accum,
                              warmup_ratio=run.warmup_ratio, weight_decay=run.weight_decay,
                              max_grad_norm=run.max_grad_norm, seed=run.seed, progress=progress,
@@ -353,7 +355,10 @@ def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFo
     acc.wait_for_everyone()
     if not folder.main:
         acc.wait_for_everyone()  # until the main process has evaluated and written the run
-        return train_info
+        return train_info, model
+    if result.full_state is not None:  # sharded: evaluate and save a whole copy holding the gathered weights
+        model = _unsharded(params, result.full_state, acc.device)
+        train_info["sharded"] = str(getattr(acc, "distributed_type", "")).split(".")[-1]
     train_info.update(steps=result.steps, seconds=round(result.seconds, 3), samples=result.samples,
                       samples_per_second=round(result.samples_per_second, 2), final_loss=result.final_loss,
                       tokens=result.tokens, tokens_per_second=round(result.tokens_per_second, 1),
@@ -361,7 +366,7 @@ def _train(model, processor, params: Params, inputs: _RunInputs, folder: "_RunFo
     if run.eval_every_epoch:
         train_info["epochs"] = [e for e in result.log if "epoch_end" in e]
     save_method(model, folder.tmp / "adapter")
-    return train_info
+    return train_info, model
 
 
 def _metrics(params: Params, inputs: _RunInputs, train_info: dict) -> dict:
@@ -446,18 +451,42 @@ def clean_stale_temporaries(runs_dir: Path) -> list[str]:
     return removed
 
 
-def _check_distributed(acc) -> None:
-    """Sharded training (FSDP, DeepSpeed ZeRO-3) needs every rank in evaluation and saving, which this executor
-    does on the main process alone: refuse it up front rather than hang at the first collective."""
-    kind = str(getattr(acc, "distributed_type", "")).upper()
-    zero3 = False
-    if "DEEPSPEED" in kind:
-        plugin = getattr(getattr(acc, "state", None), "deepspeed_plugin", None)
-        zero3 = getattr(plugin, "zero_stage", 0) == 3
-    if "FSDP" in kind or zero3:
-        raise RunError(f"{kind.split('.')[-1]}{' ZeRO-3' if zero3 else ''}: parameters are sharded, but evaluation "
-                       "and saving run on the main process alone (they would hang); use DDP or DeepSpeed "
-                       "ZeRO-1/2 for now (accelerate config)")
+def _check_distributed(acc, params: Params) -> None:
+    """Under sharded training (FSDP, DeepSpeed ZeRO-3) the state is gathered once, after training, for the main
+    process's evaluation (:func:`_unsharded`); evaluating after every epoch would need that gather every epoch,
+    inside the loop: refused up front, on every rank, rather than hang at a collective."""
+    from .train import is_sharded
+
+    if is_sharded(acc) and params.run.eval_every_epoch and params.run.method != "none":
+        kind = str(getattr(acc, "distributed_type", "")).split(".")[-1]
+        raise RunError(f"{kind}: run.eval_every_epoch is not supported with sharded parameters (each epoch's "
+                       "evaluation would need every rank's shards); use DDP or DeepSpeed ZeRO-1/2 for the "
+                       "per-epoch runs (accelerate config)")
+
+
+def _unsharded(params: Params, state: dict, device):
+    """The run's method on a fresh copy of its base model, its trainable tensors loaded from ``state`` (the full
+    state dict that sharded training gathered on the main process): a whole model that the main process can
+    evaluate and save alone. RunError naming the tensors ``state`` lacks."""
+    import torch
+
+    from .methods.registry import apply_method
+    from .train import set_seed
+
+    run = params.run
+    set_seed(run.seed)
+    model = apply_method(base_model(params, progress=False)[0], run.method, params.resolved_method_params(),
+                         run.placement, run.connector, layers=run.layers, vision=run.vision)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n in names if n not in state]
+    if missing:
+        raise RunError(f"the gathered state dict lacks {len(missing)} of {len(names)} trainable tensors, e.g. "
+                       f"{missing[:3]} (it has e.g. {list(state)[:3]})")
+    with torch.no_grad():
+        current = dict(model.named_parameters())
+        for n in names:
+            current[n].copy_(state[n].to(current[n].dtype))
+    return model.to(device).eval()
 
 
 def _check_rank(model) -> None:

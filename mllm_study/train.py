@@ -45,7 +45,7 @@ from .errors import ConfigError, DataError, RunError, TrainingDiverged
 
 __all__ = ["TrainSettings", "TrainResult", "TrainingDiverged", "train_model", "forward_inputs", "get_accelerator",
            "set_seed", "mixed_precision_setting", "compute_dtype", "precision_context",
-           "enable_gradient_checkpointing", "peak_memory", "MaskDropout", "swap_dropout"]
+           "enable_gradient_checkpointing", "peak_memory", "MaskDropout", "swap_dropout", "is_sharded"]
 
 _ACCELERATOR = None
 _KEEP = "_mllm_study_logits_to_keep"  # batch key (int) added by the training collate wrapper; never reaches the model
@@ -98,6 +98,10 @@ class TrainResult:
     tokens: int = 0  # non-padding input tokens trained on (all processes)
     peak_memory_mb: float | None = None  # GPU: max allocated during training; CPU: the process's peak RSS so far
     peak_memory_kind: str = "cpu_rss"  # cuda_max_allocated | cpu_rss
+    # Sharded training (FSDP, DeepSpeed ZeRO-3) only: the trained model's full state dict, gathered from every rank
+    # before the wrapper goes (on the main process; accelerate gives the others an empty dict). The model this
+    # loop returns still holds shards, so evaluation and saving load this state into an unsharded copy.
+    full_state: dict | None = None
 
     @property
     def samples_per_second(self) -> float:
@@ -384,6 +388,18 @@ def _without_autocast(model: torch.nn.Module):
         model.forward = patched
 
 
+def is_sharded(acc) -> bool:
+    """Whether ``acc`` shards parameters across processes (FSDP, DeepSpeed ZeRO-3): then no process holds the whole
+    model, and whatever runs the model outside the loop (evaluation, saving) needs the gathered state first."""
+    kind = str(getattr(acc, "distributed_type", "")).upper()
+    if "FSDP" in kind:
+        return True
+    if "DEEPSPEED" in kind:
+        plugin = getattr(getattr(acc, "state", None), "deepspeed_plugin", None)
+        return getattr(plugin, "zero_stage", 0) == 3
+    return False
+
+
 def _release(acc) -> None:
     """Drop the accelerator's references to this run's objects (a sweep must not accumulate models). On CPU without
     the full garbage collection of ``free_memory`` (0.2 s a run): the references go, memory follows.
@@ -472,6 +488,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
                 if step >= total:
                     break
         _check_weights(params, step)  # the last update is never followed by a loss: check what it left
+        # every rank takes part in the gather (a collective): the main process gets the full state dict
+        full_state = acc.get_state_dict(model) if is_sharded(acc) else None
     finally:
         bar.close()
         log.close()
@@ -484,7 +502,8 @@ def train_model(model: torch.nn.Module, collator: Callable, records: list[dict],
     peak, kind = peak_memory(acc.device)
     return TrainResult(steps=step, samples=samples, seconds=seconds, final_loss=log.final_loss(), log=log.entries,
                        mixed_precision=str(acc.mixed_precision), answer_logits=answer_logits,
-                       tokens=int(tokens) * acc.num_processes, peak_memory_mb=peak, peak_memory_kind=kind)
+                       tokens=int(tokens) * acc.num_processes, peak_memory_mb=peak, peak_memory_kind=kind,
+                       full_state=full_state)
 
 
 def _check_inputs(records: list[dict], param_groups: list[dict], settings: TrainSettings) -> list[dict]:

@@ -394,3 +394,77 @@ def test_evaluation_is_greedy_whatever_the_generation_config_says(fixtures, monk
     assert seen and all(k["repetition_penalty"] == 1.0 and k["do_sample"] is False for k in seen)
     model.generation_config.update(repetition_penalty=1.0, do_sample=False, temperature=None, top_k=None, top_p=None)
     assert generate_predictions(model, processor, records, 6, batch_size=4, progress=False) == penalised
+
+
+def test_is_sharded_names_fsdp_and_zero3_only():
+    from types import SimpleNamespace
+
+    from mllm_study.train import is_sharded
+
+    def acc(kind, stage=None):
+        state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage) if stage is not None else None)
+        return SimpleNamespace(distributed_type=f"DistributedType.{kind}", state=state)
+
+    assert is_sharded(acc("FSDP"))
+    assert is_sharded(acc("DEEPSPEED", 3))
+    assert not is_sharded(acc("DEEPSPEED", 2))
+    assert not is_sharded(acc("MULTI_GPU")) and not is_sharded(acc("MULTI_CPU")) and not is_sharded(acc("NO"))
+
+
+@pytest.mark.parametrize("method,connector", [("lora", "tuned"), ("adapter", "frozen")])
+def test_sharded_training_evaluates_a_whole_copy_with_the_gathered_weights(fixtures, method, connector, tmp_path,
+                                                                            capsys, monkeypatch):
+    """FSDP and ZeRO-3 cannot run on this CPU machine (accelerate: FSDP v1 "no available devices found, must be
+    one of 'XPU', 'CUDA', ..."; with ``cpu=True`` it falls back to plain multi-CPU DDP). What the executor does
+    around them is tested in one process: the loop gathers the state (``acc.get_state_dict``, the whole state dict
+    here), the main process loads its trainable tensors into a fresh copy of base + method and evaluates and saves
+    that. Same seed, same records: the same predictions and the same saved weights as the unsharded run."""
+    import mllm_study.train as train_module
+    from safetensors.torch import load_file
+
+    plain = _run(fixtures, "llava-1.5", method, tmp_path / "plain", capsys, connector=connector)
+    gathered = []
+    original = train_module.TrainResult
+
+    def recording(*a, **k):  # the loop's result, with the gathered state kept for the assertion below
+        gathered.append(k.get("full_state"))
+        return original(*a, **k)
+
+    monkeypatch.setattr(train_module, "is_sharded", lambda acc: True)
+    monkeypatch.setattr(train_module, "TrainResult", recording)
+    sharded = _run(fixtures, "llava-1.5", method, tmp_path / "sharded", capsys, connector=connector)
+    assert gathered and gathered[0], "the loop did not gather a state dict"
+    metrics = json.loads((sharded / "metrics.json").read_text())
+    assert metrics["train"]["sharded"] == "NO"  # the (single-process) accelerator's own kind, recorded
+    preds = [(sharded / "predictions.jsonl").read_text(), (plain / "predictions.jsonl").read_text()]
+    assert preds[0] == preds[1]
+    ours, theirs = (load_file(str(next((d / "adapter").glob("*.safetensors")))) for d in (sharded, plain))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def test_unsharded_copy_names_the_tensors_a_gathered_state_lacks(fixtures, tmp_path):
+    from mllm_study.config import load_params
+    from mllm_study.errors import RunError
+    from mllm_study.runs import _unsharded
+
+    root, data, models = fixtures
+    params = load_params(profile="smoke", overrides={
+        "run.model": str(models["llava-1.5"]), "run.dataset": str(data), "run.method": "lora",
+        "paths.cache": str(root / "cache"), "paths.runs": str(tmp_path / "runs")})
+    with pytest.raises(RunError, match="lacks .* trainable tensors"):
+        _unsharded(params, {"unrelated.weight": torch.zeros(1)}, "cpu")
+
+
+def test_sharded_training_refuses_per_epoch_evaluation(fixtures, tmp_path, capsys, monkeypatch):
+    import mllm_study.train as train_module
+
+    root, data, models = fixtures
+    monkeypatch.setattr(train_module, "is_sharded", lambda acc: True)
+    args = ["run", "--profile", "smoke", "--quiet", "--model", str(models["llava-1.5"]), "--dataset", str(data),
+            "--method", "lora", "--epochs", "1", "--set", "run.eval_every_epoch=true",
+            "--set", f"paths.runs={tmp_path / 'runs'}", "--set", f"paths.cache={root / 'cache'}"]
+    assert main(args) != 0
+    assert "eval_every_epoch is not supported with sharded parameters" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any(p for p in (tmp_path / "runs").iterdir()
+                                                        if not p.name.startswith("."))
