@@ -68,6 +68,7 @@ REPEAT_WORDS, MAX_REPEAT_SHARE = 3, 0.10  # (f) share of captions repeating a wo
 PEFT_METHODS = LiveSequence(study_methods)  # (g): the study's methods (``study=True`` in methods/<name>.py)
 MIN_SEEDS, MIN_SEED_COLUMNS, MIN_SEED_UNSEEN = 3, 4, 2  # (g)
 PARSED_KINDS = ("mc", "choice", "number", "yesno")
+MIN_TYPE_ITEMS = 20  # question types: fewer items of a type in a run's column are not called near chance
 #: float slack of the bounds: scores are means over items (k / 200), and a difference of two of them that is exactly
 #: the bound (0.665 - 0.645 = 0.020000000000000018) is not "more than" it
 BOUND_SLACK = 1e-9
@@ -183,15 +184,38 @@ def _fit(col: Column, train: list[dict]) -> tuple[str, dict[str, str]]:
     return top, {q: c.most_common(1)[0][0] for q, c in by_question.items()}
 
 
+def _chance(col: Column, recs: list[dict]) -> float | None:
+    """Expected score of a uniform guess on ``recs``: over the offered options, yes/no, or the world's answer space
+    (``scene.query.space``) in the column's metric; None where none of these is known."""
+    spaces = [(r.get("scene") or {}).get("query", {}).get("space") for r in recs]
+    return (fmean(1 / len(r["choices"]) for r in recs) if col.kind in ("mc", "choice")
+            else 0.5 if col.kind == "yesno"
+            else _uniform_guess(col, recs, spaces) if all(spaces) else None)
+
+
+def query_type(rec: dict) -> str | None:
+    """The world's question type of a record (``scene.query.type``: count, compare, ...); None for other data."""
+    return ((rec.get("scene") or {}).get("query") or {}).get("type")
+
+
+def _types(col: Column, recs: list[dict]) -> dict[str, dict] | None:
+    """Per question type of ``recs``: item count and chance; None unless every record has a type and there are two
+    or more (a column's score can then come from some types while others stay at chance)."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by[query_type(r)].append(r)
+    if None in by or len(by) < 2 or col.kind == "caption":
+        return None
+    return {t: {"n": len(rs), "chance": _chance(col, rs)} for t, rs in sorted(by.items())}
+
+
 def _baselines(col: Column, train: list[dict] | None) -> None:
     recs = list(col.records.values())
     golds = Counter(_label(col, _gold(r), r) for r in recs)
-    spaces = [(r.get("scene") or {}).get("query", {}).get("space") for r in recs]
-    chance = (fmean(1 / len(r["choices"]) for r in recs) if col.kind in ("mc", "choice")
-              else 0.5 if col.kind == "yesno"
-              else _uniform_guess(col, recs, spaces) if all(spaces) else None)
+    chance = _chance(col, recs)
     col.figures.update(n_train=len(train or []), n_test=len(recs), chance=chance,
-                       gold_top_share=golds.most_common(1)[0][1] / len(recs), gold_majority=None, question_only=None)
+                       gold_top_share=golds.most_common(1)[0][1] / len(recs), gold_majority=None, question_only=None,
+                       types=_types(col, recs))
     if col.kind == "caption":
         col.figures.update(bound=None, bound_kind="n/a (captions)")
         return
@@ -369,6 +393,11 @@ def _run_figures(run: Run, columns: dict[str, Column]) -> dict[str, dict]:
              "question_only": fmean(qo) if qo else None,  # on the run's items (a test subsample may be smaller)
              "parse_rate": fmean(parsed_answer(col, p, r) is not None for p, r in zip(preds, recs)),
              "top_prediction": top, "top_share": count / len(preds), "gold_top_share": col.figures["gold_top_share"]}
+        if col.figures.get("types"):
+            by: dict[str, list[float]] = defaultdict(list)
+            for item_id, v in pairs:
+                by[query_type(col.records[item_id])].append(v[1])
+            f["types"] = {t: {"n": len(v), "score": fmean(v)} for t, v in sorted(by.items())}
         if col.kind == "yesno":
             f.update(yes_ratio=rc["extra"]["yes_ratio"], accuracy=rc["extra"]["accuracy"])
         if col.kind == "caption":
@@ -543,6 +572,54 @@ def _seeds(columns, trained: list[Run]) -> tuple[Criterion, dict]:
     return c, out
 
 
+def _carved_columns(world_dir: Path, runs: list[Run]) -> dict[str, Column]:
+    """The validation splits carved from train (``data.CARVED_SPLITS``) that runs were scored on (the calibration's
+    ``<family>/val``), as columns with chance and baselines fitted on the rest of train. They feed the question-type
+    table only: the criteria read the world's own splits."""
+    from .data import load_dataset_info, load_split
+
+    out: dict[str, Column] = {}
+    for key in sorted({r.own_column for r in runs if "/" in r.own_column}):
+        name, split = key.split("/", 1)
+        folder = world_dir / name
+        if not (folder / "dataset.json").exists() or not (folder / "train.json").exists():
+            continue
+        info, recs = load_dataset_info(folder), load_split(folder, split, check_images=False)
+        col = Column(key, name, split, info["metric"], info.get("group", ""), column_kind(info["metric"], recs),
+                     {r["id"]: r for r in recs})
+        if col.kind != "caption":
+            _baselines(col, load_split(folder, "train_minus_val", check_images=False))
+            out[key] = col
+    return out
+
+
+def _question_types(columns, runs: list[Run], figs: dict) -> list[dict]:
+    """Per unseen column with question types, method and type: the item mean of each method's runs trained on that
+    column (zero-shot ``none``: every run evaluating it), mean with min and max over those runs, beside the type's
+    chance. ``near_chance``: at most chance + QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a
+    criterion: a column's score can rise on one type while another is never learned, which the column's score
+    alone does not show."""
+    rows = []
+    for key, col in ((k, c) for k, c in columns.items() if c.group == "unseen" and c.figures.get("types")):
+        methods: dict[str, list[Run]] = defaultdict(list)
+        for r in runs:
+            if key in figs[r.run_id] and (r.method == "none" or r.own_column == key):
+                methods[r.method].append(r)
+        for method in sorted(methods, key=lambda m: (m != "none", m)):
+            for t, info in col.figures["types"].items():
+                got = [(figs[r.run_id][key].get("types") or {}).get(t) for r in methods[method]]
+                got = [g for g in got if g]
+                if not got:
+                    continue
+                scores, n = [g["score"] for g in got], max(g["n"] for g in got)
+                chance, mean = info["chance"], fmean(scores)
+                rows.append({"column": key, "type": t, "n": n, "chance": chance, "method": method, "runs": len(got),
+                             "score": mean, "min": min(scores), "max": max(scores),
+                             "near_chance": chance is not None and n >= MIN_TYPE_ITEMS and
+                             not exceeds(mean, chance + QUESTION_ONLY_MARGIN)})
+    return rows
+
+
 def _outputs(runs: list[Run], figs: dict) -> tuple[Criterion, Criterion]:
     """(e) top share of trained runs' predictions, (f) repeated words in every run's captions."""
     top, repeats = Criterion("e"), Criterion("f")
@@ -572,6 +649,9 @@ _TABLES = [  # (title, data key, columns) of the text report
      ["method", "column", "pairs", "mean_diff"]),
     ("(d) effects over question-only (item-paired, seeds averaged, 95% bootstrap CI)", "effects",
      ["column", "method", "trained_on", "seeds", "n", "score", "question_only", "diff", "ci_low", "ci_high"]),
+    ("question types of the unseen columns: item means of each method's runs trained there (none: zero-shot), "
+     f"mean [min, max] over runs; near chance = <= chance + {QUESTION_ONLY_MARGIN} (not a criterion)", "question_types",
+     ["column", "type", "n", "chance", "method", "runs", "score", "min", "max", "near_chance"]),
     ("(g) seeds: most seeds of one setting per training column", "seeds",
      ["method", "columns", "unseen", "seeds_per_column"]),
 ]
@@ -676,6 +756,9 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     crit_c, convergence = _convergence(trained, _checked_rates(runs_dir))
     crit_d, effects = _effects(columns, trained)
     crit_g, seeds = _seeds(columns, trained)
+    carved = _carved_columns(Path(world_dir), runs)
+    carved_figs = {r.run_id: _run_figures(_read_run(Path(runs_dir) / r.run_id, r.spec, carved), carved)
+                   for r in runs if r.own_column in carved}
     criteria = [_world_criterion(columns), crit_b, crit_c, crit_d, *_outputs(runs, figs), crit_g]
     data = {
         "runs_dir": str(runs_dir), "world_dir": str(world_dir), "base_model_dir": str(base_dir) if base_dir else None,
@@ -689,6 +772,8 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
                        "columns": base_rows, "weights_sha256": _weights_digest(base_dir)},
         "machine": machine_line(),
         "convergence": convergence, "effects": effects, "seeds": seeds,
+        "question_types": _question_types({**columns, **carved}, runs, {
+            r.run_id: {**figs[r.run_id], **carved_figs.get(r.run_id, {})} for r in runs}),
         "criteria": [{"name": c.name, "title": CRITERIA[c.name], "passed": c.passed, "checked": c.checked,
                       "failures": c.failures} for c in criteria],
         "passed": all(c.passed for c in criteria)}

@@ -456,3 +456,55 @@ def test_figures_name_the_base_weights_and_the_machine(tmp_path):
     digest = file_digest(base / "model.safetensors")
     assert v.data["base_model"]["weights_sha256"] == digest and len(digest) == 16
     assert f"base weights sha256 {digest}..." in v.text() and "torch thread(s)" in v.data["machine"]
+
+
+def test_question_types_show_a_type_left_at_chance_beside_one_learned(tmp_path):
+    """IconQA-txt records of two world question types (``scene.query.type``): the trained runs answer "most"
+    right and "compare" by a coin that is right half the time, the base model right on neither. The column's score
+    (0.75) hides that one type is at chance; the table names it, per method with min/max over its runs, and the
+    validation split carved from train (a calibration run's own column) gets the same table."""
+    def rec(split, i):
+        choices, gold = _two(i, "circle", "square")
+        kind = "most" if (i // 4) % 2 == 0 else "compare"
+        r = _rec("iconqa_txt", split, i, f"Which shape ({kind})?\nChoices: {', '.join(choices)}.", gold,
+                 references=[gold], choices=choices)
+        return {**r, "scene": {"query": {"type": kind, "space": choices}}}
+
+    world = write_world(tmp_path / "world", records={"iconqa_txt": {s: [rec(s, i) for i in range(N)]
+                                                                    for s in ("train", "test")}})
+    runs, base = tmp_path / "runs", tmp_path / "models" / BASE_MODEL
+    base.mkdir(parents=True)
+    test = _records(world, "iconqa_txt")[2]
+    half = [_gold(r) if r["scene"]["query"]["type"] == "most" or (i // 2) % 2 else _wrong("iconqa_txt", r)
+            for i, r in enumerate(test)]
+    write_run(runs, world, "none-base", "none", "iconqa_txt", 42, {"iconqa_txt": [_wrong("iconqa_txt", r)
+                                                                                  for r in test]})
+    for seed in (1, 2):
+        write_run(runs, world, f"lora-s{seed}", "lora", "iconqa_txt", seed, {"iconqa_txt": half})
+    rows = {(r["method"], r["type"]): r for r in check(world, runs, base).data["question_types"]}
+    assert set(rows) == {(m, t) for m in ("none", "lora") for t in ("compare", "most")}
+    most, compare = rows[("lora", "most")], rows[("lora", "compare")]
+    assert (most["n"], most["runs"], most["score"], most["chance"], most["near_chance"]) == (20, 2, 1.0, 0.5, False)
+    assert (compare["score"], compare["min"], compare["max"], compare["near_chance"]) == (0.5, 0.5, 0.5, True)
+    assert rows[("none", "most")]["score"] == 0.0
+
+    # a calibration run scored on train's carved validation split: its own column, typed the same way
+    val = tmp_path / "val-runs"
+    shutil.copytree(runs, val)
+    d = val / "lora-s1"
+    spec = json.loads((d / "spec.json").read_text())
+    spec["run"]["eval_split"] = "val"
+    from mllm_study.data import load_split
+
+    carved = load_split(world / "iconqa_txt", "val", check_images=False)
+    lines = [json.dumps({"dataset": "iconqa_txt", "split": "val", "epoch": None, "metric": "accuracy", "id": r["id"],
+                         "prompt": "", "prediction": _gold(r), "references": [_gold(r)], "score": 1.0}) for r in carved]
+    (d / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    write_json_atomic(d / "spec.json", spec)
+    write_json_atomic(d / "metrics.json", {"dataset": "iconqa_txt", "metric": "accuracy", "value": 1.0,
+                                           "n": len(carved), "results": [{"dataset": "iconqa_txt", "split": "val",
+                                           "epoch": None, "metric": "accuracy", "value": 1.0, "n": len(carved)}],
+                                           "train": {"steps": 1}})
+    typed = [r for r in check(world, val, base).data["question_types"] if r["column"] == "iconqa_txt/val"]
+    assert typed and all(r["method"] == "lora" and r["score"] == 1.0 and not r["near_chance"] for r in typed)
+    assert sum(r["n"] for r in typed) == len(carved)
