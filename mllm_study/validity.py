@@ -394,10 +394,15 @@ def _run_figures(run: Run, columns: dict[str, Column]) -> dict[str, dict]:
              "parse_rate": fmean(parsed_answer(col, p, r) is not None for p, r in zip(preds, recs)),
              "top_prediction": top, "top_share": count / len(preds), "gold_top_share": col.figures["gold_top_share"]}
         if col.figures.get("types"):
-            by: dict[str, list[float]] = defaultdict(list)
+            by: dict[str, list[tuple[float, str]]] = defaultdict(list)
             for item_id, v in pairs:
-                by[query_type(col.records[item_id])].append(v[1])
-            f["types"] = {t: {"n": len(v), "score": fmean(v)} for t, v in sorted(by.items())}
+                rec = col.records[item_id]
+                by[query_type(rec)].append((v[1], _label(col, v[0], rec)))
+            f["types"] = {}
+            for t, got in sorted(by.items()):
+                top_t, count_t = Counter(label for _, label in got).most_common(1)[0]
+                f["types"][t] = {"n": len(got), "score": fmean(x for x, _ in got), "top": top_t,
+                                 "top_share": count_t / len(got)}
         if col.kind == "yesno":
             f.update(yes_ratio=rc["extra"]["yes_ratio"], accuracy=rc["extra"]["accuracy"])
         if col.kind == "caption":
@@ -596,7 +601,9 @@ def _carved_columns(world_dir: Path, runs: list[Run]) -> dict[str, Column]:
 def _question_types(columns, runs: list[Run], figs: dict) -> list[dict]:
     """Per unseen column with question types, method and type: the item mean of each method's runs trained on that
     column (zero-shot ``none``: every run evaluating it), mean with min and max over those runs, beside the type's
-    chance. ``near_chance``: at most chance + QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a
+    chance; the runs' most common answer on the type (``top``) and its share (mean over runs: a type can collapse
+    onto one answer while the column's top share stays low). ``near_chance``: at most chance +
+    QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a
     criterion: a column's score can rise on one type while another is never learned, which the column's score
     alone does not show."""
     rows = []
@@ -613,8 +620,10 @@ def _question_types(columns, runs: list[Run], figs: dict) -> list[dict]:
                     continue
                 scores, n = [g["score"] for g in got], max(g["n"] for g in got)
                 chance, mean = info["chance"], fmean(scores)
+                tops = Counter(g["top"] for g in got).most_common(1)[0][0]  # the runs' most common top answer
                 rows.append({"column": key, "type": t, "n": n, "chance": chance, "method": method, "runs": len(got),
-                             "score": mean, "min": min(scores), "max": max(scores),
+                             "score": mean, "min": min(scores), "max": max(scores), "top": tops,
+                             "top_share": fmean(g["top_share"] for g in got),
                              "near_chance": chance is not None and n >= MIN_TYPE_ITEMS and
                              not exceeds(mean, chance + QUESTION_ONLY_MARGIN)})
     return rows
@@ -651,7 +660,7 @@ _TABLES = [  # (title, data key, columns) of the text report
      ["column", "method", "trained_on", "seeds", "n", "score", "question_only", "diff", "ci_low", "ci_high"]),
     ("question types of the unseen columns: item means of each method's runs trained there (none: zero-shot), "
      f"mean [min, max] over runs; near chance = <= chance + {QUESTION_ONLY_MARGIN} (not a criterion)", "question_types",
-     ["column", "type", "n", "chance", "method", "runs", "score", "min", "max", "near_chance"]),
+     ["column", "type", "n", "chance", "method", "runs", "score", "min", "max", "near_chance", "top", "top_share"]),
     ("(g) seeds: most seeds of one setting per training column", "seeds",
      ["method", "columns", "unseen", "seeds_per_column"]),
 ]

@@ -487,6 +487,11 @@ def test_question_types_show_a_type_left_at_chance_beside_one_learned(tmp_path):
     assert (most["n"], most["runs"], most["score"], most["chance"], most["near_chance"]) == (20, 2, 1.0, 0.5, False)
     assert (compare["score"], compare["min"], compare["max"], compare["near_chance"]) == (0.5, 0.5, 0.5, True)
     assert rows[("none", "most")]["score"] == 0.0
+    assert (most["top_share"], compare["top_share"]) == (0.5, 0.5)  # options alternate: no type collapsed
+    # a run answering "circle" to every item: the top answer per type and its share
+    write_run(runs, world, "lora-s3", "lora", "iconqa_txt", 3, {"iconqa_txt": ["circle"] * len(test)})
+    rows = {(r["method"], r["type"]): r for r in check(world, runs, base).data["question_types"]}
+    assert rows[("lora", "most")]["top"] == "circle" and rows[("lora", "most")]["top_share"] == pytest.approx(2 / 3)
 
     # a calibration run scored on train's carved validation split: its own column, typed the same way
     val = tmp_path / "val-runs"
