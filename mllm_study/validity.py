@@ -603,9 +603,8 @@ def _question_types(columns, runs: list[Run], figs: dict) -> list[dict]:
     column (zero-shot ``none``: every run evaluating it), mean with min and max over those runs, beside the type's
     chance; the runs' most common answer on the type (``top``) and its share (mean over runs: a type can collapse
     onto one answer while the column's top share stays low). ``near_chance``: at most chance +
-    QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a
-    criterion: a column's score can rise on one type while another is never learned, which the column's score
-    alone does not show."""
+    QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a criterion: a column's score can rise on one type
+    while another is never learned, which the column's score alone does not show."""
     rows = []
     for key, col in ((k, c) for k, c in columns.items() if c.group == "unseen" and c.figures.get("types")):
         methods: dict[str, list[Run]] = defaultdict(list)
