@@ -22,7 +22,7 @@ import pandas as pd
 from .plots import method_key, method_colors
 
 __all__ = ["GALLERY_SEED", "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note",
-           "steps_note"]
+           "steps_note", "type_failures", "show_type_failures"]
 
 GALLERY_SEED = 0  # the gallery's items are drawn with this seed: the same items in every render
 
@@ -275,3 +275,39 @@ def steps_note(runs_dir: str | Path, scores: pd.DataFrame, factor: str = "train_
                 "across log-spaced sizes is expected even on a log-linear curve, so diminishing returns are tested "
                 "against a log-linear fit (the verdict below).")
     return f"Optimizer steps per size: {text}."
+
+
+def type_failures(figures: pd.DataFrame | None) -> pd.DataFrame:
+    """The question types on which a report's trained runs stayed near chance or collapsed onto one answer
+    (:func:`mllm_study.validity.question_types` on the report's runs, ``figures.attrs["question_types"]``), each
+    beside the zero-shot base model's score on the same type: a column's score can come from some of its types
+    while another is never learned. Empty without such rows (or for real data, which has no question types)."""
+    cols = ["column", "type", "n", "chance", "method", "runs", "score", "zero-shot", "top answer", "top share", "what"]
+    types = None if figures is None else figures.attrs.get("question_types")
+    if types is None or len(types) == 0:
+        return pd.DataFrame(columns=cols)
+    base = {(r["column"], r["type"]): r["score"] for _, r in types[types["method"] == "none"].iterrows()}
+    rows = []
+    for _, r in types[(types["method"] != "none") & (types["near_chance"] | types["collapsed"])].iterrows():
+        what = [w for w, on in (("near chance", r["near_chance"]), (f"collapsed on {r['top']!r}", r["collapsed"]))
+                if on]
+        rows.append({"column": r["column"], "type": r["type"], "n": r["n"], "chance": r["chance"],
+                     "method": r["method"], "runs": r["runs"], "score": r["score"],
+                     "zero-shot": base.get((r["column"], r["type"])), "top answer": r["top"],
+                     "top share": r["top_share"], "what": ", ".join(what)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def show_type_failures(figures: pd.DataFrame | None) -> None:
+    """Display :func:`type_failures` with a sentence of what it shows (nothing when there are none)."""
+    from IPython.display import display
+
+    from .plots import say
+
+    table = type_failures(figures)
+    if not len(table):
+        return
+    say(f"{len(table)} method x question-type measurements of these runs are near chance (at most chance + 0.05) or "
+        "collapsed onto one answer, though their column's score may not show it: the skill of that type was not "
+        "learned. Not a flag (the column's comparisons stand), but no comparison here measures that skill.")
+    display(table.style.hide(axis="index").format(precision=3, na_rep="-"))

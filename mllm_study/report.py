@@ -35,7 +35,8 @@ from .contrasts import (MATCH_KEYS, Contrast, item_array, column_key, compare_pa
 from .plots import (METHOD_ORDER, PRETTY, method_key, ci_plot, fmt_ci, fmt_p, forest_plot, method_colors, pretty,
                     say, setup_notebook, show, verdict_md)
 from .datasize import EQUAL_EPOCHS, EQUAL_STEPS, log_linear_fits, log_linear_weights, size_designs
-from .evidence import gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, steps_note, world_dir
+from .evidence import (gallery_html, gallery_items, loss_curves, overfitting_note, runs_used, show_type_failures,
+                       steps_note, type_failures, world_dir)
 from .render import (NotebookResult, code_version, execute_notebook, render_html, report_is_current,
                      write_index)
 
@@ -50,6 +51,7 @@ __all__ = [
     "EQUAL_EPOCHS", "EQUAL_STEPS", "size_designs", "log_linear_fits", "log_linear_weights",
     # re-exported from evidence
     "loss_curves", "gallery_items", "gallery_html", "runs_used", "world_dir", "overfitting_note", "steps_note",
+    "type_failures", "show_type_failures",
     # re-exported from plots and render
     "METHOD_ORDER", "PRETTY", "method_colors", "setup_notebook", "fmt_ci", "fmt_p", "pretty", "show", "say", "verdict_md", "ci_plot",
     "forest_plot", "NotebookResult", "code_version", "execute_notebook", "render_html", "report_is_current",

@@ -49,8 +49,8 @@ from .world.tasks import TRAINING_SPLITS
 from .method_info import LiveSequence, study_methods
 from .records import is_done, run_damage
 
-__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "read_runs", "report_section", "run_dirs",
-           "validate",
+__all__ = ["CRITERIA", "Column", "Criterion", "Run", "Validation", "question_types", "read_runs", "report_section",
+           "run_dirs", "validate",
            "world_columns", "column_kind", "parsed_answer", "exceeds"]
 
 QUESTION_ONLY_MARGIN = 0.05  # (a) question-only <= chance (or gold-majority) + this
@@ -206,7 +206,9 @@ def _types(col: Column, recs: list[dict]) -> dict[str, dict] | None:
         by[query_type(r)].append(r)
     if None in by or len(by) < 2 or col.kind == "caption":
         return None
-    return {t: {"n": len(rs), "chance": _chance(col, rs)} for t, rs in sorted(by.items())}
+    return {t: {"n": len(rs), "chance": _chance(col, rs),
+                "gold_top_share": Counter(_label(col, _gold(r), r) for r in rs).most_common(1)[0][1] / len(rs)}
+            for t, rs in sorted(by.items())}
 
 
 def _baselines(col: Column, train: list[dict] | None) -> None:
@@ -598,33 +600,41 @@ def _carved_columns(world_dir: Path, runs: list[Run]) -> dict[str, Column]:
     return out
 
 
-def _question_types(columns, runs: list[Run], figs: dict) -> list[dict]:
+def question_types(world: dict[str, dict], runs: list[dict], figs: dict[str, dict]) -> list[dict]:
     """Per unseen column with question types, method and type: the item mean of each method's runs trained on that
     column (zero-shot ``none``: every run evaluating it), mean with min and max over those runs, beside the type's
     chance; the runs' most common answer on the type (``top``) and its share (mean over runs: a type can collapse
     onto one answer while the column's top share stays low). ``near_chance``: at most chance +
-    QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items. Not a criterion: a column's score can rise on one type
-    while another is never learned, which the column's score alone does not show."""
+    QUESTION_ONLY_MARGIN with at least MIN_TYPE_ITEMS items; ``collapsed``: the top share above criterion (e)'s
+    bound for the type's own golds (trained runs). Not a criterion: a column's score can rise on one type while
+    another is never learned, which the column's score alone does not show.
+
+    Args:
+        world: column key -> its figures (``group`` and ``types``: Validation.data["world"]).
+        runs: dicts with ``run_id``, ``method`` and ``own_column``.
+        figs: run id -> column key -> the run's figures there (with ``types``).
+    """
     rows = []
-    for key, col in ((k, c) for k, c in columns.items() if c.group == "unseen" and c.figures.get("types")):
-        methods: dict[str, list[Run]] = defaultdict(list)
+    for key, w in ((k, w) for k, w in world.items() if w.get("group") == "unseen" and w.get("types")):
+        methods: dict[str, list[str]] = defaultdict(list)
         for r in runs:
-            if key in figs[r.run_id] and (r.method == "none" or r.own_column == key):
-                methods[r.method].append(r)
+            if key in figs.get(r["run_id"], {}) and (r["method"] == "none" or r["own_column"] == key):
+                methods[r["method"]].append(r["run_id"])
         for method in sorted(methods, key=lambda m: (m != "none", m)):
-            for t, info in col.figures["types"].items():
-                got = [(figs[r.run_id][key].get("types") or {}).get(t) for r in methods[method]]
-                got = [g for g in got if g]
+            for t, info in w["types"].items():
+                got = [g for g in ((figs[i][key].get("types") or {}).get(t) for i in methods[method]) if g]
                 if not got:
                     continue
                 scores, n = [g["score"] for g in got], max(g["n"] for g in got)
-                chance, mean = info["chance"], fmean(scores)
-                tops = Counter(g["top"] for g in got).most_common(1)[0][0]  # the runs' most common top answer
+                chance, mean, share = info["chance"], fmean(scores), fmean(g["top_share"] for g in got)
                 rows.append({"column": key, "type": t, "n": n, "chance": chance, "method": method, "runs": len(got),
-                             "score": mean, "min": min(scores), "max": max(scores), "top": tops,
-                             "top_share": fmean(g["top_share"] for g in got),
+                             "score": mean, "min": min(scores), "max": max(scores),
+                             "top": Counter(g["top"] for g in got).most_common(1)[0][0],  # the runs' commonest
+                             "top_share": share,
                              "near_chance": chance is not None and n >= MIN_TYPE_ITEMS and
-                             not exceeds(mean, chance + QUESTION_ONLY_MARGIN)})
+                             not exceeds(mean, chance + QUESTION_ONLY_MARGIN),
+                             "collapsed": method != "none" and n >= MIN_TYPE_ITEMS and exceeds(
+                                 share, max(TOP_SHARE_FLOOR, info["gold_top_share"] + TOP_SHARE_MARGIN))})
     return rows
 
 
@@ -643,6 +653,8 @@ def _outputs(runs: list[Run], figs: dict) -> tuple[Criterion, Criterion]:
     return top, repeats
 
 
+_TYPE_COLUMNS = ["column", "type", "n", "chance", "method", "runs", "score", "min", "max", "near_chance", "top",
+                 "top_share", "collapsed"]
 _TABLES = [  # (title, data key, columns) of the text report
     ("(a) world: chance and baselines per column (fitted on train, scored on the split)", "world",
      ["column", "kind", "metric", "group", "n_train", "n_test", "chance", "gold_majority", "question_only", "bound",
@@ -659,7 +671,7 @@ _TABLES = [  # (title, data key, columns) of the text report
      ["column", "method", "trained_on", "seeds", "n", "score", "question_only", "diff", "ci_low", "ci_high"]),
     ("question types of the unseen columns: item means of each method's runs trained there (none: zero-shot), "
      f"mean [min, max] over runs; near chance = <= chance + {QUESTION_ONLY_MARGIN} (not a criterion)", "question_types",
-     ["column", "type", "n", "chance", "method", "runs", "score", "min", "max", "near_chance", "top", "top_share"]),
+     _TYPE_COLUMNS),
     ("(g) seeds: most seeds of one setting per training column", "seeds",
      ["method", "columns", "unseen", "seeds_per_column"]),
 ]
@@ -774,14 +786,17 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
                                            and isinstance(v, (int, float, tuple))},
         "world": {k: {"kind": c.kind, "metric": c.metric, "group": c.group, **c.figures} for k, c in columns.items()},
         "runs": [{"run_id": r.run_id, "method": r.method, "seed": r.spec["run"].get("seed"),
-                  "trained_on": r.trained_on, "epochs": r.spec["run"].get("epochs"), "columns": figs[r.run_id]}
+                  "trained_on": r.trained_on, "own_column": r.own_column, "epochs": r.spec["run"].get("epochs"),
+                  "columns": figs[r.run_id]}
                  for r in runs],
         "base_model": {"dir": str(base_dir) if base_dir else None, "image_use_check": image_use or None,
                        "columns": base_rows, "weights_sha256": _weights_digest(base_dir)},
         "machine": machine_line(),
         "convergence": convergence, "effects": effects, "seeds": seeds,
-        "question_types": _question_types({**columns, **carved}, runs, {
-            r.run_id: {**figs[r.run_id], **carved_figs.get(r.run_id, {})} for r in runs}),
+        "question_types": question_types(
+            {k: {"group": c.group, **c.figures} for k, c in {**columns, **carved}.items()},
+            [{"run_id": r.run_id, "method": r.method, "own_column": r.own_column} for r in runs],
+            {r.run_id: {**figs[r.run_id], **carved_figs.get(r.run_id, {})} for r in runs}),
         "criteria": [{"name": c.name, "title": CRITERIA[c.name], "passed": c.passed, "checked": c.checked,
                       "failures": c.failures} for c in criteria],
         "passed": all(c.passed for c in criteria)}
@@ -869,4 +884,7 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                                           "top answer", "top share", "flag"])
     figures.attrs["world"] = {k: {n: w.get(n) for n in ("chance", "gold_majority", "question_only", "kind", "metric")}
                               for k, w in world_figs.items()}
+    mine = [r for r in v.data["runs"] if ids is None or r["run_id"] in ids]
+    figures.attrs["question_types"] = pd.DataFrame(
+        question_types(world_figs, mine, {r["run_id"]: r["columns"] for r in mine}), columns=_TYPE_COLUMNS)
     return pd.DataFrame(rows), figures

@@ -488,10 +488,26 @@ def test_question_types_show_a_type_left_at_chance_beside_one_learned(tmp_path):
     assert (compare["score"], compare["min"], compare["max"], compare["near_chance"]) == (0.5, 0.5, 0.5, True)
     assert rows[("none", "most")]["score"] == 0.0
     assert (most["top_share"], compare["top_share"]) == (0.5, 0.5)  # options alternate: no type collapsed
+    assert not most["collapsed"] and not compare["collapsed"]
     # a run answering "circle" to every item: the top answer per type and its share
     write_run(runs, world, "lora-s3", "lora", "iconqa_txt", 3, {"iconqa_txt": ["circle"] * len(test)})
     rows = {(r["method"], r["type"]): r for r in check(world, runs, base).data["question_types"]}
     assert rows[("lora", "most")]["top"] == "circle" and rows[("lora", "most")]["top_share"] == pytest.approx(2 / 3)
+    assert rows[("lora", "most")]["collapsed"]  # 2/3 > max(0.6, the type's gold top share 0.5 + 0.1)
+
+    # what a report shows of it (evidence.type_failures): the trained rows near chance or collapsed, beside zero-shot
+    import pandas as pd
+
+    from mllm_study.evidence import type_failures
+
+    figures = pd.DataFrame()
+    figures.attrs["question_types"] = pd.DataFrame(list(rows.values()))
+    shown = type_failures(figures)
+    assert set(zip(shown["method"], shown["type"])) == {("lora", "compare"), ("lora", "most")}
+    by_type = shown.set_index("type")
+    assert by_type.loc["most", "what"] == "collapsed on 'circle'" and by_type.loc["most", "zero-shot"] == 0.0
+    assert by_type.loc["compare", "what"].startswith("near chance")
+    assert type_failures(None).empty and type_failures(pd.DataFrame()).empty  # real data: no question types
 
     # a calibration run scored on train's carved validation split: its own column, typed the same way
     val = tmp_path / "val-runs"
