@@ -157,7 +157,8 @@ class RunConfig:
     # (float16 for llava-1.5-hf, bfloat16 for Qwen2-VL); trainable weights are fp32 master weights in every case.
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (memory for time)
-    attn_implementation: str | None = None  # null = transformers' default (sdpa); eager | sdpa | flash_attention_2
+    attn_implementation: str | None = None  # null = transformers' default (sdpa); auto = flash_attention_2 where
+    # flash_attn and a CUDA GPU are there, else sdpa (models.resolve_attn_implementation); eager | sdpa | flash_...
     min_pixels: int | None = None  # Qwen2-VL image processor: image size bounds in pixels (null = the checkpoint's)
     max_pixels: int | None = None
     # per evaluation dataset (its dataset.json name): batch size and answer-length limit overrides
@@ -202,10 +203,10 @@ class RunConfig:
                 raise ConfigError(f"run.metric_variants.{metric}: {exc}") from None
         if self.precision not in PRECISIONS:
             raise ConfigError(f"run.precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3",
+        if self.attn_implementation not in (None, "auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3",
                                             "flex_attention"):
-            raise ConfigError(f"run.attn_implementation must be eager, sdpa, flash_attention_2, flash_attention_3, "
-                              f"flex_attention or null (got {self.attn_implementation!r})")
+            raise ConfigError(f"run.attn_implementation must be auto, eager, sdpa, flash_attention_2, "
+                              f"flash_attention_3, flex_attention or null (got {self.attn_implementation!r})")
         for name in ("min_pixels", "max_pixels"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value <= 0):

@@ -362,6 +362,16 @@ def _refresh_image_use_check(model_dir: Path, world_dir: Path, size: int, progre
 _PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_attn_implementation(value: str | None) -> str | None:
+    """``run.attn_implementation`` as transformers takes it: ``auto`` is flash_attention_2 where the ``flash_attn``
+    package is installed and a CUDA GPU is there (its kernels run nowhere else), else sdpa; other values pass."""
+    if value != "auto":
+        return value
+    import importlib.util
+
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
 def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, device_map: Any = None,
                     precision: str = "auto", attn_implementation: str | None = None,
                     min_pixels: int | None = None, max_pixels: int | None = None):
@@ -369,7 +379,7 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
 
     ``precision`` (run.precision): ``auto`` keeps the checkpoint's dtype (transformers 5 loads ``dtype="auto"``),
     ``fp32``/``bf16``/``fp16`` convert the base; an explicit ``dtype`` wins. ``attn_implementation`` is passed on
-    (None: transformers' default, sdpa). ``min_pixels``/``max_pixels`` bound the image size of processors that
+    (None: transformers' default, sdpa; ``auto``: :func:`resolve_attn_implementation`). ``min_pixels``/``max_pixels`` bound the image size of processors that
     take them (Qwen2-VL: its default max turns a photo into thousands of tokens).
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -384,7 +394,7 @@ def load_checkpoint(path_or_id: str | Path, dtype: torch.dtype | None = None, de
     if device_map is not None:
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = resolve_attn_implementation(attn_implementation)
     pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     processor_kwargs = _pixel_size(path_or_id, pixels) if pixels else {}
     try:

@@ -253,6 +253,8 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
             return final  # the main process evaluates and records the run
         if checkpointing is not None:
             train_info["gradient_checkpointing"] = checkpointing
+        if params.run.attn_implementation is not None:  # what "auto" became on this machine
+            train_info["attn_implementation"] = getattr(getattr(model, "config", None), "_attn_implementation", None)
         if not params.run.eval_every_epoch or params.run.method == "none":
             inputs.rows = evaluate_all(model, processor, params, inputs.targets, None, progress, folder.predictions)
         if params.run.method == "none":  # nothing trained: the memory figure is the evaluation's

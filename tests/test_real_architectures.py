@@ -468,3 +468,30 @@ def test_sharded_training_refuses_per_epoch_evaluation(fixtures, tmp_path, capsy
     assert "eval_every_epoch is not supported with sharded parameters" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any(p for p in (tmp_path / "runs").iterdir()
                                                         if not p.name.startswith("."))
+
+
+def test_attention_auto_is_flash_attention_only_with_flash_attn_and_a_gpu(fixtures, tmp_path, capsys, monkeypatch):
+    """``run.attn_implementation: auto`` (the paper profiles'): flash_attention_2 needs the flash_attn package and a
+    CUDA GPU, else sdpa; the run records what it became."""
+    import importlib.util
+
+    from mllm_study.models import resolve_attn_implementation
+
+    real_find_spec = importlib.util.find_spec
+    for cuda, installed, expected in ((False, False, "sdpa"), (False, True, "sdpa"), (True, False, "sdpa"),
+                                      (True, True, "flash_attention_2")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda c=cuda: c)
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, i=installed: object() if name == "flash_attn" and i
+                            else (None if name == "flash_attn" else real_find_spec(name, *a)))
+        assert resolve_attn_implementation("auto") == expected
+    monkeypatch.undo()
+    assert resolve_attn_implementation("eager") == "eager" and resolve_attn_implementation(None) is None
+
+    root, data, models = fixtures
+    args = ["run", "--profile", "smoke", "--quiet", "--model", str(models["llava-1.5"]), "--dataset", str(data),
+            "--method", "ia3", "--epochs", "1", "--set", "run.attn_implementation=auto",
+            "--set", f"paths.runs={tmp_path / 'runs'}", "--set", f"paths.cache={root / 'cache'}"]
+    assert main(args) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1].split("run directory: ")[1])
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["attn_implementation"] == "sdpa"
