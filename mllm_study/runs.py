@@ -293,10 +293,10 @@ def _load_inputs(params: Params, targets: list[tuple[Path, str, int | None]]) ->
         held_out=load_split(dataset_dir, run.eval_split, run.test_size, seed=0) if run.eval_every_epoch else [])
 
 
-def _apply_method(model, params: Params):
+def _apply_method(model, params: Params, checkpointing: bool = True):
     """The run's method on its base model, seeded by the run (method weights such as LoRA's A are initialised from
-    the run's seed, not the process's state); rank checked; gradient checkpointing as asked. Returns
-    ``(model, checkpointing note or None)``."""
+    the run's seed, not the process's state); rank checked; gradient checkpointing as asked (never with
+    ``checkpointing=False``: a copy that only evaluates). Returns ``(model, checkpointing note or None)``."""
     from .methods.registry import apply_method
     from .train import enable_gradient_checkpointing, set_seed
 
@@ -305,7 +305,7 @@ def _apply_method(model, params: Params):
     model = apply_method(model, run.method, params.resolved_method_params(), run.placement, run.connector,
                          layers=run.layers, vision=run.vision)
     _check_rank(model)
-    if not run.gradient_checkpointing or run.method == "none":
+    if not (checkpointing and run.gradient_checkpointing) or run.method == "none":
         return model, None
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         import warnings
@@ -472,13 +472,7 @@ def _unsharded(params: Params, state: dict, device):
     evaluate and save alone. RunError naming the tensors ``state`` lacks."""
     import torch
 
-    from .methods.registry import apply_method
-    from .train import set_seed
-
-    run = params.run
-    set_seed(run.seed)
-    model = apply_method(base_model(params, progress=False)[0], run.method, params.resolved_method_params(),
-                         run.placement, run.connector, layers=run.layers, vision=run.vision)
+    model, _ = _apply_method(base_model(params, progress=False)[0], params, checkpointing=False)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     missing = [n for n in names if n not in state]
     if missing:

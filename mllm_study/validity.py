@@ -579,24 +579,22 @@ def _seeds(columns, trained: list[Run]) -> tuple[Criterion, dict]:
     return c, out
 
 
-def _carved_columns(world_dir: Path, runs: list[Run]) -> dict[str, Column]:
-    """The validation splits carved from train (``data.CARVED_SPLITS``) that runs were scored on (the calibration's
-    ``<family>/val``), as columns with chance and baselines fitted on the rest of train. They feed the question-type
-    table only: the criteria read the world's own splits."""
+def _carved_columns(world_dir: Path, columns: dict[str, Column]) -> dict[str, Column]:
+    """The validation split carved from train (``data.CARVED_SPLITS``: what the calibration scores on) of every
+    unseen family with a train split, as ``<family>/val`` columns with chance and baselines fitted on the rest of
+    train. They feed the question-type table only: the criteria read the world's own splits."""
     from .data import load_dataset_info, load_split
 
     out: dict[str, Column] = {}
-    for key in sorted({r.own_column for r in runs if "/" in r.own_column}):
-        name, split = key.split("/", 1)
+    for name in sorted({c.dataset for c in columns.values() if c.group == "unseen" and c.kind != "caption"}):
         folder = world_dir / name
-        if not (folder / "dataset.json").exists() or not (folder / "train.json").exists():
+        if not (folder / "train.json").exists():
             continue
-        info, recs = load_dataset_info(folder), load_split(folder, split, check_images=False)
-        col = Column(key, name, split, info["metric"], info.get("group", ""), column_kind(info["metric"], recs),
-                     {r["id"]: r for r in recs})
-        if col.kind != "caption":
-            _baselines(col, load_split(folder, "train_minus_val", check_images=False))
-            out[key] = col
+        info, recs = load_dataset_info(folder), load_split(folder, "val", check_images=False)
+        col = Column(f"{name}/val", name, "val", info["metric"], info.get("group", ""),
+                     column_kind(info["metric"], recs), {r["id"]: r for r in recs})
+        _baselines(col, load_split(folder, "train_minus_val", check_images=False))
+        out[col.key] = col
     return out
 
 
@@ -759,11 +757,13 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     run_dirs(runs_dir)
     base_dir = Path(base_model_dir) if base_model_dir else None
     columns = world_columns(world_dir)
-    runs, skipped = read_runs(runs_dir, world_dir, columns, base_dir)
+    carved = _carved_columns(Path(world_dir), columns)  # read with the rest, kept out of the criteria
+    runs, skipped = read_runs(runs_dir, world_dir, {**columns, **carved}, base_dir)
     if not runs:
         raise RunError(f"no finished runs of this world in {runs_dir} ({len(skipped)} skipped: "
                        f"{', '.join(sorted(set(skipped.values())))})")
-    figs = {r.run_id: _run_figures(r, columns) for r in runs}
+    typed_figs = {r.run_id: _run_figures(r, {**columns, **carved}) for r in runs}
+    figs = {i: {k: f for k, f in fs.items() if k in columns} for i, fs in typed_figs.items()}
     record = base_dir / "pretrain_record.json" if base_dir else None
     image_use = (read_json(record).get("image_use_check") if record and record.exists() else None) or {}
     base: dict[str, dict] = {}  # per column, the base-model run with the most items
@@ -776,9 +776,6 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     crit_c, convergence = _convergence(trained, _checked_rates(runs_dir))
     crit_d, effects = _effects(columns, trained)
     crit_g, seeds = _seeds(columns, trained)
-    carved = _carved_columns(Path(world_dir), runs)
-    carved_figs = {r.run_id: _run_figures(_read_run(Path(runs_dir) / r.run_id, r.spec, carved), carved)
-                   for r in runs if r.own_column in carved}
     criteria = [_world_criterion(columns), crit_b, crit_c, crit_d, *_outputs(runs, figs), crit_g]
     data = {
         "runs_dir": str(runs_dir), "world_dir": str(world_dir), "base_model_dir": str(base_dir) if base_dir else None,
@@ -795,8 +792,7 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
         "convergence": convergence, "effects": effects, "seeds": seeds,
         "question_types": question_types(
             {k: {"group": c.group, **c.figures} for k, c in {**columns, **carved}.items()},
-            [{"run_id": r.run_id, "method": r.method, "own_column": r.own_column} for r in runs],
-            {r.run_id: {**figs[r.run_id], **carved_figs.get(r.run_id, {})} for r in runs}),
+            [{"run_id": r.run_id, "method": r.method, "own_column": r.own_column} for r in runs], typed_figs),
         "criteria": [{"name": c.name, "title": CRITERIA[c.name], "passed": c.passed, "checked": c.checked,
                       "failures": c.failures} for c in criteria],
         "passed": all(c.passed for c in criteria)}
