@@ -26,6 +26,7 @@ from . import __version__
 from .config import Params
 from .files import file_digest, read_json, write_json_atomic  # noqa: F401 (also this module's API: callers use them)
 from .records import is_done
+from .process import keep_freed_memory
 from .world.tasks import TRAINING_SPLITS
 
 __all__ = ["resolve_dataset", "resolve_spec", "run_id", "execute_run", "is_done", "clean_stale_temporaries",
@@ -243,6 +244,7 @@ def execute_run(params: Params, progress: bool = True, force: bool = False) -> P
     final = Path(params.paths.runs) / run_id(spec)
     if not force and is_done(final):
         return final
+    keep_freed_memory()  # a notebook's or a library caller's process too, not only the configured commands'
     inputs = _load_inputs(params, targets)
     model, processor = base_model(params, progress)
     model, checkpointing = _apply_method(model, params)
