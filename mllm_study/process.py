@@ -17,7 +17,6 @@ _HEAP_LIMIT = 32 * 1024 * 1024  # glibc caps the mmap threshold at 32 MiB on 64-
 _kept = False
 
 
-
 def set_threads(n: int | None = None) -> None:
     """``n`` torch threads, else ``MLLM_STUDY_THREADS``, else 1 on machines with at most 2 cores (torch's own
     number on larger ones).
@@ -38,7 +37,7 @@ def keep_freed_memory() -> bool:
     Every training step allocates and frees the same activations. By default glibc serves blocks over its mmap
     threshold (dynamic, from 128 KiB) with fresh ``mmap`` pages and trims the heap's top back to the kernel, so
     each step faults its activations in again. On this VM a 786 KB tensor written to fresh pages costs 12 times the
-    same write to reused memory (380 vs 35 us), and a LoRA step of the quick profile took about 3,500 page faults
+    same write to reused memory (380-420 vs 35 us), and a LoRA step of the quick profile took about 3,500 page faults
     (benchmarks/README.md, "Allocator"). Blocks up to 32 MiB now come from the heap and the heap is not trimmed
     below 1 GiB (``mallopt``; ``GLIBC_TUNABLES`` does the same from outside). The arithmetic is unchanged.
     ``MLLM_STUDY_KEEP_FREED_MEMORY=0`` leaves glibc's defaults (the benchmark's "before"). Returns whether the

@@ -114,3 +114,25 @@ def test_sweep_command_uses_the_profile_block_of_a_research_question_file():
     assert len(runs) == 12  # the smoke block: lora x2 connectors x2 datasets + ia3/adapter/prefix/none x2 datasets
     assert len(runs) != len(expand_sweep(load_params(path, "smoke")))  # the file's top-level (paper) design
     assert all(r.run.train_size == 16 for r in runs)
+
+
+def test_run_cost_ranks_the_quick_studys_per_epoch_evaluations_as_the_long_runs_they_are():
+    """Workers take runs longest first by :func:`run_cost`. RQ6's 12-epoch runs evaluate six columns after every
+    epoch (29-38 s measured) and must rank above RQ1's plain LoRA runs (24 s), and RQ1's Flickr30k runs (POPE and
+    captions after each of 16 epochs, 63 s) above both; with the evaluation counted once, RQ6's ran last."""
+    from mllm_study import study
+    from mllm_study.config import PARAMS_DIR
+    from mllm_study.sweep import expand_sweep, run_cost
+
+    def runs(name):
+        return expand_sweep(study.rq_params(PARAMS_DIR / f"{name}.yaml", "quick"))
+
+    rq6 = [p for p in runs("rq6_generalization") if p.run.method == "lora"]
+    rq1 = runs("rq1_main")
+    plain = [p for p in rq1 if p.run.method == "lora" and not p.run.eval_every_epoch]
+    flickr = [p for p in rq1 if p.run.method == "lora" and p.run.dataset == "flickr30k"]
+    assert rq6 and plain and flickr
+    assert min(map(run_cost, rq6)) > max(map(run_cost, plain))
+    assert min(map(run_cost, flickr)) > max(map(run_cost, rq6))
+    zero_shot = [p for p in rq1 if p.run.method == "none"]
+    assert max(map(run_cost, zero_shot)) < min(run_cost(p) for p in rq1 if p.run.method != "none")
