@@ -36,17 +36,17 @@ def _command(args, runs_dir: Path, seed: int) -> list[str]:
 def _launch(args, keep: bool, seed: int, scratch: Path) -> tuple[subprocess.Popen, Path, float]:
     runs_dir = Path(tempfile.mkdtemp(dir=scratch))
     env = {**os.environ, "MLLM_STUDY_KEEP_FREED_MEMORY": "1" if keep else "0", "MLLM_STUDY_THREADS": "1"}
-    proc = subprocess.Popen(_command(args, runs_dir, seed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    with open(runs_dir / "stderr.txt", "w") as err:  # a file, not a pipe: a full pipe would block the child
+        proc = subprocess.Popen(_command(args, runs_dir, seed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
     return proc, runs_dir, time.perf_counter()
 
 
 def _finish(proc: subprocess.Popen, runs_dir: Path, started: float) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    err = proc.stderr.read() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"the run failed:\n{err[-2000:]}")
+        raise SystemExit(f"the run failed:\n{(runs_dir / 'stderr.txt').read_text()[-2000:]}")
     metrics = json.loads(next(runs_dir.glob("*/metrics.json")).read_text())
     return {"train": metrics["train"]["seconds"], "faults": usage.ru_minflt, "wall": wall}
 

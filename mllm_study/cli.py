@@ -342,24 +342,13 @@ def _pool_sweep(args, params, shard):
     """Split this shard over local worker processes (each a sub-shard, :func:`mllm_study.sweep.sweep_task`);
     claims keep them apart."""
     import functools
-    import multiprocessing as mp
 
-    from .sweep import sweep_task
+    from .sweep import pool_map, sweep_task
 
     i, n = shard
     w = args.workers
-    # close and join, not the context manager: its exit terminates the pool, and the SIGTERM reached workers still in
-    # their exit handlers as a KeyboardInterrupt traceback (seen after every `sweep --workers 2`)
-    pool = mp.get_context("spawn").Pool(w)
-    try:
-        codes = pool.map(functools.partial(sweep_task, params, retries=args.retries),
-                         [(i * w + k, n * w) for k in range(w)])
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    codes = pool_map(functools.partial(sweep_task, params, retries=args.retries),
+                     [(i * w + k, n * w) for k in range(w)])
     print(f"{w} workers finished with exit codes {codes}")
     if any(c not in (0, 1) for c in codes):
         raise RuntimeError(f"a sweep worker stopped with exit code {max(codes)}")

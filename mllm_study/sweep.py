@@ -28,7 +28,7 @@ from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
            "release_run", "sweep_status", "missing_datasets", "parse_shard", "submit_sweep", "sweep_task", "run_cost",
-           "install_sigterm",
+           "install_sigterm", "pool_map",
            "Progress"]
 
 
@@ -367,6 +367,24 @@ def _worker_sweeps(params_list: list[Params], tracker: Progress | None = None,
     return [done[i] for i in range(len(params_list))]
 
 
+def pool_map(fn, items: list) -> list:
+    """``fn`` over ``items`` in one spawned process each, results in order. Closed and joined, not terminated, once
+    the work is done: terminating SIGTERMs workers still in their exit handlers, which print KeyboardInterrupt
+    tracebacks (:func:`install_sigterm`); on an error or Ctrl-C the pool is terminated."""
+    import multiprocessing as mp
+
+    pool = mp.get_context("spawn").Pool(len(items))
+    try:
+        out = pool.map(fn, items)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+    return out
+
+
 def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None,
                tracker: Progress | None = None) -> list[SweepSummary]:
     """Run several sweeps with ``workers`` local processes that share the runs through claims (dynamic balance:
@@ -381,7 +399,6 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
     if workers <= 1:
         return [run_sweep(p, progress=progress, stream=stream, tracker=tracker) for p in params_list]
     import functools
-    import multiprocessing as mp
 
     start = time.perf_counter()
     # the sweep holding the longest run first, each sweep's runs longest first: the tail, where one worker waits for
@@ -389,15 +406,7 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
     # being 616 s)
     longest = [max((run_cost(p) for p in expand_sweep(params)), default=0.0) for params in params_list]
     order = sorted(range(len(params_list)), key=lambda i: -longest[i])
-    pool = mp.get_context("spawn").Pool(workers)
-    try:
-        parts = pool.map(functools.partial(_worker_sweeps, tracker=tracker, order=order), [params_list] * workers)
-        pool.close()  # not terminate(): idle workers exit on their own, no SIGTERM tracebacks
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
+    parts = pool_map(functools.partial(_worker_sweeps, tracker=tracker, order=order), [params_list] * workers)
     merged = []
     for i in range(len(params_list)):
         runs = [p[i] for p in parts]

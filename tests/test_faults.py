@@ -100,6 +100,18 @@ def test_two_workers_never_train_the_same_run(tmp_path, smoke_params, smoke_mode
 
 
 @pytest.mark.slow
+def test_sweep_with_local_workers_ends_without_tracebacks(tmp_path, smoke_params, smoke_model_dir):
+    """`sweep --workers 2` (the CLI's pool): both runs done, and no worker prints a KeyboardInterrupt traceback at
+    exit (the pool used to be terminated, SIGTERMing workers still in their exit handlers)."""
+    f = _sweep_file(tmp_path, grid="{method: [lora], seed: [1, 2]}")
+    out = subprocess.run(_cli(smoke_params, tmp_path, "sweep", str(f), "--quiet", "--workers", "2"), env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "KeyboardInterrupt" not in out.stderr, out.stderr[-3000:]
+    _check_complete(tmp_path / "runs", 2)
+
+
+@pytest.mark.slow
 def test_submitit_job_array_runs_one_run_per_task(tmp_path, smoke_params, smoke_model_dir):
     f = _sweep_file(tmp_path, grid="{method: [none], dataset: [vqav2, okvqa]}")
     os.environ["MLLM_STUDY_THREADS"] = "1"
