@@ -30,7 +30,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import PARAMS_DIR, ConfigError, Params
 
@@ -129,10 +129,12 @@ class Calibration:
     def mismatches(self) -> list[str]:
         return [m for m in self.chosen if not math.isclose(self.chosen[m], self.presets.get(m, float("nan")))]
 
-    def overrides(self) -> list[str]:
-        """``--set`` values that make a study train every method at its chosen rate where it differs from the
-        profile's preset (``run.method_presets.ia3.lr=0.1``); empty when the presets are the chosen rates."""
-        return [f"run.method_presets.{m}.lr={_ladder_text(self.chosen[m])}" for m in self.mismatches()]
+    def overrides(self, methods: list[str] | None = None) -> list[str]:
+        """``--set`` values that make a study train every method (of ``methods``, default all) at its chosen rate
+        where it differs from the profile's preset (``run.method_presets.ia3.lr=0.1``); empty when the presets are
+        the chosen rates."""
+        return [f"run.method_presets.{m}.lr={_ladder_text(self.chosen[m])}" for m in self.mismatches()
+                if methods is None or m in methods]
 
     def unconverged(self) -> list[str]:
         from .validity import exceeds
@@ -241,7 +243,8 @@ def has_calibration(profile: str, params_file: Path = CALIBRATION_FILE) -> bool:
 
 def calibrate(profile: str, cache: str | None = None, runs: str | None = None, train: bool = True,
               progress: bool = False, stream=None, params_file: Path = CALIBRATION_FILE,
-              workers: int | None = None, overrides: Any = None) -> Calibration:
+              workers: int | None = None, overrides: Any = None, pool=None,
+              on_final: Callable[[Calibration, list[str]], None] | None = None) -> Calibration:
     """Run (or reuse) the calibration sweep of ``profile``, extend grids whose best rate is on an edge, and check the
     profile's presets and convergence. Writes ``<runs>/calibration-<profile>.json``.
 
@@ -249,6 +252,10 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         workers: local processes for the static grid (default :func:`mllm_study.sweep.default_workers`); the base
             model is pre-trained first, in this process.
         overrides: ``--set`` values applied last (``mllm-study study --set``), e.g. another base-model recipe.
+        pool: a :class:`mllm_study.workers.WorkerPool` to train on (a study's, which lives on into its runs);
+            default: a pool per phase of ``workers`` processes.
+        on_final: called as ``on_final(calibration, methods)`` once those methods' rates are final, before the
+            last phase (the convergence retry of the others) trains, so that a study can queue their runs behind it.
     """
     from .runs import is_done, run_id, resolve_spec, write_json_atomic
     from .study import profile_block, rq_params
@@ -267,7 +274,8 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
             from .models import ensure_world, pretrain_tiny_llava
 
             pretrain_tiny_llava(params, ensure_world(params, progress), progress)
-        summary = run_sweeps([params], workers or default_workers(), progress=progress, stream=stream)[0]
+        summary = run_sweeps([params], workers or default_workers(), progress=progress, stream=stream,
+                             pool=pool)[0]
     result = Calibration(profile=profile, columns=columns)
     if train:
         result.failed.update(summary.failed)
@@ -342,7 +350,8 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
         checks = {(m, c): run_at(m, lr, c, 2 * base_budget[m]) for m, lr in rates.items() for c in columns}
         missing = [p for p in checks.values() if not is_done(runs_dir / run_id(resolve_spec(p, progress=False)))]
         if missing and train:
-            for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream):
+            for sub in run_sweeps(missing, workers or default_workers(), progress=progress, stream=stream,
+                                  pool=pool):
                 result.failed.update(sub.failed)
         out = {}
         for m, lr in rates.items():
@@ -358,6 +367,8 @@ def calibrate(profile: str, cache: str | None = None, runs: str | None = None, t
     result.doubled = doubled_at({m: result.doubled_at[m] for m in methods})
     # a chosen rate that did not converge: the band's next rate on the helpful side, checked the same way
     retry = {m: lr for m in methods if (lr := result.convergence_alternative(m)) is not None}
+    if on_final is not None and train:
+        on_final(result, [m for m in methods if m not in retry])
     for method, doubled in doubled_at(retry).items():
         if not doubled:  # not trained (train=False): nothing measured, nothing to report
             continue

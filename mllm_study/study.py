@@ -387,8 +387,8 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         A :class:`StudySummary`; ``reports/index.html`` links every rendered report.
     """
     from . import report as rep
-    from .calibration import calibrate, has_calibration, stored_overrides
-    from .sweep import Progress, default_workers, run_sweeps
+    from .sweep import default_workers
+    from .workers import WorkerPool
 
     stream = stream or sys.stderr
     start = time.perf_counter()
@@ -410,43 +410,18 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
         print(f"== overrides: {' '.join(sets)} (reports in {reports_dir} are replaced; --reports keeps them apart)",
               file=stream, flush=True)
     workers = default_workers()
-    if train:
-        # 0. world and base model, once, in this process (before any worker starts)
-        first = next(iter(rq.values()), base)
-        if first.run.model == "tiny-llava":
-            from .models import ensure_world, pretrain_tiny_llava
-
-            world = _timed(summary, "world", lambda: ensure_world(first, progress), stream)
-            _timed(summary, "pre-training", lambda: pretrain_tiny_llava(first, world, progress), stream)
-        # 1. learning-rate calibration of the embedded profiles (its runs are cached like any other)
-        if has_calibration(profile):
-            cal = _timed(summary, "calibration", lambda: calibrate(profile, str(cache_dir), str(runs_dir),
-                                                                   stream=stream, workers=workers,
-                                                                   overrides=sets), stream)
-            summary.calibration = cal.lines()
-            summary.runs_failed.update(cal.failed)
-            print("\n".join(summary.calibration), file=stream, flush=True)
-            summary.calibrated = cal.overrides()
-    elif has_calibration(profile):  # re-rendering: the rates the study trained with (its calibration file)
-        summary.calibrated = stored_overrides(runs_dir, profile)
-    if summary.calibrated:  # every RQ and notebook uses the calibrated rates; the user's own --set still wins
-        sets = [*summary.calibrated, *sets]
-        rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir), overrides=sets)
-              for stem, path in needed.items()}
-        print(f"== calibrated rates, not the presets of params/defaults.yaml: --set "
-              f"{' --set '.join(summary.calibrated)}", file=stream, flush=True)
-    # 2. runs: every RQ's sweep (the summary needs all of them), each run once, over the local workers
-    plans = {stem: plan_runs(params, cached=not train) for stem, params in rq.items()}
-    if train:
-        total = len({rid for ids in plans.values() for rid in ids})
-        print(f"== runs: {total} over {len(rq)} research questions, {workers} worker(s)", file=stream, flush=True)
-        tracker = Progress.begin(runs_dir, [rid for ids in plans.values() for rid in ids])
-        results = _timed(summary, "runs", lambda: run_sweeps(list(rq.values()), workers, progress=progress,
-                                                             stream=stream, tracker=tracker), stream)
-        for stem, res in zip(rq, results):
-            summary.runs_trained += len(res.ran)
-            summary.runs_failed.update(res.failed)
-            print(f"   {stem}: {res.line()}", file=stream, flush=True)
+    # one pool of workers for the calibration and the runs (mllm_study.workers), spawned now: the workers import
+    # torch while the base model pre-trains on the other core; they take their first run once it is saved
+    pool = WorkerPool(workers) if train and workers > 1 else None
+    try:
+        plans, sets = _train_study(summary, profile, rq, needed, base, sets, cache_dir, runs_dir, train, workers,
+                                   pool, progress, stream)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+        raise
+    if pool is not None:
+        pool.close()
     summary.runs_total = len({rid for ids in plans.values() for rid in ids})
     report_start = time.perf_counter()
 
@@ -479,6 +454,71 @@ def run_study(profile: str, notebooks: list[str] | None = None, cache: str | Non
     summary.stages["reports"] = time.perf_counter() - report_start
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _train_study(summary: StudySummary, profile: str, rq: dict[str, Params], needed: dict[str, Path], base: Params,
+                 sets: list[str], cache_dir: Path, runs_dir: Path, train: bool, workers: int, pool,
+                 progress: bool, stream) -> tuple[dict[str, list[str]], list[str]]:
+    """Stages 0-2 of :func:`run_study` (world and base model, calibration, runs); the run ids per RQ and the
+    ``--set`` values the study trained with (the calibrated rates first)."""
+    from .calibration import calibrate, has_calibration, stored_overrides
+    from .sweep import Progress, plan_sweep, run_sweeps
+
+    def queue_runs(calibration, methods: list[str]) -> None:
+        """The runs of ``methods`` (their rates are final) and of the base model queue behind the calibration's
+        last phase, so that no worker waits for it."""
+        early = [*calibration.overrides(methods), *sets]
+        wanted = {*methods, "none"}
+        runs = {rid: p for path in needed.values()
+                for rid, p in plan_sweep(rq_params(path, profile, str(cache_dir), str(runs_dir), overrides=early))
+                if p.run.method in wanted}
+        tracker = Progress.begin(runs_dir, list(runs))
+        pool.submit_many([(rid, dataclasses.replace(p, sweep={})) for rid, p in runs.items()], priority=1,
+                         tracker=tracker)
+        print(f"== {len(runs)} runs of {', '.join(sorted(wanted))} start now: their rates are final (a convergence "
+              f"retry of the calibration goes first)", file=stream, flush=True)
+
+    if train:
+        # 0. world and base model, once, in this process (the workers wait for their first run)
+        first = next(iter(rq.values()), base)
+        if first.run.model == "tiny-llava":
+            from .models import ensure_world, pretrain_tiny_llava
+
+            world = _timed(summary, "world", lambda: ensure_world(first, progress), stream)
+            _timed(summary, "pre-training", lambda: pretrain_tiny_llava(first, world, progress), stream)
+        # 1. learning-rate calibration of the embedded profiles (its runs are cached like any other)
+        if has_calibration(profile):
+            cal = _timed(summary, "calibration", lambda: calibrate(profile, str(cache_dir), str(runs_dir),
+                                                                   stream=stream, workers=workers,
+                                                                   overrides=sets, pool=pool,
+                                                                   on_final=queue_runs if pool else None), stream)
+            summary.calibration = cal.lines()
+            summary.runs_failed.update(cal.failed)
+            print("\n".join(summary.calibration), file=stream, flush=True)
+            summary.calibrated = cal.overrides()
+    elif has_calibration(profile):  # re-rendering: the rates the study trained with (its calibration file)
+        summary.calibrated = stored_overrides(runs_dir, profile)
+    if summary.calibrated:  # every RQ and notebook uses the calibrated rates; the user's own --set still wins
+        sets = [*summary.calibrated, *sets]
+        rq = {stem: rq_params(path, profile, str(cache_dir), str(runs_dir), overrides=sets)
+              for stem, path in needed.items()}
+        print(f"== calibrated rates, not the presets of params/defaults.yaml: --set "
+              f"{' --set '.join(summary.calibrated)}", file=stream, flush=True)
+    # 2. runs: every RQ's sweep (the summary needs all of them), each run once, over the local workers (the pool
+    # trains a run id once: the runs queued during the calibration are waited for, not trained again)
+    plans = {stem: plan_runs(params, cached=not train) for stem, params in rq.items()}
+    if train:
+        total = len({rid for ids in plans.values() for rid in ids})
+        print(f"== runs: {total} over {len(rq)} research questions, {workers} worker(s)", file=stream, flush=True)
+        tracker = Progress.begin(runs_dir, [rid for ids in plans.values() for rid in ids])
+        results = _timed(summary, "runs", lambda: run_sweeps(list(rq.values()), workers, progress=progress,
+                                                             stream=stream, tracker=tracker, pool=pool,
+                                                             priority=1), stream)
+        for stem, res in zip(rq, results):
+            summary.runs_trained += len(res.ran)
+            summary.runs_failed.update(res.failed)
+            print(f"   {stem}: {res.line()}", file=stream, flush=True)
+    return plans, sets
 
 
 def _execute_named(item: tuple[str, tuple]):

@@ -28,7 +28,7 @@ from .config import ConfigError, Params, RunConfig, check_value
 
 __all__ = ["expand_sweep", "plan_sweep", "run_sweep", "run_sweeps", "default_workers", "SweepSummary", "claim_run",
            "release_run", "sweep_status", "missing_datasets", "parse_shard", "submit_sweep", "sweep_task", "run_cost",
-           "install_sigterm", "pool_map",
+           "install_sigterm", "pool_map", "submit_runs", "collect_runs",
            "Progress"]
 
 
@@ -385,17 +385,59 @@ def pool_map(fn, items: list) -> list:
     return out
 
 
+def submit_runs(pool, params_list: list[Params], priority: int = 0,
+                tracker: Progress | None = None) -> list[list[tuple[str, Any]]]:
+    """Queue every run of the sweeps on a :class:`mllm_study.workers.WorkerPool` (one task per run id, shared by
+    the sweeps that hold it); per sweep its ``(run id, future)`` pairs."""
+    plans = [plan_sweep(p) for p in params_list]
+    futures = pool.submit_many([(rid, dataclasses.replace(p, sweep={})) for plan in plans for rid, p in plan],
+                               priority, tracker)
+    it = iter(futures)
+    return [[(rid, next(it)) for rid, _ in plan] for plan in plans]
+
+
+def collect_runs(submitted: list[list[tuple[str, Any]]], start: float) -> list[SweepSummary]:
+    """Wait for the futures of :func:`submit_runs`; one merged :class:`SweepSummary` per sweep (a task that
+    failed outside its run, e.g. a worker killed, counts as a failed run). A run two sweeps share counts as ran
+    in the first and as already done in the others, as when the sweeps run one after the other."""
+    out, counted = [], set()
+    for plan in submitted:
+        summary = SweepSummary(total=len(plan))
+        for rid, future in plan:
+            try:
+                one: SweepSummary = future.result()
+            except Exception as exc:  # noqa: BLE001  (WorkerDied, the pool stopped: the run did not end)
+                summary.failed[rid] = str(exc)
+                continue
+            summary.ran += [r for r in one.ran if r not in counted]
+            summary.skipped += one.skipped + [r for r in one.ran if r in counted]
+            counted.update(one.ran)
+            summary.failed.update(one.failed)
+            summary.busy += one.busy
+            summary.damaged.update(one.damaged)
+            summary.rescored.update(one.rescored)
+        summary.seconds = time.perf_counter() - start
+        out.append(summary)
+    return out
+
+
 def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = True, stream=None,
-               tracker: Progress | None = None) -> list[SweepSummary]:
+               tracker: Progress | None = None, pool=None, priority: int = 0) -> list[SweepSummary]:
     """Run several sweeps with ``workers`` local processes that share the runs through claims (dynamic balance:
     a worker skips a run another one holds and takes the next). One :class:`SweepSummary` per sweep, merged.
     ``tracker`` (default: over every run of the sweeps) gives the one line per finished run its done/total and ETA.
+
+    With ``pool`` (a :class:`mllm_study.workers.WorkerPool`, e.g. a study's) the runs go to its workers instead, at
+    ``priority`` (lower first), longest first over all the sweeps; ``workers`` is then ignored.
 
     The base model must already be pre-trained (else every worker would pre-train it).
     """
     if tracker is None and params_list:
         ids = [rid for p in params_list for rid, _ in plan_sweep(p)]
         tracker = Progress.begin(params_list[0].paths.runs, ids)
+    if pool is not None:
+        start = time.perf_counter()
+        return collect_runs(submit_runs(pool, params_list, priority, tracker), start)
     if workers <= 1:
         return [run_sweep(p, progress=progress, stream=stream, tracker=tracker) for p in params_list]
     import functools

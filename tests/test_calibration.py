@@ -52,6 +52,23 @@ def test_calibration_verdicts():
     assert cal.ok and cal.overrides() == ["run.method_presets.ia3.lr=0.01"]
     cal.presets["ia3"] = 1e-2
     assert cal.ok and cal.overrides() == []
+    cal.presets["ia3"] = 3e-3  # the values for some methods only: what a study queues once their rates are final
+    assert cal.overrides(["lora"]) == [] and cal.overrides(["ia3", "lora"]) == ["run.method_presets.ia3.lr=0.01"]
+
+
+@pytest.mark.slow
+def test_calibration_on_a_shared_pool_reports_final_rates_before_its_retry(smoke_params, smoke_model_dir, tmp_path):
+    """On a study's pool the calibration hands a method over as soon as its rate is final (before the retry
+    phase, which trains only methods that did not converge), and gives the same result as with its own workers."""
+    from mllm_study.workers import WorkerPool
+
+    calls = []
+    with WorkerPool(2) as pool:
+        cal = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(tmp_path / "runs"), pool=pool,
+                        on_final=lambda c, methods: calls.append((sorted(c.chosen), methods)))
+    assert calls == [(["lora"], [] if "lora" in cal.reselected else ["lora"])]
+    alone = calibrate("smoke", cache=smoke_params.paths.cache, runs=str(tmp_path / "alone"), workers=1)
+    assert alone.curves == cal.curves and alone.chosen == cal.chosen and alone.doubled == cal.doubled
 
 
 def test_calibrated_rates_reach_the_runs_through_nested_overrides():
