@@ -63,14 +63,22 @@ def pretrain_inputs(cfg: PretrainConfig, world_dir: Path) -> dict[str, str]:
     return out
 
 
+def _version(package: str) -> str:
+    """``package.__version__`` without importing it (a report finds its base model without loading torch, 2 s):
+    the installed distribution's version, the same string for torch ("2.13.0+cpu") and transformers."""
+    from importlib import import_module, metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:  # not installed as a distribution (a source checkout on sys.path)
+        return import_module(package).__version__
+
+
 def recipe_key(cfg: PretrainConfig, world_dir: Path) -> str:
     """12 hex digits of SHA-256 over everything that decides the pre-trained weights (module docstring)."""
-    import torch
-    import transformers
-
     recipe = {"pretrain": dataclasses.asdict(cfg), "inputs": pretrain_inputs(cfg, world_dir),
               "recipe_version": RECIPE_VERSION, "code": recipe_code_digest(),
-              "versions": [torch.__version__, transformers.__version__]}
+              "versions": [_version("torch"), _version("transformers")]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -799,6 +799,54 @@ def validate(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | 
     return Validation(data, criteria)
 
 
+def _state_key(runs_dir: Path, world_dir: Path, base_dir: Path | None) -> str:
+    """A digest of everything :func:`validate` reads, by file size and modification time (the contents for the
+    package's code): the run folders' records, the calibration files, the world's JSON files, the base model's
+    record and weights."""
+    h = hashlib.sha256(json.dumps([str(runs_dir.resolve()), str(world_dir.resolve()), str(base_dir)]).encode())
+    package = Path(__file__).parent
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
+
+    def stat(path: Path) -> None:
+        try:
+            st = path.stat()
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}:-\n".encode())
+
+    for d in run_dirs(runs_dir):
+        for name in ("status.json", "spec.json", "metrics.json", "predictions.jsonl"):
+            stat(d / name)
+    for path in sorted([*runs_dir.glob("calibration-*.json"), *world_dir.glob("*.json"), *world_dir.glob("*/*.json")]):
+        stat(path)
+    if base_dir is not None:
+        for name in ("pretrain_record.json", "model.safetensors"):
+            stat(base_dir / name)
+    return h.hexdigest()[:16]
+
+
+def validation_data(runs_dir: str | Path, world_dir: str | Path, base_model_dir: str | Path | None = None) -> dict:
+    """``validate(...).data`` as JSON gives it back, computed once per state of its inputs (:func:`_state_key`)
+    and kept in ``<runs>/.validity/``: every report of a study shows a validity section from the same runs, and
+    measuring them took about 5 s per report."""
+    runs_dir, world_dir = Path(runs_dir), Path(world_dir)
+    base_dir = Path(base_model_dir) if base_model_dir else None
+    folder = runs_dir / ".validity"
+    path = folder / f"{_state_key(runs_dir, world_dir, base_dir)}.json"
+    if path.exists():
+        try:
+            return read_json(path)
+        except (OSError, ValueError):
+            pass  # half-written by an older process, or damaged: measure again
+    data = json.loads(json.dumps(validate(runs_dir, world_dir, base_dir).data))
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.json"):  # one state kept: the runs only ever move forward
+        old.unlink(missing_ok=True)
+    write_json_atomic(path, data)
+    return data
+
+
 def _base_model_of(recipe_dir: Path, runs_dir: str | Path, run_ids: list[str] | None) -> Path:
     """The base model to validate a report's runs against: the one base model those runs name when it is in the
     cache (runs made by an earlier code version, whose recipe hashed differently), else the current recipe's."""
@@ -836,18 +884,18 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
     if params.run.model != "tiny-llava":
         return None
     world = ensure_world(params, progress=False)
-    v = validate(runs_dir, world, _base_model_of(tiny_llava_dir(params, world), runs_dir, run_ids))
+    data = validation_data(runs_dir, world, _base_model_of(tiny_llava_dir(params, world), runs_dir, run_ids))
     ids = set(run_ids) if run_ids is not None else None
     rows = []
-    for c in v.data["criteria"]:
+    for c in data["criteria"]:
         mine = [f for f in c["failures"] if ids is None or c["name"] in "ab" or any(i in f for i in ids)]
         rows.append({"criterion": f"({c['name']}) {c['title']}", "passed": c["passed"],
                      "failures here": "; ".join(mine) if mine else "-"})
-    world_figs = v.data["world"]
-    unconverged = {(c["method"], c["column"]): c["mean_diff"] for c in v.data["convergence"]
+    world_figs = data["world"]
+    unconverged = {(c["method"], c["column"]): c["mean_diff"] for c in data["convergence"]
                    if c["column"] != "(mean)" and exceeds(abs(c["mean_diff"]), MAX_CONVERGENCE_DIFF)}
     figs = []
-    for r in v.data["runs"]:
+    for r in data["runs"]:
         if ids is not None and r["run_id"] not in ids:
             continue
         for col, f in r["columns"].items():
@@ -880,7 +928,7 @@ def report_section(profile: str, cache: str | Path, runs_dir: str | Path, run_id
                                           "top answer", "top share", "flag"])
     figures.attrs["world"] = {k: {n: w.get(n) for n in ("chance", "gold_majority", "question_only", "kind", "metric")}
                               for k, w in world_figs.items()}
-    mine = [r for r in v.data["runs"] if ids is None or r["run_id"] in ids]
+    mine = [r for r in data["runs"] if ids is None or r["run_id"] in ids]
     figures.attrs["question_types"] = pd.DataFrame(
         question_types(world_figs, mine, {r["run_id"]: r["columns"] for r in mine}), columns=_TYPE_COLUMNS)
     return pd.DataFrame(rows), figures

@@ -529,3 +529,20 @@ def test_question_types_show_a_type_left_at_chance_beside_one_learned(tmp_path):
     typed = [r for r in check(world, val, base).data["question_types"] if r["column"] == "iconqa_txt/val"]
     assert typed and all(r["method"] == "lora" and r["score"] == 1.0 and not r["near_chance"] for r in typed)
     assert sum(r["n"] for r in typed) == len(carved)
+
+
+def test_validation_data_is_measured_once_per_state_of_the_runs(tmp_path):
+    """The reports' validity figures (validation_data): the same as validate's, read back from <runs>/.validity
+    while nothing changed, measured again when a run is added (here a collapsed one, which fails (e))."""
+    world, runs, base = build(tmp_path)
+    first = validity.validation_data(runs, world, base)
+    assert first == json.loads(json.dumps(check(world, runs, base).data))
+    (cached,) = (runs / ".validity").glob("*.json")
+    assert validity.validation_data(runs, world, base) == first
+    cached.write_text(json.dumps({**first, "passed": "from the cache"}))  # a cache hit returns the file as it is
+    assert validity.validation_data(runs, world, base)["passed"] == "from the cache"
+    write_run(runs, world, "lora-sqa-s9", "lora", "sqa", 9, {"sqa": ["a"] * N})
+    again = validity.validation_data(runs, world, base)
+    assert not again["passed"] and any(r["run_id"] == "lora-sqa-s9" for r in again["runs"])
+    assert [p.name for p in (runs / ".validity").glob("*.json")] != [cached.name]  # one state kept, the new one
+    assert len(list((runs / ".validity").glob("*.json"))) == 1
