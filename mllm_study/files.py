@@ -17,10 +17,10 @@ from .errors import DataError
 __all__ = ["write_json_atomic", "read_json", "file_digest"]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+def write_json_atomic(path: Path, data: Any, sort_keys: bool = True) -> None:
+    """Write JSON through a temporary file and an atomic rename (``sort_keys=False``: mappings keep their order)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=sort_keys))
     tmp.replace(path)
 
 

@@ -843,7 +843,7 @@ def validation_data(runs_dir: str | Path, world_dir: str | Path, base_model_dir:
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.json"):  # one state kept: the runs only ever move forward
         old.unlink(missing_ok=True)
-    write_json_atomic(path, data)
+    write_json_atomic(path, data, sort_keys=False)  # the reports list runs' columns in the order measured
     return data
 
 
