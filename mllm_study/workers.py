@@ -29,6 +29,8 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+from .errors import ConfigError
+
 __all__ = ["WorkerPool", "WorkerDied"]
 
 
@@ -63,7 +65,7 @@ class WorkerPool:
 
     def __init__(self, workers: int):
         if workers < 1:
-            raise ValueError(f"workers must be at least 1 (got {workers})")
+            raise ConfigError(f"a worker pool needs at least 1 worker (got {workers})")
         self._ctx = mp.get_context("spawn")
         self._tasks = self._ctx.Queue()
         self._results = self._ctx.Queue()
