@@ -385,11 +385,10 @@ def pool_map(fn, items: list) -> list:
     return out
 
 
-def submit_runs(pool, params_list: list[Params], priority: int = 0,
+def submit_runs(pool, plans: list[list[tuple[str, Params]]], priority: int = 0,
                 tracker: Progress | None = None) -> list[list[tuple[str, Any]]]:
-    """Queue every run of the sweeps on a :class:`mllm_study.workers.WorkerPool` (one task per run id, shared by
-    the sweeps that hold it); per sweep its ``(run id, future)`` pairs."""
-    plans = [plan_sweep(p) for p in params_list]
+    """Queue every run of the sweeps' plans (:func:`plan_sweep`) on a :class:`mllm_study.workers.WorkerPool` (one
+    task per run id, shared by the sweeps that hold it); per sweep its ``(run id, future)`` pairs."""
     futures = pool.submit_many([(rid, dataclasses.replace(p, sweep={})) for plan in plans for rid, p in plan],
                                priority, tracker)
     it = iter(futures)
@@ -432,17 +431,16 @@ def run_sweeps(params_list: list[Params], workers: int = 1, progress: bool = Tru
 
     The base model must already be pre-trained (else every worker would pre-train it).
     """
+    start = time.perf_counter()
+    plans = [plan_sweep(p) for p in params_list] if tracker is None or pool is not None else []
     if tracker is None and params_list:
-        ids = [rid for p in params_list for rid, _ in plan_sweep(p)]
-        tracker = Progress.begin(params_list[0].paths.runs, ids)
+        tracker = Progress.begin(params_list[0].paths.runs, [rid for plan in plans for rid, _ in plan])
     if pool is not None:
-        start = time.perf_counter()
-        return collect_runs(submit_runs(pool, params_list, priority, tracker), start)
+        return collect_runs(submit_runs(pool, plans, priority, tracker), start)
     if workers <= 1:
         return [run_sweep(p, progress=progress, stream=stream, tracker=tracker) for p in params_list]
     import functools
 
-    start = time.perf_counter()
     # the sweep holding the longest run first, each sweep's runs longest first: the tail, where one worker waits for
     # the other's last run, is made of short runs (measured on the quick study's run times: 634 -> 616 s, the bound
     # being 616 s)

@@ -55,7 +55,7 @@ def test_sweeps_on_a_pool_share_runs_and_count_each_once(tmp_path, smoke_params,
     _, one = _runs(smoke_params, tmp_path, {"method": ["none"], "dataset": ["vqav2", "okvqa"]})
     _, two = _runs(smoke_params, tmp_path, {"method": ["none"], "dataset": ["okvqa", "iconqa_txt"]})
     with WorkerPool(2) as pool:
-        summaries = collect_runs(submit_runs(pool, [one, two]), time.perf_counter())
+        summaries = collect_runs(submit_runs(pool, [plan_sweep(one), plan_sweep(two)]), time.perf_counter())
     assert [s.total for s in summaries] == [2, 2]
     ran = [set(s.ran) for s in summaries]
     assert len(ran[0] | ran[1]) == 3 and not ran[0] & ran[1]  # the shared okvqa run trained once, counted once
